@@ -1,0 +1,31 @@
+# Helpers shared by the rule files. Rule files hold rules; anything computed lives here.
+# Nothing here touches the filesystem: the DAG is built from the config alone, so `snakemake -n` stays
+# fast at 4,480 shards x 128 groups.
+
+
+SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
+CURATED_SHARDS = [f"{i:05d}" for i in range(config["curated"]["shards"])]
+SUBSETS = list(config["generate"]["subsets"])
+GROUPS = [f"{g:03d}" for g in range(config["dedup"]["groups"])]
+
+
+wildcard_constraints:
+    shard=r"\d{5}",
+    cshard=r"\d{5}",
+    group=r"\d{3}",
+    subset="|".join(SUBSETS + ["real"]),
+
+
+def is_enabled(section):
+    return bool(config[section].get("enabled", True))
+
+
+def curated_enabled():
+    return is_enabled("curated") and len(config["curated"]["sources"]) > 0
+
+
+def prompts_for_enhance(wildcards):
+    """Enhance reads the attribute verdicts, or the guard's when the attribute check is switched off."""
+    if is_enabled("attributes"):
+        return f"results/attributes/{wildcards.shard}.parquet"
+    return f"results/guard/{wildcards.shard}.parquet"

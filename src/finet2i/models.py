@@ -1,0 +1,65 @@
+"""How a stage names a model: a local path, or a hub id pinned to a revision.
+
+Nothing here downloads anything. ``finet2i fetch-models`` (run once on a node with network) fills the
+Hugging Face cache; at run time every model must already be local, and a missing one is an error that names
+the config key before any job is submitted (see :func:`finet2i.config.check_models`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ModelNotAvailable(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``{path: ...}`` for a local folder, or ``{id: org/name, revision: <commit>}`` for a hub model."""
+
+    key: str  # the config key that named it, for error messages (e.g. "models.guard")
+    id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+
+    @classmethod
+    def from_config(cls, key: str, value: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> ModelSpec:
+        path = value.get("path")
+        if path is not None and not os.path.isabs(path):
+            path = str(Path(base_dir) / path)
+        return cls(key=key, id=value.get("id"), revision=value.get("revision"), path=path)
+
+    @property
+    def name(self) -> str:
+        """What the dataset records as the model's name (the release uses the hub name)."""
+        if self.id:
+            return self.id
+        return Path(self.path or "?").name
+
+    @property
+    def label(self) -> str:
+        if self.id:
+            return f"{self.id}@{self.revision}" if self.revision else self.id
+        return str(self.path)
+
+    def local_path(self) -> str:
+        """The folder holding the weights; raises :class:`ModelNotAvailable` with what to do."""
+        if self.path is not None:
+            if not Path(self.path).exists():
+                raise ModelNotAvailable(
+                    f"{self.key}: model folder {self.path} does not exist; fix the path in the config "
+                    f"(or build the demo models with `finet2i demo-models`)")
+            return self.path
+        assert self.id is not None
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(self.id, revision=self.revision, local_files_only=True)
+        except Exception as e:  # the hub raises several types for "not in cache"
+            raise ModelNotAvailable(
+                f"{self.key}: {self.label} is not in the Hugging Face cache ({e.__class__.__name__}); run "
+                f"`finet2i fetch-models --config <your config>` on a node with network first") from e

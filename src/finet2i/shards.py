@@ -1,0 +1,226 @@
+"""Per-shard tables, atomic writes, stats JSONs and in-shard checkpoints.
+
+Conventions every stage follows (see README "How a stage works"):
+
+* A stage reads the *kept* records of its upstream table and writes one parquet table per shard holding
+  **every record it received**: the upstream columns, its own columns, ``kept`` (bool) and ``drop_reason``
+  (null when kept). Nothing is lost: a dropped record keeps its id, reason and evidence in that table.
+* Beside the table, ``<table>.stats.json`` (see :class:`StageStats`): records in, kept, dropped by reason,
+  seconds, model. It is written last, so its presence marks a complete shard, and the report reads only these.
+* Every file is written atomically (temp file in the same folder + rename), so a killed job never leaves a
+  truncated output that a resumed run would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+KEPT = "kept"
+DROP_REASON = "drop_reason"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_table(path: str | os.PathLike[str], records: Sequence[Record] | pa.Table,
+                schema: pa.Schema | None = None) -> None:
+    """Write records (or a table) as parquet, atomically. An empty list still writes a valid, empty table."""
+    table = records if isinstance(records, pa.Table) else to_table(records, schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def to_table(records: Sequence[Record], schema: pa.Schema | None = None) -> pa.Table:
+    if schema is not None:
+        return pa.Table.from_pylist(list(records), schema=schema)
+    if not records:
+        return pa.table({"id": pa.array([], pa.string())})
+    # Union of keys, in first-seen order: stages add evidence columns only to some records.
+    keys: dict[str, None] = {}
+    for r in records:
+        keys.update(dict.fromkeys(r))
+    return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in records])
+
+
+def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: shard table not found; run the upstream stage first")
+    return pq.read_table(p, columns=list(columns) if columns else None)
+
+
+def read_records(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> list[Record]:
+    return read_table(path, columns).to_pylist()
+
+
+def read_kept(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> list[Record]:
+    """Records of an upstream shard table that its stage kept, without the verdict columns."""
+    table = read_table(path)
+    if KEPT in table.column_names:
+        mask = table.column(KEPT).fill_null(False)
+        table = table.filter(mask)
+        table = table.drop_columns([c for c in (KEPT, DROP_REASON) if c in table.column_names])
+    if columns:
+        table = table.select(list(columns))
+    return table.to_pylist()
+
+
+def mark(record: Record, reason: str | None) -> Record:
+    """Set the verdict of a record in place: ``reason=None`` keeps it, any string drops it for that reason."""
+    record[KEPT] = reason is None
+    record[DROP_REASON] = reason
+    return record
+
+
+@dataclass
+class StageStats:
+    """What one stage did to one shard. Written last, beside the shard table; the report reads only these."""
+
+    stage: str
+    shard: str
+    records_in: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, stage: str, shard: str, records: Iterable[Record], *, seconds: float = 0.0,
+                     model: str | None = None, **extra: Any) -> StageStats:
+        records = list(records)
+        reasons = Counter(r[DROP_REASON] for r in records if not r.get(KEPT))
+        kept = sum(1 for r in records if r.get(KEPT))
+        return cls(stage=stage, shard=shard, records_in=len(records), kept=kept,
+                   dropped=dict(sorted(reasons.items())), seconds=round(seconds, 3), model=model, extra=extra)
+
+    def check(self) -> None:
+        if self.records_in != self.kept + sum(self.dropped.values()):
+            raise AssertionError(f"{self.stage}/{self.shard}: records in ({self.records_in}) != kept "
+                                 f"({self.kept}) + dropped ({sum(self.dropped.values())})")
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        self.check()
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> StageStats:
+        return cls(**read_json(path))
+
+
+def stats_path(table_path: str | os.PathLike[str]) -> Path:
+    """``results/guard/00003.parquet`` -> ``results/guard/00003.stats.json``."""
+    p = Path(table_path)
+    return p.with_name(p.name.split(".")[0] + ".stats.json")
+
+
+def write_stage_output(table_path: str | os.PathLike[str], records: Sequence[Record], *, stage: str,
+                       shard: str, started: float, model: str | None = None,
+                       stats_file: str | os.PathLike[str] | None = None, **extra: Any) -> StageStats:
+    """Write a stage's shard table, then its stats JSON (the completion marker)."""
+    for r in records:
+        if KEPT not in r:
+            raise ValueError(f"{stage}/{shard}: record {r.get('id')!r} has no verdict; call shards.mark()")
+    write_table(table_path, records)
+    stats = StageStats.from_records(stage, shard, records, seconds=time.monotonic() - started,
+                                    model=model, **extra)
+    stats.write(stats_file or stats_path(table_path))
+    log.info("%s/%s: %d in, %d kept, dropped %s", stage, shard, stats.records_in, stats.kept, stats.dropped)
+    return stats
+
+
+class ChunkCheckpoint:
+    """Process a shard in chunks and keep each finished chunk on disk, so a killed job redoes one chunk at most.
+
+    Chunks live in ``<output>.chunks/`` next to the final output; a chunk file is written atomically and is
+    valid only for the same chunk size and the same input ids (a fingerprint in ``manifest.json``): a rerun
+    after a config change starts fresh instead of mixing stale results into the dataset.
+    """
+
+    def __init__(self, output: str | os.PathLike[str], chunk_size: int, fingerprint: str) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.output = Path(output)
+        self.dir = self.output.with_name(self.output.name + ".chunks")
+        self.chunk_size = chunk_size
+        manifest = self.dir / "manifest.json"
+        wanted = {"chunk_size": chunk_size, "fingerprint": fingerprint}
+        if manifest.exists() and read_json(manifest) != wanted:
+            log.warning("%s: checkpoint was made for other inputs or settings; starting over", self.dir)
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(manifest, wanted)
+        self.resumed_chunks = 0
+
+    def run(self, records: Sequence[Record], fn: Callable[[list[Record]], list[Record]]) -> list[Record]:
+        out: list[Record] = []
+        n_chunks = (len(records) + self.chunk_size - 1) // self.chunk_size
+        for i in range(n_chunks):
+            part = self.dir / f"chunk-{i:06d}.parquet"
+            if part.exists():
+                self.resumed_chunks += 1
+                out.extend(read_records(part))
+                continue
+            chunk = list(records[i * self.chunk_size:(i + 1) * self.chunk_size])
+            result = fn(chunk)
+            write_table(part, result)
+            out.extend(result)
+            log.info("chunk %d/%d done (%d records)", i + 1, n_chunks, len(chunk))
+        if self.resumed_chunks:
+            log.info("resumed from checkpoint: %d of %d chunks were already done", self.resumed_chunks, n_chunks)
+        return out
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def fingerprint(ids: Iterable[str], *parts: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(str(i).encode())
+        h.update(b"\0")
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,45 @@
+"""Glue for ``workflow_scripts/*.py``: logging into the rule's log file and typed access to the config.
+
+A workflow script is a few lines: ``run = adapter(snakemake)``, then one call into a stage function with
+paths and settings taken from ``snakemake.input/output/params/config``. Tests call the stage functions directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from finet2i.models import ModelSpec
+
+
+class Adapter:
+    def __init__(self, smk: Any) -> None:
+        self.smk = smk
+        self.config: dict[str, Any] = dict(smk.config)
+        log_files = list(getattr(smk, "log", []) or [])
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+        if log_files:
+            os.makedirs(os.path.dirname(log_files[0]) or ".", exist_ok=True)
+            handlers.append(logging.FileHandler(log_files[0], mode="w"))
+        logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    @property
+    def shard(self) -> str:
+        return str(self.smk.wildcards.get("shard", self.smk.wildcards.get("cshard", "all")))
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.config[name])
+
+    def model(self, key: str) -> ModelSpec:
+        return ModelSpec.from_config(f"models.{key}", self.config["models"][key], base_dir=os.getcwd())
+
+    @property
+    def threads(self) -> int:
+        return int(getattr(self.smk, "threads", 1) or 1)
+
+
+def adapter(smk: Any) -> Adapter:
+    return Adapter(smk)
