@@ -29,3 +29,14 @@ def prompts_for_enhance(wildcards):
     if is_enabled("attributes"):
         return f"results/attributes/{wildcards.shard}.parquet"
     return f"results/guard/{wildcards.shard}.parquet"
+
+
+def dataset_tars():
+    tars = expand("results/dataset/{subset}/train-{shard}.tar", subset=SUBSETS, shard=SHARDS)
+    if curated_enabled():
+        tars += expand("results/dataset/real/train-{cshard}.tar", cshard=CURATED_SHARDS)
+    return tars
+
+
+def final_outputs():
+    return dataset_tars() + ["results/report/report.html"]

@@ -1,0 +1,214 @@
+"""Validate a workflow config before anything is planned or submitted.
+
+Three layers, each failing with the offending key in the message and what to do:
+1. JSON Schema (``config/schema/config.schema.yaml``): unknown or misspelled keys, wrong types, out-of-range
+   values; defaults are filled in.
+2. Semantic checks the schema cannot express: generator weights that do not add up to something positive,
+   candidate ranges, referenced files (taxonomy, resolution table) that must exist and parse.
+3. Models: every ``{path: ...}`` must exist and every ``{id, revision}`` must be in the Hugging Face cache.
+   During a dry run this layer only warns, so that a plan can be inspected on a login node without weights.
+
+Snakemake's own ``snakemake.utils.validate`` does layer 1 too, but reports the first jsonschema error without
+the key path and cannot suggest the key the user meant; this module does both and is callable from the CLI
+(``finet2i check-config``) and from tests without a workflow object.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config mistake, reported before any job is planned."""
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+
+
+def _schema(schema_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    return load_yaml(schema_path or SCHEMA_PATH)
+
+
+def _validator_with_defaults(schema: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from jsonschema import Draft202012Validator, validators
+
+    base = Draft202012Validator
+
+    def resolve(sub: dict[str, Any]) -> dict[str, Any]:
+        # Local refs only ("#/definitions/x"): enough for our schema, and keeps defaults declared once.
+        ref = sub.get("$ref", "")
+        if "default" not in sub and ref.startswith("#/"):
+            node: Any = schema
+            for part in ref[2:].split("/"):
+                node = node[part]
+            return {**node, **sub}
+        return sub
+
+    def set_defaults(validator, properties, instance, schema_):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                sub = resolve(sub)
+                if "default" in sub and name not in instance:
+                    instance[name] = _copy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema_)
+
+    return validators.extend(base, {"properties": set_defaults})(schema)
+
+
+def _copy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def _key_path(parts: Any) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def _schema_errors(config: dict[str, Any], schema: dict[str, Any]) -> Iterator[str]:
+    validator = _validator_with_defaults(schema)
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        where = _key_path(err.absolute_path)
+        if err.validator == "additionalProperties":
+            allowed = list(err.schema.get("properties", {}))
+            extra = [k for k in err.instance if k not in allowed]
+            for k in extra:
+                hint = difflib.get_close_matches(k, allowed, n=1)
+                dotted = f"{where}.{k}" if err.absolute_path else k
+                msg = f"config key {dotted}: unknown key"
+                msg += f"; did you mean '{hint[0]}'?" if hint else f"; allowed here: {', '.join(allowed)}"
+                yield msg
+        elif err.validator == "required":
+            yield f"config key {where}: {err.message}"
+        elif err.validator == "oneOf" and isinstance(err.instance, dict):
+            yield (f"config key {where}: a model is either {{path: <local folder or file>}} or "
+                   f"{{id: <hub id>, revision: <commit>}}, got {err.instance!r}")
+        else:
+            yield f"config key {where}: {err.message}"
+
+
+def _semantic_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
+    gens = config["generate"]["generators"]
+    if sum(float(g["weight"]) for g in gens.values()) <= 0:
+        yield "config key generate.generators: the weights add up to 0; give at least one generator a weight > 0"
+    cand = config["generate"].get("candidates", {"min": 1, "max": 3})
+    if cand["min"] > cand["max"]:
+        yield f"config key generate.candidates: min ({cand['min']}) is larger than max ({cand['max']})"
+    for key in ("taxonomy",):
+        p = base_dir / config[key]
+        if not p.exists():
+            yield f"config key {key}: file {p} does not exist"
+    res = base_dir / config["generate"]["resolutions"]
+    if not res.exists():
+        yield f"config key generate.resolutions: file {res} does not exist"
+    if config.get("curated", {}).get("enabled", True):
+        for i, src in enumerate(config["curated"].get("sources", [])):
+            if "://" not in src and not (base_dir / src).exists():
+                yield (f"config key curated.sources[{i}]: {src} does not exist (a folder of images or a file "
+                       f"with one URL per line)")
+
+
+def _taxonomy_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
+    p = base_dir / config["taxonomy"]
+    if not p.exists():
+        return
+    try:
+        from finet2i import taxonomy
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return
+    loader = getattr(taxonomy, "load_taxonomy", None)
+    if loader is None:
+        return
+    try:
+        loader(p)
+    except Exception as e:  # noqa: BLE001 - any loader error is a config error, shown with the file
+        yield f"config key taxonomy ({p}): {e}"
+
+
+def missing_models(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[str]:
+    """Messages for every model that is not available locally (see :meth:`ModelSpec.local_path`)."""
+    from finet2i.models import ModelNotAvailable, ModelSpec
+
+    needed = used_model_keys(config)
+    out = []
+    for key in needed:
+        spec = ModelSpec.from_config(f"models.{key}", config["models"][key], base_dir=base_dir)
+        try:
+            spec.local_path()
+        except ModelNotAvailable as e:
+            out.append(str(e))
+    return out
+
+
+def used_model_keys(config: dict[str, Any]) -> list[str]:
+    """The model keys the enabled stages need (a switched-off stage needs no weights)."""
+    keys = ["prompt_generator", "embedder", "guard", "enhancer", "aesthetic_encoder", "aesthetic_head"]
+    if config.get("attributes", {}).get("enabled", True):
+        keys.append("verifier")
+    keys += [k for k, g in config["generate"]["generators"].items() if float(g["weight"]) > 0]
+    if config.get("pair_filter", {}).get("judge", {}).get("enabled", True):
+        keys.append("judge")
+    if config.get("curated", {}).get("enabled", True) and config.get("curated", {}).get("sources"):
+        keys.append("captioner")
+    return keys
+
+
+def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] = ".",
+                    check_models: bool = True, dryrun: bool = False,
+                    schema_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Validate ``config`` in place (filling defaults) and return it; raise :class:`ConfigError` listing all
+    problems. With ``dryrun=True`` missing models are logged as warnings instead of failing."""
+    base = Path(base_dir)
+    errors = list(_schema_errors(config, _schema(schema_path)))
+    if not errors:
+        errors += list(_semantic_errors(config, base))
+        errors += list(_taxonomy_errors(config, base))
+    if not errors and check_models:
+        missing = missing_models(config, base)
+        if missing and dryrun:
+            for m in missing:
+                log.warning("dry run: %s", m)
+        else:
+            errors += missing
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    return config
+
+
+def load_config(*paths: str | os.PathLike[str], base_dir: str | os.PathLike[str] = ".",
+                check_models: bool = True, dryrun: bool = False) -> dict[str, Any]:
+    """Load one or more YAML files (later ones override top-level keys, as ``--configfile`` does)."""
+    config: dict[str, Any] = {}
+    for p in paths:
+        data = load_yaml(p)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
+        _merge(config, data)
+    return validate_config(config, base_dir=base_dir, check_models=check_models, dryrun=dryrun)
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    # Snakemake merges --configfile files recursively; do the same.
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
