@@ -1,0 +1,21 @@
+# 3.1.1: controlled prompt specs, sampled from the weighted taxonomy. Deterministic per (seed, shard): a
+# changed taxonomy, seed or shard size reruns every shard; nothing else does.
+
+
+rule specs:
+    input:
+        taxonomy=config["taxonomy"],
+    output:
+        table="results/specs/{shard}.parquet",
+        stats="results/specs/{shard}.stats.json",
+    params:
+        seed=config["seed"],
+        n=config["shards"]["specs_per_shard"],
+    log:
+        "logs/specs/{shard}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/specs.py"
