@@ -115,8 +115,9 @@ class VLLMChat:
     vLLM batches them itself; pass a whole chunk at once.
     """
 
-    def __init__(self, spec: ModelSpec, *, max_model_len: int = 4096, seed: int = 0, dtype: str = "auto",
-                 limit_images: int = 0, gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
+    def __init__(self, spec: ModelSpec, *, max_model_len: int | None = None, seed: int = 0,
+                 dtype: str = "auto", limit_images: int = 0, gpu_memory_utilization: float = 0.85,
+                 tensor_parallel_size: int = 1,
                  max_num_seqs: int | None = None, enforce_eager: bool | None = None,
                  trust_remote_code: bool = False, mm_processor_kwargs: dict[str, Any] | None = None,
                  scratch: str | os.PathLike[str] | None = None, **engine_kwargs: Any) -> None:
@@ -129,6 +130,12 @@ class VLLMChat:
         if spec.id:
             # The snapshot is local; keep vLLM and transformers from asking the hub about it.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        config = self._read_config(path)
+        if max_model_len is None:
+            # 4096 covers every stage's instruction + answer; never more than the model's own context.
+            max_model_len = min(4096, int(config.get("max_position_embeddings")
+                                          or config.get("text_config", {}).get("max_position_embeddings")
+                                          or 4096))
         kwargs: dict[str, Any] = dict(
             model=path,
             tokenizer=path,
@@ -148,7 +155,7 @@ class VLLMChat:
             kwargs["limit_mm_per_prompt"] = {"image": limit_images}
             if mm_processor_kwargs:
                 kwargs["mm_processor_kwargs"] = mm_processor_kwargs
-        elif self._is_multimodal(path):
+        elif "vision_config" in config:
             # A VLM used for text only: skip the vision encoder's memory profiling and image inputs.
             kwargs["limit_mm_per_prompt"] = {"image": 0, "video": 0}
         kwargs.update(engine_kwargs)
@@ -159,15 +166,14 @@ class VLLMChat:
         self.limit_images = limit_images
 
     @staticmethod
-    def _is_multimodal(path: str) -> bool:
+    def _read_config(path: str) -> dict[str, Any]:
         import json
 
-        cfg = Path(path) / "config.json"
         try:
-            data = json.loads(cfg.read_text())
+            data = json.loads((Path(path) / "config.json").read_text())
         except (OSError, ValueError):
-            return False
-        return "vision_config" in data
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def sampling_params(self, sampling: Sampling, constraint: Constraint | None = None,
                         seed: int | None = None) -> Any:
@@ -230,3 +236,54 @@ class VLLMChat:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LazyChat:
+    """Starts :class:`VLLMChat` on the first ``chat`` call: a shard resumed from its checkpoint with nothing
+    left to do never pays the engine start (minutes for an 8B model on a cluster node)."""
+
+    def __init__(self, spec: ModelSpec, **kwargs: Any) -> None:
+        self.spec = spec
+        self.kwargs = kwargs
+        self.model_name = spec.name
+        self._llm: VLLMChat | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._llm is not None
+
+    def chat(self, conversations: list[list[Message]], sampling: Sampling,
+             constraint: Constraint | None = None, *, seeds: Sequence[int] | None = None) -> list[str]:
+        if self._llm is None:
+            self._llm = VLLMChat(self.spec, **self.kwargs)
+        return self._llm.chat(conversations, sampling, constraint, seeds=seeds)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+
+def chat_seeded(llm: Any, conversations: list[list[Message]], sampling: Sampling,
+                constraint: Constraint | None, seeds: Sequence[int]) -> list[str]:
+    """``llm.chat`` with one seed per conversation, for any :class:`ChatLLM`.
+
+    Backends that take ``seeds=`` (ours) get one batched call; others get one call per distinct seed, so a
+    record's output depends on its own seed only, never on which chunk or batch it landed in.
+    """
+    import inspect
+
+    if len(seeds) != len(conversations):
+        raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+    try:
+        takes_seeds = "seeds" in inspect.signature(llm.chat).parameters
+    except (TypeError, ValueError):
+        takes_seeds = False
+    if takes_seeds:
+        return list(llm.chat(conversations, sampling, constraint, seeds=list(seeds)))
+    from dataclasses import replace
+
+    out: list[str] = []
+    for conv, seed in zip(conversations, seeds, strict=True):
+        out.extend(llm.chat([conv], replace(sampling, seed=int(seed)), constraint))
+    return out
