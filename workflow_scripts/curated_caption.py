@@ -1,0 +1,13 @@
+from finet2i.stages.caption import run_caption
+from finet2i.workflow import adapter
+
+
+def main(smk) -> None:
+    run = adapter(smk)
+    run_caption(smk.input.table, smk.output.table, shard=run.shard,
+                settings=run.section("curated")["caption"], model=run.model("captioner"),
+                stats_path=smk.output.stats)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821  (injected by Snakemake's script: directive)
