@@ -8,14 +8,14 @@ rule specs:
     output:
         table="results/specs/{shard}.parquet",
         stats="results/specs/{shard}.stats.json",
-    params:
-        seed=config["seed"],
-        n=config["shards"]["specs_per_shard"],
     log:
         "logs/specs/{shard}.log",
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        seed=config["seed"],
+        n=config["shards"]["specs_per_shard"],
     script:
         "../workflow_scripts/specs.py"

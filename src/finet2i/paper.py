@@ -14,6 +14,7 @@ SUBSET_COUNTS: dict[str, int] = {
     "pe_ar": 1_615_592, "pe_as": 1_538_253, "po_ar": 1_686_498, "po_as": 1_305_350,
 }
 REAL_COUNT = 168_424
+REAL_DOWNLOADED = 233_342 + 163_524 + 24_997  # Table 3: Pexels + Pixabay + Unsplash-Lite
 
 # Section 3.1: the synthetic funnel. "generate" is the number of prompts rendered per subset x 4 subsets
 # (the paper writes ~20.6M images); pair_filter keeps the sum of Table 2.

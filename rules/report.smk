@@ -1,0 +1,42 @@
+# Section 4 and appendix A: the funnel (from every stage's stats JSON), the distribution tables and figures
+# (from the packaged dataset's parquet indexes) and the dedup similarity histogram. Cheap: it reads small
+# files only, so it reruns whenever any stage finishes a shard.
+#
+# `report_inputs` (rules/common.smk) returns the named lists
+#   stats: every *.stats.json of every stage (specs, prompts, embed, dedup, guard, attributes, enhance,
+#          generate per subset, pair_filter per subset, curated_*, package),
+#   indexes: results/dataset/{subset}/train-{shard}.parquet for every packaged shard,
+#   similarity_histogram: ["results/dedup/similarity_histogram.json"] (or [] when dedup writes none).
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        html=report(
+            "results/report/report.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+        markdown="results/report/report.md",
+        funnel=report(
+            "results/report/funnel.json",
+            caption="../report/funnel.rst",
+            category="Report",
+        ),
+        figures=report(
+            directory("results/report/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/report/report.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        demo=config.get("demo", False),
+    script:
+        "../workflow_scripts/report.py"
