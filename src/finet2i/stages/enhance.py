@@ -1,0 +1,182 @@
+"""Prompt enhancement (paper 3.1.4) with a PromptEnhancer-style rewriter; never drops a record.
+
+PromptEnhancer-7B (Wang et al. 2025, the production model) is a chain-of-thought rewriter: it answers with a
+reasoning block and the rewritten prompt in answer tags, ``<think>...</think>\\n<answer>...</answer>``. Its
+reference inference code takes the first ``<answer>`` block, else the text left after removing think
+blocks, else the original prompt. We do the same and say which case happened:
+
+- ``<answer>`` found and non-empty -> that text (``enhance_note`` null);
+- no answer tag but clean text without tags -> that text (``enhance_note = "no_answer_tag"``);
+- otherwise (empty, only a think block, cut off inside ``<think>`` or ``<answer>``) -> the original prompt,
+  ``enhance_fallback = true`` and the reason in ``enhance_note``, the raw answer in ``enhance_raw``.
+
+The same function serves the real-image branch (``prompt_column`` names the caption column there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from finet2i import shards
+from finet2i.backends import Constraint, Message, Sampling
+from finet2i.models import ModelSpec
+from finet2i.shards import Record, StageStats
+
+log = logging.getLogger(__name__)
+
+STAGE = "enhance"
+
+# PromptEnhancer's default rewriting instructions (its repo ships them in Chinese), in English so that the
+# rewritten prompts stay English like the rest of the dataset: keep the intent, global-details-global
+# structure, objective, main subject first, spatial logic, end with a one-sentence style summary.
+SYSTEM_PROMPT = (
+    "You are an expert in writing prompts for image generation. Rewrite the user's prompt into a new, more "
+    "detailed prompt. Requirements: 1. the subjects, actions, quantities, style, layout, relations, "
+    "attributes and any text must keep the original intent; 2. follow an overall-details-overall structure "
+    "so the information is clearly layered; 3. stay objective and neutral, without subjective judgement; "
+    "4. describe the most important elements first, then secondary and background elements; 5. follow a "
+    "clear spatial or importance order so the reader can rebuild the picture; 6. end with one sentence "
+    "that sums up the overall style or type of the image. Think inside <think></think>, then give the "
+    "rewritten prompt inside <answer></answer>."
+)
+
+# Used only with ``constrained: true``: the answer must hold a closed answer block (demo models; a real
+# PromptEnhancer follows the format on its own). Character classes keep tags from nesting.
+ANSWER_REGEX = r"(<think>[^<]{0,2000}</think>\n?)?<answer>[^<]{1,4000}</answer>"
+
+NO_ANSWER_TAG = "no_answer_tag"
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_TAG = re.compile(r"</?\s*(?:think|answer)\s*>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class EnhanceSettings:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 512
+    constrained: bool = False
+    chunk_size: int = 2048
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> EnhanceSettings:
+        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
+        return cls(**known)
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """``text`` is the enhanced prompt, or None when the caller must fall back to the original."""
+
+    text: str | None
+    note: str | None = None
+
+    @property
+    def fallback(self) -> bool:
+        return self.text is None
+
+
+def extract_enhanced(raw: str | None) -> Extraction:
+    """The rewritten prompt in a PromptEnhancer answer, or why there is none."""
+    if raw is None or not raw.strip():
+        return Extraction(None, "empty_output")
+    m = _ANSWER.search(raw)
+    if m:
+        text = " ".join(m.group(1).split())
+        return Extraction(text, None) if text else Extraction(None, "empty_answer")
+    rest = _THINK_BLOCK.sub("", raw)
+    lowered = rest.lower()
+    if "<think>" in lowered:
+        return Extraction(None, "unterminated_think")
+    if "<answer>" in lowered:
+        return Extraction(None, "unterminated_answer")
+    if _TAG.search(rest):
+        return Extraction(None, "malformed_tags")
+    text = " ".join(rest.split())
+    if not text:
+        return Extraction(None, "no_answer")  # only a think block
+    return Extraction(text, NO_ANSWER_TAG)
+
+
+def build_messages(prompt: str) -> list[Message]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+
+
+def record_seed(record: Mapping[str, Any]) -> int:
+    """The spec's seed (synthetic prompts) or a stable one from the id (real images carry no seed)."""
+    seed = record.get("seed")
+    if seed is not None:
+        return int(seed)
+    digest = hashlib.sha256(f"enhance/{record.get('id')}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def enhance_chunk(records: Sequence[Record], llm: Any, settings: EnhanceSettings, model_name: str,
+                  prompt_column: str = "prompt") -> list[Record]:
+    from finet2i.backends.vllm_llm import chat_seeded
+
+    out = [dict(r) for r in records]
+    todo = [r for r in out if (r.get(prompt_column) or "").strip()]
+    constraint = Constraint(regex=ANSWER_REGEX) if settings.constrained else None
+    answers = chat_seeded(llm, [build_messages(r[prompt_column]) for r in todo], settings.sampling(),
+                          constraint, [record_seed(r) for r in todo]) if todo else []
+    raw_by_id = {id(r): a for r, a in zip(todo, answers, strict=True)}
+    for r in out:
+        original = r.get(prompt_column) or ""
+        raw = raw_by_id.get(id(r))
+        ex = extract_enhanced(raw) if id(r) in raw_by_id else Extraction(None, "empty_input")
+        r["enhanced_prompt"] = ex.text if ex.text is not None else original
+        r["enhanced_length"] = len(r["enhanced_prompt"].split())
+        r["enhancer"] = model_name
+        r["enhance_fallback"] = ex.fallback
+        r["enhance_note"] = ex.note
+        r["enhance_raw"] = raw if ex.fallback else None  # evidence for the fallbacks only
+        shards.mark(r, None)
+    return out
+
+
+def run_enhance(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
+                settings: Mapping[str, Any], model: ModelSpec,
+                stats_path: str | os.PathLike[str] | None = None, llm: Any = None,
+                prompt_column: str = "prompt") -> StageStats:
+    """Enhance one shard's kept prompts (``prompt_column``); every input record comes out kept."""
+    from finet2i.backends.vllm_llm import LazyChat
+
+    started = time.monotonic()
+    s = EnhanceSettings.from_config(settings)
+    records = shards.read_kept(in_path)
+    if records and prompt_column not in records[0]:
+        raise KeyError(f"{in_path}: no column {prompt_column!r} to enhance (columns: {sorted(records[0])})")
+    own = llm is None
+    backend = LazyChat(model, seed=0) if own else llm
+    model_name = getattr(backend, "model_name", None) or model.name
+    ck = shards.ChunkCheckpoint(
+        out_path, s.chunk_size,
+        shards.fingerprint((r["id"] for r in records), STAGE, settings, model.label, prompt_column))
+    try:
+        out = ck.run(records, lambda chunk: enhance_chunk(chunk, backend, s, model_name, prompt_column))
+    finally:
+        if own:
+            backend.close()
+    notes: dict[str, int] = {}
+    for r in out:
+        if r.get("enhance_note"):
+            notes[r["enhance_note"]] = notes.get(r["enhance_note"], 0) + 1
+    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
+                                      model=model_name, stats_file=stats_path,
+                                      resumed_chunks=ck.resumed_chunks,
+                                      fallbacks=sum(1 for r in out if r.get("enhance_fallback")),
+                                      notes=dict(sorted(notes.items())))
+    ck.cleanup()
+    return stats

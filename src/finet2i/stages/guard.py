@@ -1,0 +1,179 @@
+"""Safety guard and length filter (paper 3.1.3).
+
+Prompts longer than ``max_words`` words are dropped first (reason ``too_long``), without spending the model
+on them. The rest go to Llama-Guard-3 as a one-turn conversation (the prompt as the user's message); the
+model's own chat template wraps it in the safety-classification instruction with the S1-S14 hazard list.
+The answer is ``safe`` or ``unsafe`` followed by a line of comma-separated codes (``unsafe\\nS1,S10``).
+
+- any listed code in ``blocked_categories`` -> dropped, reason ``unsafe``, codes in ``guard_categories``;
+- ``unsafe`` with codes that are all allowed -> kept, the codes stay as evidence;
+- anything that does not parse (empty, truncated, ``unsafe`` without codes, codes outside S1-S14) -> fails
+  closed: dropped, reason ``guard_unparseable``, the raw answer kept in ``guard_raw``.
+
+With ``constrained: true`` (default) decoding is held to the answer grammar by a regex, so a production
+Llama Guard never produces an unparseable answer and the tiny demo model answers in the right format too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from finet2i import shards
+from finet2i.backends import Constraint, Sampling
+from finet2i.models import ModelSpec
+from finet2i.shards import Record, StageStats
+
+log = logging.getLogger(__name__)
+
+STAGE = "guard"
+TOO_LONG = "too_long"
+UNSAFE = "unsafe"
+UNPARSEABLE = "guard_unparseable"
+
+HAZARD_CODES = tuple(f"S{i}" for i in range(1, 15))
+_CODE = r"S(?:[1-9]|1[0-4])"
+# Exactly Llama Guard 3's answer grammar.
+ANSWER_REGEX = rf"(safe|unsafe\n{_CODE}(,{_CODE})*)"
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    blocked_categories: tuple[str, ...] = HAZARD_CODES
+    max_words: int = 150
+    constrained: bool = True
+    chunk_size: int = 4096
+    max_tokens: int = 24  # "unsafe\nS1,S2,...,S14" is about 40 characters at worst; 24 tokens is ample
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> GuardSettings:
+        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
+        if "blocked_categories" in known:
+            known["blocked_categories"] = tuple(str(c).upper() for c in known["blocked_categories"])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """``safe`` is True/False when the answer parsed, None when it did not."""
+
+    safe: bool | None
+    categories: tuple[str, ...] = field(default=())
+    error: str | None = None
+
+    @property
+    def parsed(self) -> bool:
+        return self.safe is not None
+
+
+def parse_guard_output(text: str | None) -> GuardVerdict:
+    """Read a Llama-Guard-3 answer defensively.
+
+    Accepts surrounding whitespace, any case, trailing punctuation, codes separated by commas and/or spaces
+    on the second line (or on the first line after ``unsafe``), and duplicate codes. Everything else is an
+    error verdict (``safe=None``) that the stage treats as unsafe.
+    """
+    if text is None or not text.strip():
+        return GuardVerdict(None, error="empty answer")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    head = lines[0].lower().rstrip(".!")
+    if head == "safe":
+        if len(lines) > 1:  # Llama Guard says nothing after "safe"; more is a contradiction, fail closed
+            return GuardVerdict(None, error=f"text after 'safe': {lines[1][:40]!r}")
+        return GuardVerdict(True)
+    first_word = head.split()[0] if head.split() else ""
+    if first_word.rstrip(".,:") != "unsafe":
+        return GuardVerdict(None, error=f"first line is neither 'safe' nor 'unsafe': {lines[0][:40]!r}")
+    rest = " ".join([lines[0][len("unsafe"):]] + lines[1:2])
+    tokens = [t for t in re.split(r"[\s,;]+", rest.strip().rstrip(".")) if t]
+    if not tokens:
+        return GuardVerdict(None, error="'unsafe' without hazard codes")
+    codes: list[str] = []
+    for t in tokens:
+        code = t.upper()
+        if code not in HAZARD_CODES:
+            return GuardVerdict(None, error=f"unknown hazard code {t[:20]!r}")
+        if code not in codes:
+            codes.append(code)
+    return GuardVerdict(False, tuple(codes))
+
+
+def decide(verdict: GuardVerdict, blocked: Sequence[str]) -> str | None:
+    """Drop reason for a parsed (or unparseable) verdict, or None to keep."""
+    if not verdict.parsed:
+        return UNPARSEABLE
+    if verdict.safe:
+        return None
+    blocked_set = {c.upper() for c in blocked}
+    return UNSAFE if any(c in blocked_set for c in verdict.categories) else None
+
+
+def guard_conversation(prompt: str) -> list[dict[str, Any]]:
+    """The prompt as the user's turn; Llama Guard's chat template adds the task, categories and format."""
+    return [{"role": "user", "content": prompt}]
+
+
+def guard_chunk(records: Sequence[Record], llm: Any, settings: GuardSettings) -> list[Record]:
+    out: list[Record] = [dict(r) for r in records]
+    to_check: list[Record] = []
+    for r in out:
+        r["guard_verdict"] = None
+        r["guard_categories"] = None
+        r["guard_raw"] = None
+        n = len((r.get("prompt") or "").split())
+        if n > settings.max_words:
+            shards.mark(r, TOO_LONG)
+        else:
+            to_check.append(r)
+    if to_check:
+        constraint = Constraint(regex=ANSWER_REGEX) if settings.constrained else None
+        sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=settings.max_tokens, seed=0)
+        conversations = [guard_conversation(r.get("prompt") or "") for r in to_check]
+        answers = llm.chat(conversations, sampling, constraint)
+        for r, raw in zip(to_check, answers, strict=True):
+            verdict = parse_guard_output(raw)
+            r["guard_raw"] = raw
+            if verdict.parsed:
+                r["guard_verdict"] = "safe" if verdict.safe else "unsafe"
+                r["guard_categories"] = list(verdict.categories)
+            else:
+                log.warning("guard: record %s: unparseable answer (%s); dropped (fails closed)",
+                            r.get("id"), verdict.error)
+            shards.mark(r, decide(verdict, settings.blocked_categories))
+    return out
+
+
+def run_guard(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
+              settings: Mapping[str, Any], model: ModelSpec, stats_path: str | os.PathLike[str] | None = None,
+              llm: Any = None) -> StageStats:
+    """Guard one shard: ``results/dedup/keep/{shard}.parquet`` -> ``results/guard/{shard}.parquet``."""
+    from finet2i.backends.vllm_llm import LazyChat
+
+    started = time.monotonic()
+    s = GuardSettings.from_config(settings)
+    records = shards.read_kept(in_path)
+    own = llm is None
+    backend = LazyChat(model, seed=0) if own else llm
+    model_name = getattr(backend, "model_name", None) or model.name
+    ck = shards.ChunkCheckpoint(out_path, s.chunk_size,
+                                shards.fingerprint((r["id"] for r in records), STAGE, settings, model.label))
+    try:
+        out = ck.run(records, lambda chunk: guard_chunk(chunk, backend, s))
+    finally:
+        if own:
+            backend.close()
+    flagged: dict[str, int] = {}
+    for r in out:
+        for c in r.get("guard_categories") or []:
+            flagged[c] = flagged.get(c, 0) + 1
+    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
+                                      model=model_name, stats_file=stats_path,
+                                      resumed_chunks=ck.resumed_chunks,
+                                      flagged_categories=dict(sorted(flagged.items())))
+    ck.cleanup()
+    return stats
