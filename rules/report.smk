@@ -34,8 +34,8 @@ rule report:
         "logs/report/report.log",
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=16000,
+        runtime=60,
     params:
         demo=config.get("demo", False),
     script:

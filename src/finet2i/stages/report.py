@@ -167,7 +167,9 @@ def read_indexes(paths: Iterable[str | os.PathLike[str]]) -> dict[str, list[Any]
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{p}: dataset index not found; run the package stage first")
-        table = pq.read_table(p)
+        # Only the columns the report uses: an index also holds the prompts, which would cost memory here.
+        present = [c for c in INDEX_COLUMNS if c in pq.read_schema(p).names]
+        table = pq.read_table(p, columns=present)
         n = table.num_rows
         for c in INDEX_COLUMNS:
             if c in table.column_names:
