@@ -323,3 +323,33 @@ def test_score_keeps_above_threshold_and_resumes_from_chunks(tmp_path):
     assert stats.model == "test/rms-contrast" and stats.dropped == {"low_aesthetic": 2}
     assert stats.extra["resumed_chunks"] == 1
     assert not (out.parent / (out.name + ".chunks")).exists()  # checkpoint cleaned after success
+
+
+def test_score_loads_the_real_aesthetic_predictor_from_model_specs(tmp_path):
+    """The production path: scorer=None loads SigLIP + the V2.5 head from the specs (tiny, random-weight)."""
+    from finet2i.backends.aesthetic import load_aesthetic_scorer
+    from finet2i.demo.aesthetic import build_aesthetic
+
+    enc_dir, head_file = build_aesthetic(tmp_path / "models", seed=0)
+    encoder = ModelSpec(key="models.aesthetic_encoder", path=str(enc_dir))
+    head = ModelSpec(key="models.aesthetic_head", path=str(head_file))
+    folder = tmp_path / "unsplash_lite"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "rocket", "chelsea"):
+        (folder / f"{name}.jpg").write_bytes(jpeg(small(name)))
+    ingest = tmp_path / "ingest" / "00000.parquet"
+    curated.run_curated_ingest([str(folder)], ingest, cshard="00000", n_shards=1, settings=SETTINGS,
+                               stats_path=shards.stats_path(ingest))
+    out = tmp_path / "score" / "00000.parquet"
+    rows_in = shards.read_kept(ingest)
+    reference = load_aesthetic_scorer(encoder, head).score(
+        [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in rows_in])
+    ranked = sorted(reference)
+    threshold = (ranked[1] + ranked[2]) / 2  # keep exactly the two best
+    stats = curated.run_curated_score(ingest, out, cshard="00000",
+                                      settings={**SETTINGS, "aesthetic_threshold": threshold},
+                                      encoder=encoder, head=head, stats_path=shards.stats_path(out))
+    rows = shards.read_records(out)
+    assert [r["aesthetic_predictor_v_2_5_score"] for r in rows] == pytest.approx(reference, abs=1e-4)
+    assert stats.kept == 2 and stats.dropped == {"low_aesthetic": 2}
+    assert stats.model and stats.extra["threshold"] == threshold

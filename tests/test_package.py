@@ -45,6 +45,7 @@ def image_row(subset: str, i: int, *, size=(64, 48), fmt="JPEG", task=None) -> d
         "aesthetic_predictor_v_2_5_score": 5.0 + i / 10, "seed": 1000 + i,
         "candidate_scores": [4.0, 5.0 + i / 10],
         "guard_verdict": "safe", "image": encode(im, fmt),
+        "prompt_used": enhanced if subset.startswith("pe") else prompt,
     }
 
 

@@ -74,7 +74,7 @@ INDEX_SCHEMA = pa.schema([
 # Columns that never go into the json's extra keys: bytes, verdict columns of upstream tables (every
 # packaged row was kept), and columns already carried by a release key under another name.
 _NOT_PROVENANCE = {"image", shards.KEPT, shards.DROP_REASON, "sample_id", "category", "length",
-                   "enhanced_length", "image_resolution", "width", "height"}
+                   "enhanced_length", "image_resolution", "width", "height", "prompt_used"}
 
 # Drop reasons of this stage (a kept upstream row that cannot be packaged; should not happen).
 MISSING_IMAGE = "missing_image"
@@ -195,7 +195,8 @@ def build_sample(row: dict[str, Any], image: bytes | None, *, subset: str,
         return None, EMPTY_PROMPT
     enhanced = row.get("enhanced_prompt") or None
     with_enhanced = bool(row.get("image_generated_with_enhanced_prompt")) and not real and bool(enhanced)
-    txt = enhanced if with_enhanced else prompt
+    # The generate stage records the text it rendered; trust it over our own choice when present.
+    txt = row.get("prompt_used") or (enhanced if with_enhanced else prompt)
     meta: dict[str, Any] = {
         "id": key,
         "prompt": prompt,
