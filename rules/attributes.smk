@@ -1,0 +1,28 @@
+# 3.1.3 "Filtering based on attributes": a VLM (Qwen3-VL-8B-Instruct, text input only) judges whether each
+# prompt that passed the guard matches its target style and category; a JSON-schema constraint shapes the
+# verdict, a mismatch or an unreadable verdict drops the prompt. `attributes.enabled: false` skips the stage
+# (enhance then reads the guard's table, see prompts_for_enhance in common.smk).
+
+
+rule attributes:
+    input:
+        table="results/guard/{shard}.parquet",
+    output:
+        table="results/attributes/{shard}.parquet",
+        stats="results/attributes/{shard}.stats.json",
+    log:
+        "logs/attributes/{shard}.log",
+    benchmark:
+        "results/benchmarks/attributes/{shard}.tsv"
+    conda:
+        "../envs/llm.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=240,
+    params:
+        settings=config["attributes"],
+        model=config["models"]["verifier"],
+    script:
+        "../workflow_scripts/attributes.py"

@@ -1,0 +1,29 @@
+# 3.1.6: text-image pair filtering. Per shard, every subset's generated images: aesthetic score > threshold
+# (5.5 in the paper), then a reasoning VLM judge (Qwen3-VL-8B-Thinking) against the alignment and artifact
+# criteria of its system prompt; any violation drops the pair. One job per shard covers all subsets, so the
+# judge loads once; the outputs hold verdicts and evidence, not image bytes (package joins those back).
+
+
+rule pair_filter:
+    input:
+        images=expand("results/images/{subset}/{{shard}}.parquet", subset=SUBSETS),
+    output:
+        tables=expand("results/pairs/{subset}/{{shard}}.parquet", subset=SUBSETS),
+        stats=expand("results/pairs/{subset}/{{shard}}.stats.json", subset=SUBSETS),
+    log:
+        "logs/pair_filter/{shard}.log",
+    benchmark:
+        "results/benchmarks/pair_filter/{shard}.tsv"
+    conda:
+        "../envs/llm.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=64000,
+        runtime=720,
+    params:
+        subsets=SUBSETS,  # the order of the input and output lists above
+        settings=config["pair_filter"],
+        model=config["models"]["judge"],
+    script:
+        "../workflow_scripts/pair_filter.py"

@@ -1,0 +1,197 @@
+"""Attribute verification (paper 3.1.3, "Filtering based on attributes").
+
+A vision-language model (Qwen3-VL-8B-Instruct in the paper, used with text input only) reads each prompt with
+the attributes it was generated for and judges whether the prompt semantically matches them. The verdict is a
+JSON object forced by a JSON-schema constraint, one boolean per checked attribute plus a short reason::
+
+    {"style_match": true, "category_match": false, "reason": "a street scene, not a portrait"}
+
+``attributes.check`` in the config lists the attributes that count (``style``, ``category``; ``subcategory``
+and ``task`` are accepted too). A prompt that fails any of them is dropped as ``attribute_mismatch`` with the
+failed attributes (``attribute_mismatches``, comma-joined) and the reason (``attribute_reason``) as
+evidence. An answer that is not such an object (truncated, not JSON, a key missing) is dropped as
+``verifier_unparseable`` with the raw text in ``verifier_raw``: the check fails closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from finet2i import shards
+from finet2i.backends import Constraint, Message, Sampling
+from finet2i.models import ModelSpec
+from finet2i.shards import Record, StageStats
+
+log = logging.getLogger(__name__)
+
+STAGE = "attributes"
+MISMATCH = "attribute_mismatch"
+UNPARSEABLE = "verifier_unparseable"
+
+# Attribute name -> (record column, how the instruction names it).
+ATTRIBUTES: dict[str, tuple[str, str]] = {
+    "style": ("style", "style"),
+    "category": ("category", "category"),
+    "subcategory": ("subcategory", "sub-category"),
+    "task": ("task", "task"),
+}
+
+SYSTEM_PROMPT = (
+    "You verify prompts written for a text-to-image model. Each prompt was written to fit target "
+    "attributes: a visual style and a content category (with a sub-category), sometimes a task. "
+    "Judge whether the prompt, as written, semantically matches each target attribute: the style must be "
+    "stated or clearly implied by the prompt, and the main subject must belong to the category. Be strict "
+    "but fair: a prompt matches an attribute when an image generated from it would plainly show that "
+    "attribute. Answer with a JSON object only: one boolean '<attribute>_match' per attribute you are "
+    "asked about, and a one-sentence 'reason'."
+)
+
+MAX_REASON_CHARS = 300
+
+
+@dataclass(frozen=True)
+class AttributeSettings:
+    check: tuple[str, ...] = ("style", "category")
+    chunk_size: int = 4096
+    temperature: float = 0.0
+    max_tokens: int = 256
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> AttributeSettings:
+        check = tuple(section.get("check", cls.check))
+        unknown = [a for a in check if a not in ATTRIBUTES]
+        if unknown or not check:
+            raise ValueError(f"attributes.check: {unknown or 'an empty list'} is not valid; choose from "
+                             f"{sorted(ATTRIBUTES)}")
+        return cls(check=check, chunk_size=int(section.get("chunk_size", cls.chunk_size)),
+                   temperature=float(section.get("temperature", cls.temperature)),
+                   max_tokens=int(section.get("max_tokens", cls.max_tokens)))
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)
+
+
+@dataclass
+class AttributeVerdict:
+    matches: dict[str, bool] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def mismatched(self) -> list[str]:
+        return [a for a, ok in self.matches.items() if not ok]
+
+
+def verdict_schema(check: Sequence[str]) -> dict[str, Any]:
+    """The JSON schema the verifier's answer is constrained to."""
+    props: dict[str, Any] = {f"{a}_match": {"type": "boolean"} for a in check}
+    props["reason"] = {"type": "string", "maxLength": MAX_REASON_CHARS}
+    return {"type": "object", "properties": props, "required": [*(f"{a}_match" for a in check), "reason"],
+            "additionalProperties": False}
+
+
+def extract_json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in ``text`` (tolerating code fences and chatter around it), or None."""
+    if not text:
+        return None
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        return obj if isinstance(obj, dict) else None
+    return None
+
+
+def parse_verdict(text: str, check: Sequence[str]) -> AttributeVerdict | None:
+    """The verifier's answer as a verdict, or None when it is not a complete one (fail closed)."""
+    obj = extract_json_object(text)
+    if obj is None:
+        return None
+    matches: dict[str, bool] = {}
+    for a in check:
+        value = obj.get(f"{a}_match")
+        if not isinstance(value, bool):  # "yes", 1, null: not a verdict we can trust
+            return None
+        matches[a] = value
+    reason = obj.get("reason", "")
+    return AttributeVerdict(matches=matches, reason=str(reason) if reason is not None else "")
+
+
+def build_messages(record: Mapping[str, Any], check: Sequence[str]) -> list[Message]:
+    lines = [f"Prompt: {record.get('prompt') or ''}", "", "Target attributes:"]
+    for a in check:
+        column, label = ATTRIBUTES[a]
+        value = record.get(column)
+        if a == "category" and record.get("subcategory") and "subcategory" not in check:
+            value = f"{value} (sub-category: {record['subcategory']})"
+        lines.append(f"- {label}: {value if value not in (None, '') else 'not specified'}")
+    keys = ", ".join(f'"{a}_match"' for a in check)
+    lines += ["", f"Answer with a JSON object with the keys {keys} and \"reason\"."]
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def verify_chunk(records: list[Record], vlm: Any, settings: AttributeSettings) -> list[Record]:
+    """Ask the verifier about every record of a chunk (one batched call) and mark each one."""
+    if not records:
+        return []
+    constraint = Constraint(json_schema=verdict_schema(settings.check))
+    answers = vlm.chat([build_messages(r, settings.check) for r in records], settings.sampling(), constraint)
+    if len(answers) != len(records):
+        raise RuntimeError(f"verifier returned {len(answers)} answers for {len(records)} prompts")
+    out: list[Record] = []
+    for r, answer in zip(records, answers, strict=True):
+        r = dict(r)
+        verdict = parse_verdict(answer, settings.check)
+        r["attribute_mismatches"] = None
+        r["attribute_reason"] = None
+        r["verifier_raw"] = None
+        if verdict is None:
+            r["verifier_raw"] = answer
+            shards.mark(r, UNPARSEABLE)
+        else:
+            r["attribute_reason"] = verdict.reason
+            # A comma-joined string keeps one parquet type whatever the chunk holds ("" never occurs: kept
+            # rows have null).
+            r["attribute_mismatches"] = ",".join(verdict.mismatched) or None
+            shards.mark(r, MISMATCH if verdict.mismatched else None)
+        out.append(r)
+    return out
+
+
+def run_attributes(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
+                   settings: Mapping[str, Any], model: ModelSpec,
+                   stats_path: str | os.PathLike[str] | None = None, vlm: Any = None) -> StageStats:
+    """Verify the attributes of one shard: ``results/guard/{shard}`` -> ``results/attributes/{shard}``.
+
+    ``vlm``: an already built :class:`~finet2i.backends.VisionLLM` (tests); by default a vLLM engine for
+    ``model`` starts when the first unfinished chunk needs it (text only: no image inputs are reserved).
+    """
+    from finet2i.backends.vllm_llm import LazyChat
+
+    started = time.monotonic()
+    s = AttributeSettings.from_config(settings)
+    records = shards.read_kept(in_path)
+    own = vlm is None
+    backend = LazyChat(model, seed=0) if own else vlm
+    model_name = getattr(backend, "model_name", None) or model.name
+    fp = shards.fingerprint((r["id"] for r in records), STAGE, dict(settings), model.label)
+    ck = shards.ChunkCheckpoint(out_path, s.chunk_size, fp)
+    try:
+        out = ck.run(records, lambda chunk: verify_chunk(chunk, backend, s))
+    finally:
+        if own:
+            backend.close()
+    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
+                                      model=model_name, stats_file=stats_path, check=list(s.check),
+                                      resumed_chunks=ck.resumed_chunks)
+    ck.cleanup()
+    return stats

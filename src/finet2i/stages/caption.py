@@ -1,0 +1,146 @@
+"""Short-prompt captions for the real-image set (paper 3.2).
+
+The captioner (Qwen2.5-VL-7B-Captioner-Relaxed in the paper) describes each real photograph in one short
+sentence, the way a user would prompt a text-to-image model; the enhance stage later writes the long version.
+The caption becomes the record's ``prompt`` (with ``prompt_generator`` = the captioner's name and ``length`` =
+its word count, as in the release). The answer is cleaned defensively (quotes, "Caption:" lead-ins, trailing
+chatter after the first paragraph); an empty caption is dropped as ``empty_caption``, an unreadable image as
+``image_unreadable``.
+
+Output rows carry no image bytes. The real-image rule ``curated_caption`` (rules/curated.smk) calls
+:func:`run_caption`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from finet2i import shards
+from finet2i.backends import Message, Sampling
+from finet2i.models import ModelSpec
+from finet2i.shards import Record, StageStats
+from finet2i.stages.pair_filter import image_bytes, load_image, read_kept_light
+
+log = logging.getLogger(__name__)
+
+STAGE = "curated_caption"
+EMPTY = "empty_caption"
+UNREADABLE = "image_unreadable"
+
+INSTRUCTION = (
+    "Write a short prompt for a text-to-image model that would produce this image: one sentence of about 10 "
+    "to 25 words naming the main subject, the setting and the visual style. Answer with the prompt only."
+)
+
+_LEAD_IN = re.compile(r"^\s*(?:here is (?:a|the) (?:short )?(?:prompt|caption)[^:]*:|(?:short )?"
+                      r"(?:prompt|caption|description)\s*:)\s*", re.IGNORECASE)
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    temperature: float = 0.0
+    max_tokens: int = 128
+    chunk_size: int = 256
+    max_image_pixels: int = 1024 * 1024  # downscaled before the captioner (token budget)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> CaptionSettings:
+        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
+        return cls(**known)
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)
+
+
+def clean_caption(text: str | None) -> str:
+    """The caption in a model answer: first paragraph, no lead-in, no surrounding quotes, single spaces."""
+    if not text:
+        return ""
+    text = text.strip()
+    text = text.split("\n\n", 1)[0]
+    text = _LEAD_IN.sub("", text, count=1)
+    text = " ".join(text.split())
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
+    # Nothing alphanumeric (stray punctuation, control bytes) is no caption.
+    return text if any(ch.isalnum() for ch in text) else ""
+
+
+def build_messages(image: Any) -> list[Message]:
+    return [{"role": "user",
+             "content": [{"type": "image", "image": image}, {"type": "text", "text": INSTRUCTION}]}]
+
+
+def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, model_name: str,
+                  images: Mapping[str, bytes | None] | None = None) -> list[Record]:
+    """Captions for one chunk; bytes come from each record's ``image`` or from ``images`` by ``id``.
+    The returned rows carry no image bytes."""
+    out: list[Record] = []
+    todo: list[tuple[Record, Any]] = []
+    for src in records:
+        r = {k: v for k, v in src.items() if k not in ("image", shards.KEPT, shards.DROP_REASON)}
+        r["prompt"], r["prompt_generator"], r["length"], r["caption_raw"] = None, model_name, 0, None
+        out.append(r)
+        try:
+            data = src.get("image")
+            if data is None and images is not None:
+                data = images.get(src["id"])
+            if not data:
+                raise ValueError("no image bytes")
+            image = load_image(data, settings.max_image_pixels)
+        except Exception as e:  # the ingest stage validated the bytes; a failure here is still not fatal
+            r["caption_raw"] = f"{e.__class__.__name__}: {e}"
+            shards.mark(r, UNREADABLE)
+            continue
+        todo.append((r, image))
+    if todo:
+        answers = vlm.chat([build_messages(image) for _, image in todo], settings.sampling())
+        if len(answers) != len(todo):
+            raise RuntimeError(f"captioner returned {len(answers)} answers for {len(todo)} images")
+        for (r, _), answer in zip(todo, answers, strict=True):
+            caption = clean_caption(answer)
+            r["prompt"] = caption or None
+            r["length"] = len(caption.split())
+            if not caption:
+                r["caption_raw"] = answer
+            shards.mark(r, None if caption else EMPTY)
+    return out
+
+
+def run_caption(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
+                settings: Mapping[str, Any], model: ModelSpec,
+                stats_path: str | os.PathLike[str] | None = None, vlm: Any = None) -> StageStats:
+    """Caption the kept real images of one curated shard (records with ``id`` and ``image`` JPEG bytes).
+
+    Output rows keep every input column except the ``image`` bytes (``package_real`` takes those from the
+    ingest table) and add ``prompt``, ``prompt_generator``, ``length`` and, for dropped rows,
+    ``caption_raw``. Bytes are read one chunk at a time. ``vlm``: an already built VisionLLM (tests).
+    """
+    from finet2i.backends.vllm_llm import LazyChat
+
+    started = time.monotonic()
+    s = CaptionSettings.from_config(settings)
+    records = read_kept_light(in_path)
+    own = vlm is None
+    backend = LazyChat(model, seed=0, limit_images=1) if own else vlm
+    model_name = getattr(backend, "model_name", None) or model.name
+    fp = shards.fingerprint((r["id"] for r in records), STAGE, dict(settings), model.label)
+    ck = shards.ChunkCheckpoint(out_path, s.chunk_size, fp)
+    try:
+        out = ck.run(records, lambda chunk: caption_chunk(
+            chunk, backend, s, model_name, image_bytes(in_path, "id", [r["id"] for r in chunk])))
+    finally:
+        if own:
+            backend.close()
+    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
+                                      model=model_name, stats_file=stats_path,
+                                      resumed_chunks=ck.resumed_chunks)
+    ck.cleanup()
+    return stats

@@ -1,0 +1,334 @@
+"""Text-image pair filtering (paper 3.1.6): an aesthetic threshold, then a reasoning VLM judge.
+
+Per shard and subset, every row of ``results/images/{subset}/{shard}.parquet`` (one generated image per
+prompt) gets a verdict in ``results/pairs/{subset}/{shard}.parquet``; the image bytes stay in the images
+table (the packager joins them back by ``sample_id``).
+
+1. ``aesthetic_predictor_v_2_5_score <= aesthetic_threshold`` (the paper keeps > 5.5) -> ``low_aesthetic``.
+2. The judge (Qwen3-VL-8B-Thinking in production) sees the image and the prompt the image was generated from
+   (``prompt_used``), under a system prompt that enumerates the alignment criteria (objects, counts, colours,
+   positions, text rendering, style, ...) and the artifact criteria (anatomy, extra limbs, distorted text,
+   blur, watermarks, ...). It thinks, closes with ``</think>``, then answers with a JSON verdict::
+
+       <reasoning></think>
+
+       {"violations": ["counts", "extra_limbs"], "pass": false}
+
+   With ``judge.constrained`` (default) a regex constraint forces exactly that shape: reasoning without
+   ``<``, ``</think>``, then a verdict whose violations are criterion ids. A sample that violates ANY
+   criterion is dropped (``judge_rejected``, evidence ``judge_violations``); the reasoning is kept in
+   ``judge_reasoning``. No ``</think>`` (the model ran out of tokens while thinking), no JSON, or a verdict
+   without the expected keys -> ``judge_unparseable`` with the raw answer in ``judge_raw``: the judge fails
+   closed. ``judge.enabled: false`` skips step 2.
+
+Stats: one ``pair_filter`` stats JSON per subset, shard label = the shard, ``extra.subset`` = the subset
+(the report also finds the subset in the path ``results/pairs/{subset}/...``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from finet2i import shards
+from finet2i.backends import Constraint, Message, Sampling
+from finet2i.models import ModelSpec
+from finet2i.shards import Record, StageStats
+from finet2i.stages.attributes import extract_json_object
+
+log = logging.getLogger(__name__)
+
+STAGE = "pair_filter"
+LOW_AESTHETIC = "low_aesthetic"
+REJECTED = "judge_rejected"
+UNPARSEABLE = "judge_unparseable"
+UNREADABLE = "image_unreadable"
+SCORE = "aesthetic_predictor_v_2_5_score"
+THINK_END = "</think>"
+
+# Criterion id -> what the judge checks. Ids are what the verdict lists and what `judge_violations` records.
+ALIGNMENT_CRITERIA: dict[str, str] = {
+    "objects": "every object, person, animal and element the prompt asks for is present, and nothing the "
+               "prompt excludes appears",
+    "counts": "the number of each thing matches the prompt exactly (two cats means exactly two cats)",
+    "colors": "colors of objects, clothing, background and lighting match the prompt",
+    "attributes": "sizes, shapes, materials, textures, ages, expressions and other stated properties match",
+    "positions": "spatial relations and layout (left/right, above/below, in front of/behind, inside, "
+                 "foreground/background) match the prompt",
+    "actions": "actions, poses and interactions between subjects match the prompt",
+    "text_rendering": "any text the prompt quotes is rendered exactly, spelled correctly, complete and "
+                      "legible, with no extra words",
+    "style": "the artistic style, medium and rendering (photo, oil painting, 3D render, anime, ...) match",
+    "scene": "setting, background, time of day, weather, lighting and mood match the prompt",
+}
+ARTIFACT_CRITERIA: dict[str, str] = {
+    "anatomy": "faces, hands, fingers, feet and bodies are anatomically correct (no fused, twisted or "
+               "malformed parts, natural eyes and teeth)",
+    "extra_limbs": "no extra or missing limbs, fingers, heads or duplicated body parts",
+    "distorted_text": "no garbled, warped, misspelled or pseudo-text anywhere in the image",
+    "object_integrity": "objects keep coherent, physically plausible shapes (no melted, merged or broken "
+                        "geometry, consistent perspective and reflections)",
+    "blur": "the image is sharp where it should be: no unintended blur, noise, banding, over-smoothing or "
+            "compression artifacts",
+    "watermarks": "no watermarks, signatures, logos, captions, borders or UI overlays the prompt did not "
+                  "ask for",
+    "composition": "the main subject is fully and clearly shown (not cut off or obscured), the composition "
+                   "is coherent",
+}
+CRITERIA: tuple[str, ...] = (*ALIGNMENT_CRITERIA, *ARTIFACT_CRITERIA)
+
+
+def _criteria_list(criteria: Mapping[str, str]) -> str:
+    return "\n".join(f"- {cid}: {text}" for cid, text in criteria.items())
+
+
+SYSTEM_PROMPT = (
+    "You are a strict quality inspector for a text-to-image fine-tuning dataset. You receive one generated "
+    "image and the prompt it was generated from. Only flawless, fully prompt-compliant images may enter the "
+    "dataset.\n\n"
+    "Check the image against EVERY criterion below.\n\n"
+    "Text-image alignment (the image must follow the prompt):\n" + _criteria_list(ALIGNMENT_CRITERIA) + "\n\n"
+    "Generation artifacts (the image must be free of them):\n" + _criteria_list(ARTIFACT_CRITERIA) + "\n\n"
+    "A criterion the prompt does not touch (e.g. text rendering when no text is asked for) is satisfied "
+    "unless the image itself shows the flaw. When in doubt, count it as a violation.\n"
+    "Think step by step, then answer with a JSON object only: "
+    '{"violations": [<ids of every violated criterion>], "pass": <true only if there are no violations>}.'
+)
+
+
+@dataclass(frozen=True)
+class PairFilterSettings:
+    aesthetic_threshold: float = 5.5
+    judge_enabled: bool = True
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    constrained: bool = True
+    # Longest reasoning the constraint allows, in characters. Default: 3 characters per token of what is
+    # left after a verdict's worth (96 tokens), so a real model's reasoning is bounded by max_tokens first;
+    # with a tiny budget (the demo's 64 tokens) the reasoning is empty and the verdict always fits.
+    max_reasoning_chars: int | None = None
+    max_image_pixels: int = 1024 * 1024  # images are downscaled to this before the judge (token budget)
+    chunk_size: int = 256
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> PairFilterSettings:
+        judge = dict(section.get("judge") or {})
+        return cls(
+            aesthetic_threshold=float(section.get("aesthetic_threshold", cls.aesthetic_threshold)),
+            judge_enabled=bool(judge.get("enabled", cls.judge_enabled)),
+            temperature=float(judge.get("temperature", cls.temperature)),
+            max_tokens=int(judge.get("max_tokens", cls.max_tokens)),
+            constrained=bool(judge.get("constrained", cls.constrained)),
+            max_reasoning_chars=judge.get("max_reasoning_chars"),
+            max_image_pixels=int(judge.get("max_image_pixels", cls.max_image_pixels)),
+            chunk_size=int(section.get("chunk_size", cls.chunk_size)),
+        )
+
+    @property
+    def reasoning_chars(self) -> int:
+        if self.max_reasoning_chars is not None:
+            return max(0, int(self.max_reasoning_chars))
+        return max(0, self.max_tokens - 96) * 3
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)
+
+
+@dataclass
+class JudgeVerdict:
+    """What the judge said. ``error`` is set when the answer could not be read (the sample is dropped)."""
+
+    reasoning: str = ""
+    violations: list[str] = field(default_factory=list)
+    passed: bool = False
+    error: str | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return self.error is None and (bool(self.violations) or not self.passed)
+
+
+def verdict_regex(reasoning_chars: int, criteria: Sequence[str] = CRITERIA) -> str:
+    """The judge's answer shape: reasoning (no '<'), ``</think>``, a JSON verdict over known criteria."""
+    ids = "|".join(re.escape(c) for c in criteria)
+    item = f'"({ids})"'
+    return (rf"[^<]{{0,{reasoning_chars}}}</think>\n\n"
+            rf'\{{"violations": \[({item}(, {item}){{0,{len(criteria) - 1}}})?\], "pass": (true|false)\}}')
+
+
+def parse_judge(text: str) -> JudgeVerdict:
+    """Split a thinking judge's answer at ``</think>`` and read the JSON verdict after it (fail closed)."""
+    text = text or ""
+    if THINK_END not in text:
+        return JudgeVerdict(reasoning=text.strip(), error=f"no {THINK_END}: the answer ended while thinking")
+    reasoning, answer = text.rsplit(THINK_END, 1)
+    reasoning = reasoning.replace("<think>", "", 1).strip()
+    obj = extract_json_object(answer)
+    if obj is None:
+        return JudgeVerdict(reasoning=reasoning, error=f"no JSON object after {THINK_END}")
+    violations, passed = obj.get("violations"), obj.get("pass")
+    if not isinstance(violations, list) or not all(isinstance(v, str) for v in violations):
+        return JudgeVerdict(reasoning=reasoning, error="verdict has no list of strings under 'violations'")
+    if not isinstance(passed, bool):
+        return JudgeVerdict(reasoning=reasoning, error="verdict has no boolean 'pass'")
+    # "pass": false without naming a criterion is still a rejection; record it as such.
+    violations = [v.strip() for v in violations if v.strip()] or ([] if passed else ["unspecified"])
+    return JudgeVerdict(reasoning=reasoning, violations=violations, passed=passed)
+
+
+def read_kept_light(path: str | os.PathLike[str]) -> list[Record]:
+    """The kept rows of an image table without the ``image`` bytes (a shard's images do not fit in memory)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    table = shards.read_table(path, [c for c in names if c != "image"])
+    if shards.KEPT in table.column_names:
+        table = table.filter(table.column(shards.KEPT).fill_null(False))
+        table = table.drop_columns([c for c in (shards.KEPT, shards.DROP_REASON) if c in table.column_names])
+    return table.to_pylist()
+
+
+def image_bytes(path: str | os.PathLike[str], key: str, values: Sequence[str]) -> dict[str, bytes | None]:
+    """``image`` bytes of the rows whose ``key`` column is in ``values`` (one chunk), read with a filter."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=[key, "image"], filters=[(key, "in", list(values))])
+    return dict(zip(t.column(key).to_pylist(), t.column("image").to_pylist(), strict=True))
+
+
+def load_image(data: bytes, max_pixels: int) -> Any:
+    """JPEG/PNG bytes -> RGB PIL image, downscaled (aspect kept) to at most ``max_pixels``."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    if w * h > max_pixels:
+        scale = (max_pixels / (w * h)) ** 0.5
+        im = im.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BICUBIC)
+    return im
+
+
+def build_messages(image: Any, prompt: str) -> list[Message]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": [
+            {"type": "image", "image": image},
+            {"type": "text", "text": f"Prompt: {prompt}\n\nDoes this image satisfy every criterion?"},
+        ]},
+    ]
+
+
+_NOT_CARRIED = ("image", shards.KEPT, shards.DROP_REASON)
+
+
+def _empty_evidence(r: Record) -> Record:
+    for k in ("judge_reasoning", "judge_violations", "judge_raw"):
+        r.setdefault(k, None)
+    return r
+
+
+def filter_chunk(records: list[Record], vlm: Any, settings: PairFilterSettings,
+                 images: Mapping[str, bytes | None] | None = None) -> list[Record]:
+    """Verdicts for one chunk of image rows; the returned rows carry no image bytes.
+
+    Image bytes come from each record's ``image`` or, when absent there, from ``images`` by ``sample_id``.
+    """
+    out: list[Record] = []
+    to_judge: list[tuple[Record, Any]] = []
+    for src in records:
+        r = _empty_evidence({k: v for k, v in src.items() if k not in _NOT_CARRIED})
+        out.append(r)
+        score = src.get(SCORE)
+        if score is None or float(score) <= settings.aesthetic_threshold:
+            shards.mark(r, LOW_AESTHETIC)
+            continue
+        if not settings.judge_enabled:
+            shards.mark(r, None)
+            continue
+        try:
+            data = src.get("image")
+            if data is None and images is not None:
+                data = images.get(src.get("sample_id"))
+            if not data:
+                raise ValueError("no image bytes")
+            image = load_image(data, settings.max_image_pixels)
+        except Exception as e:  # missing, truncated or empty bytes: no verdict possible, fail closed
+            r["judge_raw"] = f"{e.__class__.__name__}: {e}"
+            shards.mark(r, UNREADABLE)
+            continue
+        to_judge.append((r, image))
+    if to_judge:
+        constraint = None
+        if settings.constrained:
+            constraint = Constraint(regex=verdict_regex(settings.reasoning_chars))
+        convs = [build_messages(image, r.get("prompt_used") or "") for r, image in to_judge]
+        answers = vlm.chat(convs, settings.sampling(), constraint)
+        if len(answers) != len(to_judge):
+            raise RuntimeError(f"judge returned {len(answers)} answers for {len(to_judge)} images")
+        for (r, _), answer in zip(to_judge, answers, strict=True):
+            v = parse_judge(answer)
+            r["judge_reasoning"] = v.reasoning
+            if v.error is not None:
+                r["judge_raw"] = answer
+                shards.mark(r, UNPARSEABLE)
+            else:
+                r["judge_violations"] = ",".join(v.violations) or None
+                shards.mark(r, REJECTED if v.rejected else None)
+    return out
+
+
+def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
+                    out_tables: Mapping[str, str | os.PathLike[str]],
+                    stats_paths: Mapping[str, str | os.PathLike[str]], *, shard: str,
+                    settings: Mapping[str, Any], model: ModelSpec, vlm: Any = None) -> dict[str, StageStats]:
+    """Filter one shard of every subset: ``images/{subset}/{shard}`` -> ``pairs/{subset}/{shard}`` (+ stats).
+
+    The three mappings are keyed by subset. One judge engine serves all subsets; it starts only when a chunk
+    needs it (a resumed shard, or ``judge.enabled: false``, never starts it). ``vlm``: an already built
+    :class:`~finet2i.backends.VisionLLM` (tests).
+    """
+    from finet2i.backends.vllm_llm import LazyChat
+
+    s = PairFilterSettings.from_config(settings)
+    missing = sorted(set(image_tables) ^ set(out_tables) | set(image_tables) ^ set(stats_paths))
+    if missing:
+        raise ValueError(f"pair_filter/{shard}: subsets {missing} lack an images table, an output or a stats "
+                         f"path; pass the same subsets in all three")
+    own = vlm is None
+    backend = LazyChat(model, seed=0, limit_images=1, max_model_len=8192) if own else vlm
+    model_name = (getattr(backend, "model_name", None) or model.name) if s.judge_enabled else None
+    result: dict[str, StageStats] = {}
+    try:
+        for subset in sorted(image_tables):
+            started = time.monotonic()
+            path = image_tables[subset]
+            records = read_kept_light(path)
+            ids = [r.get("sample_id") for r in records]
+            if any(i is None for i in ids):
+                raise ValueError(f"{path}: every row needs a `sample_id` (packaging joins the images by it)")
+            ck = shards.ChunkCheckpoint(out_tables[subset], s.chunk_size,
+                                        shards.fingerprint(ids, STAGE, subset, dict(settings), model.label))
+
+            def run_chunk(chunk: list[Record], path: str | os.PathLike[str] = path) -> list[Record]:
+                # Only rows that pass the aesthetic threshold are worth reading the bytes of.
+                wanted = [r["sample_id"] for r in chunk if (r.get(SCORE) or 0.0) > s.aesthetic_threshold]
+                images = image_bytes(path, "sample_id", wanted) if wanted and s.judge_enabled else {}
+                return filter_chunk(chunk, backend, s, images)
+
+            out = ck.run(records, run_chunk)
+            result[subset] = shards.write_stage_output(
+                out_tables[subset], out, stage=STAGE, shard=shard, started=started, model=model_name,
+                stats_file=stats_paths[subset], subset=subset, judge_enabled=s.judge_enabled,
+                aesthetic_threshold=s.aesthetic_threshold, resumed_chunks=ck.resumed_chunks)
+            ck.cleanup()
+    finally:
+        if own:
+            backend.close()
+    return result

@@ -1,0 +1,17 @@
+from finet2i.stages.pair_filter import run_pair_filter
+from finet2i.workflow import adapter
+
+
+def main(smk) -> None:
+    run = adapter(smk)
+    subsets = list(smk.params.subsets)
+    # The rule lists inputs and outputs in the order of `subsets`.
+    images = dict(zip(subsets, smk.input.images, strict=True))
+    tables = dict(zip(subsets, smk.output.tables, strict=True))
+    stats = dict(zip(subsets, smk.output.stats, strict=True))
+    run_pair_filter(images, tables, stats, shard=run.shard, settings=run.section("pair_filter"),
+                    model=run.model("judge"))
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821  (injected by Snakemake's script: directive)
