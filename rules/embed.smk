@@ -1,0 +1,24 @@
+# 3.1.2: all-MiniLM-L6-v2 embeddings of each shard's kept prompts (float16 + ids). A changed model or
+# embed setting reruns every shard; the stage reuses a content-addressed cache when the prompts are unchanged.
+
+
+rule embed:
+    input:
+        table="results/prompts/{shard}.parquet",
+    output:
+        vectors="results/embeddings/{shard}.npz",
+        stats="results/embeddings/{shard}.stats.json",
+    params:
+        settings=config["embed"],
+        model=config["models"]["embedder"],
+    log:
+        "logs/embed/{shard}.log",
+    benchmark:
+        "results/benchmarks/embed/{shard}.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=30,
+    script:
+        "../workflow_scripts/embed.py"

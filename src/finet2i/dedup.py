@@ -1,0 +1,570 @@
+"""Exact semantic dedup (paper 3.1.2): 128 groups, then a cross-group pass; duplicates at cosine > threshold.
+
+The keep rule (documented, deterministic, partition-free)
+---------------------------------------------------------
+Every prompt has a *rank*: its position in the run's global order (shard number, then row in the shard; in
+the pipeline that is id order). Walking the prompts in rank order, a prompt is **kept** unless an already
+kept, earlier prompt has cosine > threshold with it; then it is dropped with ``duplicate_of`` = the most
+similar such kept prompt we found and ``similarity`` = that cosine. This is the greedy maximal independent
+set of the duplicate graph in rank order, which is what the all-pairs baseline computes too. Why this rule:
+
+* The kept set depends on the vectors and the order only, never on the number of groups, the partition or
+  the block sizes: the grouped pipeline returns *exactly* the baseline's kept set.
+* The earliest prompt survives, so appending new shards never flips a verdict made before.
+* No kept pair has cosine > threshold (every kept prompt was compared with every earlier kept one), and
+  every dropped prompt names a kept prompt above the threshold.
+
+How the grouped pipeline gets the exact answer cheaply
+------------------------------------------------------
+1. Groups: spherical k-means centroids (faiss) trained on a sample; each vector goes to its most similar
+   centroid, so most near-duplicates share a group (SemDeDup). ``partition: hash`` is the paper's plain split.
+2. Within each group, the same greedy sweep in rank order. Its survivors ``A_g`` are a superset of the
+   group's globally kept prompts, except for rare "resurrections" (below). For each prompt it drops it stores
+   up to ``max_neighbors`` earlier survivors above the threshold (the evidence the cross pass reuses).
+3. Cross-group pass: the greedy sweep over all prompts in rank order, where only the group survivors (and
+   the few prompts whose stored neighbours were all dropped, whose vectors are fetched on demand) are
+   compared, in blocks, against the kept set so far. A prompt dropped in its group is dropped for good as
+   soon as one of its stored neighbours is kept: that neighbour is earlier, kept and above the threshold.
+   The pass is exact: every kept prompt was compared with every earlier kept prompt.
+
+Similarities: products run in bfloat16 on CPUs with AVX-512/AMX, float16 on GPUs (the stored vectors are
+float16, so GPU inputs are exact) or float32, and only select *candidates* above ``threshold - margin``,
+where the margin bounds the rounding error of that precision; each candidate's cosine is then recomputed in
+float64 from the stored float16 vectors. Decisions therefore never depend on the hardware or on blocking.
+
+Memory at production scale (44.8M prompts x 384): see README "Dedup memory plan". No step loads all
+vectors: a group job holds its group (~350k x 384 fp16, ~270 MB), the cross pass holds the kept set so far
+(~5.6M x 384 fp16, ~4.3 GB) plus per-prompt verdict arrays (~1 GB) and stored neighbour lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DIM = 384
+NO_DUP = -1
+
+
+@dataclass(frozen=True)
+class DedupSettings:
+    threshold: float = 0.8
+    groups: int = 128
+    partition: str = "kmeans"  # kmeans | hash
+    kmeans_sample: int = 1_000_000
+    kmeans_iters: int = 20
+    seed: int = 0
+    max_neighbors: int = 8  # stored earlier survivors per prompt dropped inside its group
+    block_size: int = 2048  # prompts compared per product block
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (candidate products only; decisions are float64)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], seed: int = 0) -> DedupSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in section.items() if k in known}
+        kwargs.setdefault("seed", seed)
+        s = cls(**kwargs)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"dedup.threshold must be in (0, 1), got {self.threshold}")
+        if self.groups < 1:
+            raise ValueError(f"dedup.groups must be >= 1, got {self.groups}")
+        if self.partition not in ("kmeans", "hash"):
+            raise ValueError(f"dedup.partition must be 'kmeans' or 'hash', got {self.partition!r}")
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def check_vectors(vectors: np.ndarray, where: str, dim: int = DIM) -> None:
+    """Fail with a message that names the file when vectors cannot be deduplicated."""
+    if vectors.ndim != 2:
+        raise ValueError(f"{where}: embeddings must be a 2-D array (n, {dim}), got shape {vectors.shape}")
+    if vectors.shape[1] != dim:
+        raise ValueError(f"{where}: embeddings have dimension {vectors.shape[1]}, expected {dim} "
+                         f"(all-MiniLM-L6-v2); re-embed with the configured model")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{where}: {int(bad.sum())} embeddings contain NaN or inf (first at row "
+                         f"{int(np.flatnonzero(bad)[0])}); re-embed those prompts")
+    norms = np.linalg.norm(vectors.astype(np.float32), axis=1)
+    if len(norms) and (np.abs(norms - 1.0) > 0.01).any():
+        raise ValueError(f"{where}: embeddings are not L2-normalised "
+                         f"(norms {norms.min():.3f}..{norms.max():.3f});"
+                         f" normalise them (cosine = dot product here)")
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    v = vectors.astype(np.float32)
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    n[n == 0] = 1.0
+    return v / n
+
+
+def make_rank(shard_no: int, rows: np.ndarray) -> np.ndarray:
+    """Global order of a prompt: shard number, then row; fits 2^31 shards x 2^32 rows."""
+    return (np.int64(shard_no) << np.int64(32)) | rows.astype(np.int64)
+
+
+# -------------------------------------------------------------------------------------------- partition
+
+
+def train_centroids(sample: np.ndarray, groups: int, *, seed: int = 0, iters: int = 20) -> np.ndarray:
+    """Spherical k-means centroids (unit norm) of a sample of unit vectors, float32 (groups, dim)."""
+    import faiss
+
+    x = np.ascontiguousarray(normalise(sample))
+    if len(x) < groups:
+        raise ValueError(f"k-means needs at least {groups} sampled vectors for {groups} groups, "
+                         f"got {len(x)}; "
+                         f"lower dedup.groups or raise dedup.kmeans_sample")
+    km = faiss.Kmeans(x.shape[1], groups, niter=iters, seed=seed, spherical=True, verbose=False,
+                      min_points_per_centroid=1, max_points_per_centroid=max(256, len(x) // groups + 1))
+    km.train(x)
+    return normalise(km.centroids)
+
+
+def assign_groups(vectors: np.ndarray, *, groups: int, centroids: np.ndarray | None = None,
+                  keys: np.ndarray | None = None) -> np.ndarray:
+    """Group of each vector: most similar centroid (kmeans) or a stable hash of its key (hash partition)."""
+    if centroids is None:
+        if keys is None:
+            raise ValueError("hash partition needs keys (ids)")
+        return np.array([int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "little")
+                         % groups for k in keys], dtype=np.int32)
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty(len(vectors), dtype=np.int32)
+    step = 65536
+    for i in range(0, len(vectors), step):
+        _, idx = index.search(np.ascontiguousarray(vectors[i:i + step], dtype=np.float32), 1)
+        out[i:i + step] = idx[:, 0]
+    return out
+
+
+def similarity_histogram(vectors: np.ndarray, *, threshold: float, sample_size: int = 2000, seed: int = 0,
+                         bins: int = 200) -> dict[str, Any]:
+    """Cosine similarities of all pairs in a random subset (paper Fig. 3), as bin edges + counts."""
+    rng = np.random.default_rng(seed)
+    n = min(sample_size, len(vectors))
+    idx = np.sort(rng.choice(len(vectors), size=n, replace=False)) if n else np.zeros(0, dtype=np.int64)
+    v = vectors[idx].astype(np.float64)
+    sims = (v @ v.T)[np.triu_indices(n, k=1)] if n > 1 else np.zeros(0)
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    counts, _ = np.histogram(np.clip(sims, -1.0, 1.0), bins=edges)
+    return {"bin_edges": [round(float(e), 6) for e in edges], "counts": counts.tolist(),
+            "threshold": threshold, "sample_size": int(n), "pairs": int(len(sims)),
+            "fraction_above_threshold": float((sims > threshold).mean()) if len(sims) else 0.0,
+            "mean": float(sims.mean()) if len(sims) else None}
+
+
+# ------------------------------------------------------------------------------------------ similarity
+
+
+class Matcher:
+    """Pairs above the threshold, exactly: low-precision products pick candidates, float64 decides."""
+
+    # Bounds on |low-precision cosine - exact cosine| for unit fp16 vectors, 384-d, fp32 accumulation:
+    # bf16 inputs and output round at 2^-8 each (<= 0.012 in all); the comparison constant rounds too.
+    MARGINS = {"fp32": 1e-4, "fp16": 3e-3, "bf16": 0.025}
+
+    def __init__(self, threshold: float, *, device: str = "auto", precision: str = "auto") -> None:
+        import torch
+
+        self.torch = torch
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else ("bf16" if cpu_has_fast_bf16() else "fp32")
+        self.precision = precision
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.threshold = float(threshold)
+        self.low = self.threshold - self.MARGINS[precision]
+        self.col_chunk = 32768
+
+    def to_device(self, vectors: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device, self.dtype)
+
+    def candidates(self, q: Any, m: Any, *, upper: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Index pairs (i, j) with approximate q_i . m_j > threshold - margin (j > i only when ``upper``)."""
+        torch = self.torch
+        rows: list[Any] = []
+        cols: list[Any] = []
+        for c0 in range(0, m.shape[0], self.col_chunk):
+            s = q @ m[c0:c0 + self.col_chunk].T
+            if upper:
+                s = torch.triu(s, diagonal=1 - c0)
+            hit = (s.amax(dim=1) > self.low).nonzero().flatten()
+            if hit.numel() == 0:
+                continue
+            r, c = (s[hit] > self.low).nonzero(as_tuple=True)
+            rows.append(hit[r])
+            cols.append(c + c0)
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
+
+
+def exact_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of stored (unit, float16) vectors, in float64: the value every decision uses."""
+    return np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64))
+
+
+def csr_flat(ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, flat index) of every entry of the CSR rows ``rows``; owner indexes ``rows``."""
+    starts = ptr[rows]
+    deg = ptr[rows + 1] - starts
+    total = int(deg.sum())
+    owner = np.repeat(np.arange(len(rows)), deg)
+    flat = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(deg) - deg, deg) + np.repeat(starts, deg)
+    return owner, flat
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 BF16: bfloat16 products are ~3x float32 there; elsewhere they are emulated and slow."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+# ----------------------------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class Neighbors:
+    """CSR lists of stored earlier survivors (positions in the sweep's order) with their cosines."""
+
+    ptr: np.ndarray  # int64 (n + 1,)
+    idx: np.ndarray  # int64
+    sim: np.ndarray  # float32
+
+    @classmethod
+    def empty(cls, n: int) -> Neighbors:
+        return cls(np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+@dataclass
+class SweepResult:
+    kept: np.ndarray  # bool (n,)
+    dup_of: np.ndarray  # int64 (n,): position of the kept prompt it duplicates, -1 when kept
+    similarity: np.ndarray  # float32 (n,): cosine to dup_of, NaN when kept
+    neighbors: Neighbors  # up to max_neighbors earlier kept prompts above the threshold, per dropped prompt
+    compared: int = 0  # prompts that went through products
+    fetched: int = 0  # prompts whose vectors had to be fetched because stored evidence ran out
+    pair_products: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def greedy_sweep(n: int, get_vectors: Callable[[np.ndarray], np.ndarray], matcher: Matcher, *,
+                 live: np.ndarray | None = None, stored: Neighbors | None = None, block_size: int = 2048,
+                 max_neighbors: int = 8, label: str = "sweep", dim: int = DIM) -> SweepResult:
+    """Greedy dedup of ``n`` prompts already sorted by rank (see the module docstring for the rule).
+
+    ``live`` marks prompts that must be compared by vector; the others are dropped by their ``stored``
+    neighbours (earlier prompts above the threshold) as soon as one of those is kept, and are compared by
+    vector (fetched with ``get_vectors(positions)``) only when none of them is kept.
+    """
+    t0 = time.monotonic()
+    live = np.ones(n, bool) if live is None else live
+    stored = stored if stored is not None else Neighbors.empty(n)
+    kept = np.zeros(n, bool)
+    dup_of = np.full(n, NO_DUP, np.int64)
+    sim_out = np.full(n, np.nan, np.float32)
+    nb_lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    # Kept set so far: float16 host copy (exact checks) + device copy (candidate products), grown by doubling.
+    m_pos = np.zeros(0, np.int64)
+    m_host = np.zeros((0, dim), np.float16)
+    m_dev = matcher.to_device(m_host)
+    m_n = 0
+    compared = fetched = 0
+    pair_products = 0
+    for b0 in range(0, n, block_size):
+        b1 = min(n, b0 + block_size)
+        pos = np.arange(b0, b1)
+        # 1. Prompts that are not live: dropped by a stored neighbour kept in an earlier block.
+        nl = pos[~live[b0:b1]]
+        fetch = np.zeros(0, np.int64)
+        if len(nl):
+            owner, flat = csr_flat(stored.ptr, nl)
+            nb = stored.idx[flat]
+            score = np.where(kept[nb], stored.sim[flat], -np.inf)  # kept[] is False for undecided prompts
+            best = np.full(len(nl), -np.inf)
+            best_nb = np.full(len(nl), NO_DUP, np.int64)
+            if len(flat):
+                order = np.lexsort((nb, -score, owner))  # per owner: highest cosine, then earliest
+                first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
+                best[owner[first]] = score[first]
+                best_nb[owner[first]] = nb[first]
+            resolved = best > -np.inf
+            dup_of[nl[resolved]] = best_nb[resolved]
+            sim_out[nl[resolved]] = best[resolved]
+            fetch = nl[~resolved]
+            fetched += len(fetch)
+        cmp_pos = np.sort(np.concatenate([pos[live[b0:b1]], fetch]))
+        if len(cmp_pos) == 0:
+            continue
+        q_host = np.ascontiguousarray(get_vectors(cmp_pos), dtype=np.float16)
+        compared += len(cmp_pos)
+        q_dev = matcher.to_device(q_host)
+        # 2. Against the kept set of earlier blocks.
+        prev: dict[int, list[tuple[float, int]]] = {}
+        if m_n:
+            r, c = matcher.candidates(q_dev, m_dev[:m_n])
+            pair_products += len(cmp_pos) * m_n
+            if len(r):
+                s = exact_cosines(q_host[r], m_host[c])
+                sel = s > matcher.threshold
+                for ri, ci, si in zip(r[sel].tolist(), c[sel].tolist(), s[sel].tolist(), strict=True):
+                    prev.setdefault(ri, []).append((si, int(m_pos[ci])))
+        # 3. Inside the block (earlier -> later only).
+        inblock: dict[int, list[tuple[float, int]]] = {}
+        r, c = matcher.candidates(q_dev, q_dev, upper=True)
+        pair_products += len(cmp_pos) * (len(cmp_pos) - 1) // 2
+        if len(r):
+            s = exact_cosines(q_host[r], q_host[c])
+            sel = (s > matcher.threshold) & (c > r)
+            for ri, ci, si in zip(r[sel].tolist(), c[sel].tolist(), s[sel].tolist(), strict=True):
+                inblock.setdefault(ci, []).append((si, ri))
+        # 4. Decide in rank order.
+        new_kept: list[int] = []
+        for i, p in enumerate(cmp_pos.tolist()):
+            evid = list(prev.get(i, ()))
+            evid += [(si, int(cmp_pos[ri])) for si, ri in inblock.get(i, ()) if kept[cmp_pos[ri]]]
+            if not evid:
+                kept[p] = True
+                new_kept.append(i)
+                continue
+            evid.sort(key=lambda e: (-e[0], e[1]))
+            dup_of[p] = evid[0][1]
+            sim_out[p] = evid[0][0]
+            if not max_neighbors:
+                continue
+            top = evid[:max_neighbors]
+            nb_lists[p] = (np.array([e[1] for e in top], np.int64), np.array([e[0] for e in top], np.float32))
+        if new_kept:
+            idx = np.array(new_kept)
+            need = m_n + len(idx)
+            if need > len(m_host):
+                cap = max(need, 2 * len(m_host), 1024)
+                grown = np.zeros((cap, dim), np.float16)
+                grown[:m_n] = m_host[:m_n]
+                m_host = grown
+                grown_pos = np.zeros(cap, np.int64)
+                grown_pos[:m_n] = m_pos[:m_n]
+                m_pos = grown_pos
+                new_dev = matcher.to_device(np.zeros((cap, dim), np.float16))
+                new_dev[:m_n] = m_dev[:m_n]
+                m_dev = new_dev
+            m_host[m_n:need] = q_host[idx]
+            m_pos[m_n:need] = cmp_pos[idx]
+            m_dev[m_n:need] = q_dev[idx]
+            m_n = need
+    ptr = np.zeros(n + 1, np.int64)
+    for p, (ix, _) in nb_lists.items():
+        ptr[p + 1] = len(ix)
+    ptr = np.cumsum(ptr)
+    keys = sorted(nb_lists)
+    nidx = np.concatenate([nb_lists[p][0] for p in keys]) if keys else np.zeros(0, np.int64)
+    nsim = np.concatenate([nb_lists[p][1] for p in keys]) if keys else np.zeros(0, np.float32)
+    res = SweepResult(kept, dup_of, sim_out, Neighbors(ptr, nidx, nsim), compared=compared, fetched=fetched,
+                      pair_products=pair_products)
+    res.stats = {"prompts": n, "kept": int(kept.sum()), "compared": compared, "fetched": fetched,
+                 "pair_products": pair_products, "seconds": round(time.monotonic() - t0, 3),
+                 "precision": matcher.precision, "device": str(matcher.device)}
+    log.info("%s: %d prompts, %d kept, %d compared by vector (%d fetched), %.2e pair products, %.1f s", label,
+             n, res.stats["kept"], compared, fetched, pair_products, res.stats["seconds"])
+    return res
+
+
+# ------------------------------------------------------------------------------------ the two passes
+
+
+def group_pass(vectors: np.ndarray, matcher: Matcher, settings: DedupSettings, *,
+               label: str = "group") -> SweepResult:
+    """Greedy dedup inside one group; ``vectors`` (float16, unit) are in rank order."""
+    v = np.ascontiguousarray(vectors, dtype=np.float16)
+    return greedy_sweep(len(v), lambda pos: v[pos], matcher, block_size=settings.block_size,
+                        max_neighbors=settings.max_neighbors, label=label,
+                        dim=v.shape[1] if v.ndim == 2 else DIM)
+
+
+@dataclass
+class CrossInput:
+    """What the group jobs hand to the cross pass, concatenated over groups (any order)."""
+
+    rank: np.ndarray  # int64 (n,)
+    kept_in_group: np.ndarray  # bool (n,)
+    nbr_ptr: np.ndarray  # int64 (n + 1,), CSR over the rows above
+    nbr_rank: np.ndarray  # int64: rank of each stored earlier survivor
+    nbr_sim: np.ndarray  # float32
+
+    @classmethod
+    def concat(cls, parts: list[CrossInput]) -> CrossInput:
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(1, np.int64), np.zeros(0, np.int64),
+                       np.zeros(0, np.float32))
+        ptrs = []
+        base = 0
+        for i, p in enumerate(parts):
+            ptrs.append(p.nbr_ptr[(0 if i == 0 else 1):] + base)
+            base += int(p.nbr_ptr[-1])
+        return cls(np.concatenate([p.rank for p in parts]), np.concatenate([p.kept_in_group for p in parts]),
+                   np.concatenate(ptrs), np.concatenate([p.nbr_rank for p in parts]),
+                   np.concatenate([p.nbr_sim for p in parts]))
+
+
+def cross_input(rank: np.ndarray, sweep: SweepResult) -> CrossInput:
+    """A group's outcome in rank terms (positions inside the group do not mean anything outside it)."""
+    return CrossInput(rank.astype(np.int64), sweep.kept.copy(), sweep.neighbors.ptr.copy(),
+                      rank[sweep.neighbors.idx].astype(np.int64), sweep.neighbors.sim.copy())
+
+
+@dataclass
+class CrossResult:
+    rank: np.ndarray  # int64 (n,), sorted
+    source: np.ndarray  # int64 (n,): row of the concatenated CrossInput each sorted entry came from
+    kept: np.ndarray  # bool
+    dup_rank: np.ndarray  # int64, -1 when kept
+    similarity: np.ndarray  # float32, NaN when kept
+    stats: dict[str, Any]
+
+
+def cross_pass(ci: CrossInput, get_vectors: Callable[[np.ndarray], np.ndarray], matcher: Matcher,
+               settings: DedupSettings, *, dim: int = DIM) -> CrossResult:
+    """The global greedy sweep; ``get_vectors(rows)`` returns float16 vectors of rows of ``ci``."""
+    order = np.argsort(ci.rank, kind="stable")
+    rank = ci.rank[order]
+    if len(rank) > 1 and (np.diff(rank) == 0).any():
+        dup = rank[1:][np.diff(rank) == 0][0]
+        raise ValueError(f"dedup cross pass: rank {dup} (shard {dup >> 32}, row {dup & 0xFFFFFFFF}) "
+                         f"appears in "
+                         f"two groups; rebuild the dedup/assign and dedup/group outputs")
+    n = len(rank)
+    # Stored neighbours: reorder the CSR to sorted positions and turn ranks into positions.
+    owner, flat = csr_flat(ci.nbr_ptr, order)
+    deg = ci.nbr_ptr[order + 1] - ci.nbr_ptr[order]
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(deg, out=ptr[1:])
+    nb_rank = ci.nbr_rank[flat]
+    nb_pos = np.searchsorted(rank, nb_rank)
+    if len(nb_pos) and ((nb_pos >= n) | (rank[np.minimum(nb_pos, n - 1)] != nb_rank)).any():
+        raise ValueError("dedup cross pass: a stored neighbour is missing from the group outputs; "
+                         "rerun the dedup_group jobs")
+    stored = Neighbors(ptr, nb_pos.astype(np.int64), ci.nbr_sim[flat])
+    res = greedy_sweep(n, lambda pos: get_vectors(order[pos]), matcher, live=ci.kept_in_group[order],
+                       stored=stored, block_size=settings.block_size, max_neighbors=0, label="cross", dim=dim)
+    dup_rank = np.where(res.dup_of >= 0, rank[np.maximum(res.dup_of, 0)], NO_DUP)
+    stats = dict(res.stats)
+    stats["group_survivors"] = int(ci.kept_in_group.sum())
+    stats["dropped_in_groups"] = int(n - ci.kept_in_group.sum())
+    stats["dropped_across_groups"] = int(ci.kept_in_group.sum() - res.kept[ci.kept_in_group[order]].sum())
+    stats["resurrected"] = int((res.kept & ~ci.kept_in_group[order]).sum())
+    return CrossResult(rank, order, res.kept, dup_rank, res.similarity, stats)
+
+
+# ------------------------------------------------------------------------------- in memory (CLI, tests)
+
+
+@dataclass
+class DedupResult:
+    """Verdicts aligned with the input rows (row order = keep priority)."""
+
+    kept: np.ndarray  # bool (n,)
+    duplicate_of: np.ndarray  # int64 (n,): input row of the kept prompt it duplicates, -1 when kept
+    similarity: np.ndarray  # float32 (n,), NaN when kept
+    group: np.ndarray  # int32 (n,)
+    stats: dict[str, Any]
+
+
+def partition(vectors16: np.ndarray, settings: DedupSettings, *, keys: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Group of every row (and the centroids when k-means is used)."""
+    if settings.partition == "hash" or settings.groups == 1:
+        keys = np.arange(len(vectors16)) if keys is None else keys
+        return assign_groups(vectors16, groups=settings.groups, keys=keys), None
+    rng = np.random.default_rng(settings.seed)
+    k = min(len(vectors16), max(settings.kmeans_sample, settings.groups))
+    sample = vectors16[np.sort(rng.choice(len(vectors16), size=k, replace=False))]
+    groups = min(settings.groups, len(sample))
+    centroids = train_centroids(sample, groups, seed=settings.seed, iters=settings.kmeans_iters)
+    return assign_groups(vectors16, groups=settings.groups, centroids=centroids), centroids
+
+
+def dedup_vectors(vectors: np.ndarray, settings: DedupSettings, *, keys: np.ndarray | None = None,
+                  matcher: Matcher | None = None, where: str = "embeddings", dim: int = DIM) -> DedupResult:
+    """The grouped pipeline in one process: partition, group passes, cross pass. Row order = rank."""
+    t0 = time.monotonic()
+    settings.validate()
+    check_vectors(vectors, where, dim=dim)
+    v16 = np.ascontiguousarray(vectors, dtype=np.float16)
+    n, dim = v16.shape
+    matcher = matcher or Matcher(settings.threshold, device=settings.device, precision=settings.precision)
+    group, _ = partition(v16, settings, keys=keys) if n else (np.zeros(0, np.int32), None)
+    t_part = time.monotonic() - t0
+    parts = []
+    for g in range(settings.groups):
+        members = np.flatnonzero(group == g)
+        if not len(members):
+            continue
+        sweep = greedy_sweep(len(members), lambda pos, m=members: v16[m[pos]], matcher,
+                             block_size=settings.block_size, max_neighbors=settings.max_neighbors,
+                             label=f"group {g:03d}", dim=dim)
+        parts.append(cross_input(members.astype(np.int64), sweep))
+    t_groups = time.monotonic() - t0 - t_part
+    ci = CrossInput.concat(parts)
+    cr = cross_pass(ci, lambda rows: v16[ci.rank[rows]], matcher, settings, dim=dim)
+    # ranks are input rows here, and cr is sorted by rank, i.e. by row.
+    stats = dict(cr.stats)
+    stats.update({"seconds_partition": round(t_part, 3), "seconds_groups": round(t_groups, 3),
+                  "seconds_total": round(time.monotonic() - t0, 3), "threshold": settings.threshold,
+                  "groups": settings.groups, "partition": settings.partition})
+    return DedupResult(cr.kept, cr.dup_rank, cr.similarity, group.astype(np.int32), stats)
+
+
+def greedy_reference(vectors: np.ndarray, threshold: float, *, block: int = 4096) -> np.ndarray:
+    """Brute-force greedy keep mask (float64 products of the float16 vectors): for tests and benchmarks."""
+    v = np.asarray(vectors, dtype=np.float16).astype(np.float64)
+    n = len(v)
+    kept = np.zeros(n, bool)
+    kept_idx: list[int] = []
+    for b0 in range(0, n, block):
+        q = v[b0:b0 + block]
+        prev = (q @ v[kept_idx].T > threshold).any(axis=1) if kept_idx else np.zeros(len(q), bool)
+        inner = q @ q.T > threshold
+        for i in range(len(q)):
+            if prev[i]:
+                continue
+            earlier = np.flatnonzero(inner[i, :i])
+            if len(earlier) and kept[b0 + earlier].any():
+                continue
+            kept[b0 + i] = True
+            kept_idx.append(b0 + i)
+    return kept
+
+
+def residual_pairs(vectors: np.ndarray, kept: np.ndarray, threshold: float, *, block: int = 4096) -> int:
+    """Kept pairs with cosine > threshold, by brute force in float64 (must be 0)."""
+    v = np.asarray(vectors, dtype=np.float16).astype(np.float64)[kept]
+    total = 0
+    for b0 in range(0, len(v), block):
+        s = v[b0:b0 + block] @ v[b0:].T
+        s[np.tril_indices(len(s), k=0, m=s.shape[1])] = -1.0
+        total += int((s > threshold).sum())
+    return total

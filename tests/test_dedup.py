@@ -1,0 +1,227 @@
+"""Semantic dedup: exact against brute force, the same verdicts for any grouping, resumable file-level jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finet2i import shards
+from finet2i.dedup import (
+    DedupSettings,
+    Matcher,
+    dedup_vectors,
+    exact_cosines,
+    greedy_reference,
+    normalise,
+    residual_pairs,
+)
+from finet2i.stages import dedup as stage
+from finet2i.stages.embed import write_embeddings
+
+T = 0.8
+
+
+def clustered(n: int, seed: int = 0, rank: int = 12, noise: float = 0.3) -> np.ndarray:
+    """Vectors on a low-rank subspace: many pairs sit near the threshold and duplicates chain, the hard case
+    for a grouped search (pairs straddle groups, survivors of a group are dropped across groups)."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((rank, 384))
+    x = rng.standard_normal((n, rank)) @ basis + rng.standard_normal((n, 384)) * noise
+    return normalise(x).astype(np.float16)
+
+
+@pytest.fixture(scope="module")
+def hard() -> tuple[np.ndarray, np.ndarray]:
+    x = clustered(3000)
+    return x, greedy_reference(x, T)
+
+
+@pytest.mark.parametrize("groups,partition", [(1, "kmeans"), (7, "kmeans"), (32, "kmeans"), (16, "hash")])
+def test_exact_and_equal_to_brute_force_greedy(hard, groups, partition):
+    x, ref = hard
+    assert 0.2 < ref.mean() < 0.9  # the data really has many duplicates and many survivors
+    res = dedup_vectors(x, DedupSettings(threshold=T, groups=groups, partition=partition, block_size=256,
+                                         kmeans_sample=2000, max_neighbors=2))
+    assert residual_pairs(x, res.kept, T) == 0
+    np.testing.assert_array_equal(res.kept, ref)
+    if groups > 1:
+        assert res.stats["dropped_across_groups"] > 0  # the cross pass had work to do
+    dropped = np.flatnonzero(~res.kept)
+    target = res.duplicate_of[dropped]
+    assert (target >= 0).all() and (target < dropped).all() and res.kept[target].all()
+    sims = exact_cosines(x[dropped], x[target])
+    assert (sims > T).all()
+    np.testing.assert_allclose(res.similarity[dropped], sims, atol=1e-6)
+    assert np.isnan(res.similarity[res.kept]).all() and (res.duplicate_of[res.kept] == -1).all()
+
+
+def test_resurrection_is_handled():
+    """a ~ b (same group), b ~ c (other group, earlier): c drops b, so a must come back."""
+    rng = np.random.default_rng(3)
+    e = normalise(rng.standard_normal((3, 384)))
+    c = e[0]
+    b = normalise((c + 0.55 * e[1])[None])[0]
+    a = normalise((b + 0.55 * e[2] + 0.5 * (b - c))[None])[0]
+    v = np.stack([c, b, a]).astype(np.float16)
+    sims = v.astype(np.float64) @ v.astype(np.float64).T
+    assert sims[0, 1] > T and sims[1, 2] > T and sims[0, 2] < T
+    ref = greedy_reference(v, T)
+    assert ref.tolist() == [True, False, True]
+    # hash partition on keys that put c apart from a and b
+    for keys in (np.array(["x", "y", "y"]), np.array(["p", "q", "r"])):
+        res = dedup_vectors(v, DedupSettings(threshold=T, groups=64, partition="hash"), keys=keys)
+        assert res.kept.tolist() == [True, False, True]
+
+
+def test_exact_duplicates_and_row_order_priority():
+    x = clustered(50, seed=5)
+    v = np.concatenate([x, x[::-1]])  # the second half repeats the first
+    res = dedup_vectors(v, DedupSettings(threshold=T, groups=4, kmeans_sample=100))
+    assert not res.kept[50:].any()
+    np.testing.assert_array_equal(res.duplicate_of[50:][res.kept[:50][::-1]], np.arange(50)[::-1][res.kept[:50][::-1]])
+
+
+def test_lower_precision_candidates_stay_within_margin():
+    x = clustered(600, seed=9)
+    m = Matcher(T)
+    q = m.to_device(x)
+    approx = (q @ q.T).float().numpy()
+    exact = x.astype(np.float64) @ x.astype(np.float64).T
+    assert np.abs(approx - exact).max() < Matcher.MARGINS[m.precision]
+
+
+def test_bad_vectors_are_named():
+    with pytest.raises(ValueError, match="dimension 8"):
+        dedup_vectors(np.ones((4, 8), np.float32) / np.sqrt(8), DedupSettings(groups=2), where="x.npy")
+    v = clustered(10)
+    v = v.astype(np.float32)
+    v[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        dedup_vectors(v, DedupSettings(groups=2))
+
+
+# ------------------------------------------------------------------------------------- file-level jobs
+
+
+def make_shards(root: Path, vectors: np.ndarray, n_shards: int) -> list[str]:
+    names = []
+    for s, part in enumerate(np.array_split(np.arange(len(vectors)), n_shards)):
+        name = f"{s:05d}"
+        names.append(name)
+        recs = [{"id": f"{name}-{i:06d}", "shard": name, "index": i, "prompt": f"prompt {name} {i}",
+                 "kept": True, "drop_reason": None} for i in range(len(part))]
+        recs.append({"id": f"{name}-999999", "shard": name, "index": 999999, "prompt": "short",
+                     "kept": False, "drop_reason": "too_short"})  # dropped upstream: not embedded, not here
+        shards.write_table(root / "prompts" / f"{name}.parquet", recs)
+        write_embeddings(root / "embeddings" / f"{name}.npz", [r["id"] for r in recs[:-1]], vectors[part],
+                         model="test", fingerprint="x")
+    return names
+
+
+def run_jobs(root: Path, names: list[str], settings: DedupSettings) -> Path:
+    emb = [root / "embeddings" / f"{n}.npz" for n in names]
+    out = root / "dedup"
+    stage.run_dedup_centroids(emb, out / "centroids.npy", out / "similarity_histogram.json", settings=settings)
+    idx = [out / "assign" / f"{n}.npz" for n in names]
+    vec = [out / "assign" / f"{n}.npy" for n in names]
+    for e, v, i in zip(emb, vec, idx, strict=True):
+        stage.run_dedup_assign(e, out / "centroids.npy", v, i, settings=settings)
+    groups = [out / "group" / f"{g:03d}.npz" for g in range(settings.groups)]
+    for g, gp in enumerate(groups):
+        stage.run_dedup_group(idx, vec, gp, group=g, settings=settings)
+    stage.run_dedup_cross(groups, idx, vec, out / "verdicts.npy", out / "kept_ids.npy", out / "cross.stats.json",
+                          settings=settings)
+    for n in names:
+        stage.run_dedup_keep(root / "prompts" / f"{n}.parquet", root / "embeddings" / f"{n}.npz",
+                             out / "assign" / f"{n}.npz", out / "verdicts.npy", out / "kept_ids.npy",
+                             out / "keep" / f"{n}.parquet", shard=n, settings=settings,
+                             stats_path=out / "keep" / f"{n}.stats.json")
+    return out
+
+
+def keep_tables(out: Path, names: list[str]) -> list[dict]:
+    rows = []
+    for n in names:
+        rows += shards.read_records(out / "keep" / f"{n}.parquet")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    x = clustered(1500, seed=11)
+    results = {}
+    for groups in (1, 6):
+        root = tmp_path_factory.mktemp(f"g{groups}")
+        names = make_shards(root, x, 3)
+        settings = DedupSettings(threshold=T, groups=groups, kmeans_sample=600, block_size=128, max_neighbors=2)
+        results[groups] = (root, names, run_jobs(root, names, settings), settings)
+    return x, results
+
+
+def test_jobs_match_brute_force_and_any_group_count(pipeline):
+    x, results = pipeline
+    ref = greedy_reference(x, T)
+    verdicts = {}
+    for groups, (_, names, out, _) in results.items():
+        rows = keep_tables(out, names)
+        assert len(rows) == len(x)  # the upstream-dropped row is not carried
+        kept = np.array([r["kept"] for r in rows])
+        np.testing.assert_array_equal(kept, ref)
+        verdicts[groups] = [(r["id"], r["kept"]) for r in rows]
+        by_id = {r["id"]: i for i, r in enumerate(rows)}
+        for i, r in enumerate(rows):
+            if r["kept"]:
+                assert r["drop_reason"] is None and r["duplicate_of"] is None and r["similarity"] is None
+            else:
+                j = by_id[r["duplicate_of"]]
+                assert r["drop_reason"] == "near_duplicate" and rows[j]["kept"] and j < i
+                assert r["similarity"] == pytest.approx(float(exact_cosines(x[i:i + 1], x[j:j + 1])[0]), abs=1e-5)
+                assert r["similarity"] > T
+            assert 0 <= r["dedup_group"] < groups
+            assert r["prompt"].startswith("prompt ")  # upstream columns carried
+        stats = [shards.StageStats.read(out / "keep" / f"{n}.stats.json") for n in names]
+        assert all(s.stage == "dedup" for s in stats)
+        assert sum(s.kept for s in stats) == ref.sum()
+        assert sum(s.dropped.get("near_duplicate", 0) for s in stats) == (~ref).sum()
+        hist = json.loads((out / "similarity_histogram.json").read_text())
+        assert len(hist["bin_edges"]) == len(hist["counts"]) + 1 and hist["threshold"] == T
+        assert sum(hist["counts"]) == hist["pairs"] == hist["sample_size"] * (hist["sample_size"] - 1) // 2
+    assert verdicts[1] == verdicts[6]
+
+
+def test_group_job_reads_its_slice_and_resumes_after_a_kill(pipeline, monkeypatch, tmp_path):
+    _, results = pipeline
+    root, names, out, settings = results[6]
+    idx = [out / "assign" / f"{n}.npz" for n in names]
+    vec = [out / "assign" / f"{n}.npy" for n in names]
+    target = tmp_path / "003.npz"
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(stage, "greedy_sweep", killed)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run_dedup_group(idx, vec, target, group=3, settings=settings)
+    assert not target.exists() and not list(tmp_path.iterdir())  # nothing half-written
+    monkeypatch.undo()
+    stage.run_dedup_group(idx, vec, target, group=3, settings=settings)
+    fresh, done = stage.read_group(target), stage.read_group(out / "group" / "003.npz")
+    for a, b in zip(fresh, done, strict=True):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        else:
+            for f in ("rank", "kept_in_group", "nbr_ptr", "nbr_rank", "nbr_sim"):
+                np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    # The group holds exactly the prompts the assign files put in group 3.
+    expected = sum(int(np.diff(stage.read_offsets(i)[0])[3]) for i in idx)
+    assert len(fresh[0].rank) == expected > 0
+
+
+def test_cross_pass_is_exact_when_groups_disagree(pipeline):
+    _, results = pipeline
+    stats = json.loads((results[6][2] / "cross.stats.json").read_text())
+    assert stats["dropped_across_groups"] > 0 and stats["kept"] == stats["prompts"] - (
+        stats["dropped_in_groups"] + stats["dropped_across_groups"] - stats["resurrected"])

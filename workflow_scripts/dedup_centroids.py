@@ -1,0 +1,14 @@
+from finet2i.dedup import DedupSettings
+from finet2i.stages.dedup import run_dedup_centroids
+from finet2i.workflow import adapter
+
+
+def main(smk) -> None:
+    run = adapter(smk)
+    settings = DedupSettings.from_config(run.section("dedup"), seed=int(smk.params.seed))
+    run_dedup_centroids(list(smk.input.vectors), smk.output.centroids, smk.output.histogram,
+                        settings=settings)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821  (injected by Snakemake's script: directive)

@@ -1,0 +1,17 @@
+from finet2i.dedup import DedupSettings
+from finet2i.stages.dedup import run_dedup_group
+from finet2i.workflow import adapter
+
+
+def main(smk) -> None:
+    run = adapter(smk)
+    import torch
+
+    torch.set_num_threads(run.threads)
+    settings = DedupSettings.from_config(run.section("dedup"), seed=int(smk.params.seed))
+    run_dedup_group(list(smk.input.index), list(smk.input.vectors), smk.output.group,
+                    group=int(smk.wildcards.group), settings=settings)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821  (injected by Snakemake's script: directive)

@@ -1,0 +1,15 @@
+from finet2i.stages.embed import run_embed
+from finet2i.workflow import adapter
+
+
+def main(smk) -> None:
+    run = adapter(smk)
+    import torch
+
+    torch.set_num_threads(run.threads)
+    run_embed(smk.input.table, smk.output.vectors, shard=run.shard, settings=run.section("embed"),
+              model=run.model("embedder"), stats_path=smk.output.stats)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821  (injected by Snakemake's script: directive)
