@@ -1,0 +1,381 @@
+"""Image generation (paper 3.1.5, Table 8): four synthetic subsets, best of 1-3 candidates by aesthetic score.
+
+Subsets cross the prompt variant with the resolution setting: ``pe_*`` render the enhanced prompt, ``po_*``
+the original one; ``*_ar`` draw a random landscape or portrait size from Table 8, ``*_as`` a random square
+size (``config/resolutions.yaml``). For each prompt the generator (by ``generate.generators.<kind>.weight``),
+the size, the candidate count (in ``[candidates.min, candidates.max]``) and every candidate's seed are
+drawn from (config seed, prompt id, subset) alone, so a record renders the same whatever shard size, chunk or
+rerun it lands in. All candidates are scored with Aesthetic Predictor V2.5 and the best one is kept as a JPEG.
+
+One job handles one (subset, shard). Records are processed grouped by generator (each pipeline loads once per
+job and is freed before the next) in checkpointed chunks; the output keeps the input order. A prompt whose
+generation fails is dropped as ``generation_failed`` with the error beside it; the job goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finet2i import shards
+from finet2i.models import ModelSpec
+from finet2i.shards import Record, StageStats
+
+log = logging.getLogger(__name__)
+
+STAGE = "generate"
+GENERATION_FAILED = "generation_failed"
+MISSING_PROMPT = "missing_prompt"
+# Both Z-Image and FLUX.2 need sides divisible by 16 (8x VAE downsampling, then 2x2 latent packing);
+# every Table 8 size already is.
+SIZE_MULTIPLE = 16
+SUBSET_PROMPT_COLUMN = {"pe": "enhanced_prompt", "po": "prompt"}
+SUBSET_TABLES = {"as": ("square",), "ar": ("landscape", "portrait")}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    aspect_ratio: str  # Table 8's label, e.g. "4:3"
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    weight: float
+    steps: int
+    guidance: float
+    cpu_offload: bool = False
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    resolutions: str
+    generators: dict[str, GeneratorSettings]
+    candidates_min: int = 1
+    candidates_max: int = 3
+    max_side: int | None = None
+    chunk_size: int = 64
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> GenerateSettings:
+        gens = {
+            kind: GeneratorSettings(
+                weight=float(g.get("weight", 0.0)),
+                steps=int(g["steps"]),
+                guidance=float(g.get("guidance", 0.0)),
+                cpu_offload=bool(g.get("cpu_offload", False)),
+            )
+            for kind, g in dict(section["generators"]).items()
+        }
+        cand = dict(section.get("candidates") or {})
+        s = cls(
+            resolutions=str(section["resolutions"]),
+            generators=gens,
+            candidates_min=int(cand.get("min", 1)),
+            candidates_max=int(cand.get("max", 3)),
+            max_side=section.get("max_side"),
+            chunk_size=int(section.get("chunk_size", 64)),
+        )
+        if not 1 <= s.candidates_min <= s.candidates_max:
+            raise ValueError(
+                f"generate.candidates: need 1 <= min <= max, got min={s.candidates_min} "
+                f"max={s.candidates_max}"
+            )
+        if not any(g.weight > 0 for g in gens.values()):
+            raise ValueError("generate.generators: at least one generator needs a weight > 0")
+        return s
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What will be rendered for one record: decided before any model loads."""
+
+    kind: str
+    resolution: Resolution
+    width: int  # as rendered (after generate.max_side)
+    height: int
+    seeds: tuple[int, ...]
+
+
+def load_resolutions(path: str | os.PathLike[str]) -> dict[str, list[Resolution]]:
+    """``config/resolutions.yaml`` -> {"square"|"landscape"|"portrait": [Resolution, ...]}."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    table: dict[str, list[Resolution]] = {}
+    for group in ("square", "landscape", "portrait"):
+        entries = (data or {}).get(group)
+        if not entries:
+            raise ValueError(
+                f"{path}: missing or empty list {group!r} (Table 8 sizes as "
+                "{aspect_ratio: 'W:H', size: [width, height]})"
+            )
+        table[group] = [
+            Resolution(str(e["aspect_ratio"]), int(e["size"][0]), int(e["size"][1])) for e in entries
+        ]
+    return table
+
+
+def parse_subset(subset: str) -> tuple[str, str]:
+    """``"pe_ar"`` -> (``"pe"``, ``"ar"``)."""
+    prompt_kind, _, size_kind = subset.partition("_")
+    if prompt_kind not in SUBSET_PROMPT_COLUMN or size_kind not in SUBSET_TABLES:
+        raise ValueError(f"unknown subset {subset!r}: expected pe_ar, pe_as, po_ar or po_as")
+    return prompt_kind, size_kind
+
+
+def sizes_for_subset(subset: str, table: Mapping[str, Sequence[Resolution]]) -> list[Resolution]:
+    _, size_kind = parse_subset(subset)
+    return [r for group in SUBSET_TABLES[size_kind] for r in table[group]]
+
+
+def fit_size(width: int, height: int, max_side: int | None, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """Scale (width, height) down so the longer side is at most ``max_side``, keeping the aspect ratio as well
+    as multiples of ``multiple`` allow; sizes are never scaled up."""
+    scale = 1.0 if not max_side or max(width, height) <= max_side else max_side / max(width, height)
+
+    def snap(v: float) -> int:
+        return max(multiple, int(round(v / multiple)) * multiple)
+
+    return snap(width * scale), snap(height * scale)
+
+
+def _rng(*parts: Any) -> random.Random:
+    """A generator seeded by the parts' text alone (not Python's salted hash): the same on every machine."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def plan_record(
+    record: Mapping[str, Any],
+    subset: str,
+    seed: int,
+    settings: GenerateSettings,
+    sizes: Sequence[Resolution],
+    kinds: Sequence[str],
+) -> Plan:
+    """Generator, size, candidate count and candidate seeds of one prompt, from (seed, prompt id, subset)."""
+    rid = record["id"]
+    weights = [settings.generators[k].weight for k in kinds]
+    kind = _rng(seed, rid, subset, "generator").choices(list(kinds), weights=weights, k=1)[0]
+    res = _rng(seed, rid, subset, "size").choice(list(sizes))
+    n = _rng(seed, rid, subset, "candidates").randint(settings.candidates_min, settings.candidates_max)
+    seeds = tuple(_rng(seed, rid, subset, "candidate", k).getrandbits(32) for k in range(n))
+    width, height = fit_size(res.width, res.height, settings.max_side)
+    return Plan(kind=kind, resolution=res, width=width, height=height, seeds=seeds)
+
+
+def jpeg_bytes(image: Any, quality: int) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def _base_columns(record: Record, subset: str, prompt_kind: str, plan: Plan) -> Record:
+    r = dict(record)
+    if "seed" in r:
+        r["spec_seed"] = r.pop("seed")  # the spec's sampling seed; `seed` now names the kept image's seed
+    r.update(
+        {
+            "sample_id": f"{subset}-{record['id']}",
+            "subset": subset,
+            "prompt_used": record.get(SUBSET_PROMPT_COLUMN[prompt_kind]),
+            "image_generated_with_enhanced_prompt": prompt_kind == "pe",
+            "image_generator": None,
+            "image_resolution": None,
+            "image_aspect_ratio": plan.resolution.aspect_ratio,
+            "seed": None,
+            "candidate_seeds": list(plan.seeds),
+            "candidate_scores": None,
+            "aesthetic_predictor_v_2_5_score": None,
+            "image": None,
+            "generation_error": None,
+        }
+    )
+    return r
+
+
+def render_record(
+    record: Record, plan: Plan, subset: str, generator: Any, scorer: Any, jpeg_quality: int
+) -> Record:
+    """Render every candidate of one prompt, score them and keep the best; never raises."""
+    prompt_kind, _ = parse_subset(subset)
+    r = _base_columns(record, subset, prompt_kind, plan)
+    prompt = r["prompt_used"]
+    if not prompt or not str(prompt).strip():
+        r["generation_error"] = f"{SUBSET_PROMPT_COLUMN[prompt_kind]} is empty"
+        return shards.mark(r, MISSING_PROMPT)
+    try:
+        images = generator.generate(
+            [prompt] * len(plan.seeds), width=plan.width, height=plan.height, seeds=list(plan.seeds)
+        )
+        scores = [float(s) for s in scorer.score(images)]
+        best = max(range(len(scores)), key=lambda i: scores[i])  # first of equal maxima
+        image = images[best]
+        r.update(
+            {
+                "image_generator": generator.model_name,
+                "image_resolution": f"{image.width}x{image.height}",
+                "seed": plan.seeds[best],
+                "candidate_scores": scores,
+                "aesthetic_predictor_v_2_5_score": scores[best],
+                "image": jpeg_bytes(image, jpeg_quality),
+            }
+        )
+        return shards.mark(r, None)
+    except Exception as e:  # one prompt's failure (OOM, NaN latents, a bad size) must not end the shard
+        log.warning("%s: generation failed for %s: %s: %s", subset, record.get("id"), type(e).__name__, e)
+        r["image_generator"] = getattr(generator, "model_name", None)
+        r["generation_error"] = f"{type(e).__name__}: {e}"
+        return shards.mark(r, GENERATION_FAILED)
+
+
+class _GeneratorPool:
+    """One generator per kind, loaded lazily; at most one self-loaded pipeline is held at a time."""
+
+    def __init__(
+        self, settings: GenerateSettings, models: Mapping[str, ModelSpec], given: Mapping[str, Any] | None
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.given = dict(given or {})
+        self.loaded: dict[str, Any] = {}
+
+    def get(self, kind: str) -> Any:
+        if kind in self.given:
+            return self.given[kind]
+        if kind not in self.loaded:
+            self.close()
+            from finet2i.backends.diffusers_gen import load_generator
+
+            g = self.settings.generators[kind]
+            self.loaded[kind] = load_generator(
+                kind, self.models[kind], steps=g.steps, guidance=g.guidance, cpu_offload=g.cpu_offload
+            )
+        return self.loaded[kind]
+
+    def close(self) -> None:
+        for gen in self.loaded.values():
+            gen.close()
+        self.loaded.clear()
+
+
+class _LazyScorer:
+    def __init__(self, encoder: ModelSpec | None, head: ModelSpec | None, given: Any) -> None:
+        self.encoder, self.head, self.scorer = encoder, head, given
+
+    def score(self, images: list[Any]) -> list[float]:
+        if self.scorer is None:
+            from finet2i.backends.aesthetic import load_aesthetic_scorer
+
+            if self.encoder is None or self.head is None:
+                raise ValueError("generate: no aesthetic scorer given and no models.aesthetic_encoder/head")
+            self.scorer = load_aesthetic_scorer(self.encoder, self.head)
+        return self.scorer.score(images)
+
+
+def run_generate(
+    in_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    shard: str,
+    subset: str,
+    settings: Mapping[str, Any],
+    models: Mapping[str, ModelSpec],
+    aesthetic_encoder: ModelSpec | None,
+    aesthetic_head: ModelSpec | None,
+    seed: int,
+    jpeg_quality: int,
+    stats_path: str | os.PathLike[str] | None = None,
+    generators: Mapping[str, Any] | None = None,
+    scorer: Any = None,
+) -> StageStats:
+    """Render one (subset, shard): ``results/enhanced/{shard}.parquet`` -> ``results/images/{subset}/``.
+
+    ``models``: generator kind ("z_image", "flux2") -> ModelSpec, for every kind with a weight > 0.
+    ``generators`` / ``scorer``: already built backends (tests); by default they load when first needed.
+    """
+    started = time.monotonic()
+    s = GenerateSettings.from_config(settings)
+    prompt_kind, _ = parse_subset(subset)
+    sizes = sizes_for_subset(subset, load_resolutions(s.resolutions))
+    kinds = [k for k, g in s.generators.items() if g.weight > 0]
+    available = dict(generators or {})
+    missing = [k for k in kinds if k not in available and k not in models]
+    if missing:
+        raise ValueError(
+            f"generate: no model for generator(s) {missing}; set models.{missing[0]} in the config "
+            f"or give generate.generators.{missing[0]}.weight: 0"
+        )
+
+    records = shards.read_kept(in_path)
+    plans = {r["id"]: plan_record(r, subset, seed, s, sizes, kinds) for r in records}
+    # Grouped by generator so each pipeline loads once; chunks then rarely mix two generators.
+    order = sorted(range(len(records)), key=lambda i: (kinds.index(plans[records[i]["id"]].kind), i))
+    grouped = [records[i] for i in order]
+
+    pool = _GeneratorPool(s, models, generators)
+    lazy_scorer = _LazyScorer(aesthetic_encoder, aesthetic_head, scorer)
+
+    def render_chunk(chunk: list[Record]) -> list[Record]:
+        out = []
+        for rec in chunk:
+            plan = plans[rec["id"]]
+            # Outside render_record's guard: a model that does not load is a configuration error, not one
+            # bad prompt, and must fail the job.
+            gen = pool.get(plan.kind)
+            out.append(render_record(rec, plan, subset, gen, lazy_scorer, jpeg_quality))
+        return out
+
+    model_labels = {k: (available[k].model_name if k in available else models[k].label) for k in kinds}
+    ck = shards.ChunkCheckpoint(
+        out_path,
+        s.chunk_size,
+        shards.fingerprint(
+            (r["id"] for r in grouped),
+            STAGE,
+            subset,
+            settings,
+            seed,
+            jpeg_quality,
+            model_labels,
+            [vars(r) for r in sizes],
+            aesthetic_encoder.label if aesthetic_encoder else None,
+            aesthetic_head.label if aesthetic_head else None,
+        ),
+    )
+    try:
+        done = ck.run(grouped, render_chunk)
+    finally:
+        pool.close()
+    by_id = {r["id"]: r for r in done}
+    out = [by_id[r["id"]] for r in records]  # back to input order
+
+    kept_scores = [r["aesthetic_predictor_v_2_5_score"] for r in out if r.get("kept")]
+    stats = shards.write_stage_output(
+        out_path,
+        out,
+        stage=STAGE,
+        shard=shard,
+        started=started,
+        model=", ".join(sorted({r["image_generator"] for r in out if r.get("image_generator")})) or None,
+        stats_file=stats_path,
+        subset=subset,
+        prompt_column=SUBSET_PROMPT_COLUMN[prompt_kind],
+        images_by_generator=dict(Counter(r["image_generator"] for r in out if r.get("kept"))),
+        candidates=sum(len(p.seeds) for p in plans.values()),
+        resumed_chunks=ck.resumed_chunks,
+        mean_aesthetic=round(sum(kept_scores) / len(kept_scores), 4) if kept_scores else None,
+    )
+    ck.cleanup()
+    return stats
