@@ -1,4 +1,4 @@
-"""Semantic dedup: exact against brute force, the same verdicts for any grouping, resumable file-level jobs."""
+"""Semantic dedup: exact against brute force, same verdicts for any grouping, resumable file-level jobs."""
 
 from __future__ import annotations
 
@@ -43,8 +43,17 @@ def hard() -> tuple[np.ndarray, np.ndarray]:
 def test_exact_and_equal_to_brute_force_greedy(hard, groups, partition):
     x, ref = hard
     assert 0.2 < ref.mean() < 0.9  # the data really has many duplicates and many survivors
-    res = dedup_vectors(x, DedupSettings(threshold=T, groups=groups, partition=partition, block_size=256,
-                                         kmeans_sample=2000, max_neighbors=2))
+    res = dedup_vectors(
+        x,
+        DedupSettings(
+            threshold=T,
+            groups=groups,
+            partition=partition,
+            block_size=256,
+            kmeans_sample=2000,
+            max_neighbors=2,
+        ),
+    )
     assert residual_pairs(x, res.kept, T) == 0
     np.testing.assert_array_equal(res.kept, ref)
     if groups > 1:
@@ -81,7 +90,9 @@ def test_exact_duplicates_and_row_order_priority():
     v = np.concatenate([x, x[::-1]])  # the second half repeats the first
     res = dedup_vectors(v, DedupSettings(threshold=T, groups=4, kmeans_sample=100))
     assert not res.kept[50:].any()
-    np.testing.assert_array_equal(res.duplicate_of[50:][res.kept[:50][::-1]], np.arange(50)[::-1][res.kept[:50][::-1]])
+    np.testing.assert_array_equal(
+        res.duplicate_of[50:][res.kept[:50][::-1]], np.arange(50)[::-1][res.kept[:50][::-1]]
+    )
 
 
 def test_lower_precision_candidates_stay_within_margin():
@@ -111,20 +122,44 @@ def make_shards(root: Path, vectors: np.ndarray, n_shards: int) -> list[str]:
     for s, part in enumerate(np.array_split(np.arange(len(vectors)), n_shards)):
         name = f"{s:05d}"
         names.append(name)
-        recs = [{"id": f"{name}-{i:06d}", "shard": name, "index": i, "prompt": f"prompt {name} {i}",
-                 "kept": True, "drop_reason": None} for i in range(len(part))]
-        recs.append({"id": f"{name}-999999", "shard": name, "index": 999999, "prompt": "short",
-                     "kept": False, "drop_reason": "too_short"})  # dropped upstream: not embedded, not here
+        recs = [
+            {
+                "id": f"{name}-{i:06d}",
+                "shard": name,
+                "index": i,
+                "prompt": f"prompt {name} {i}",
+                "kept": True,
+                "drop_reason": None,
+            }
+            for i in range(len(part))
+        ]
+        recs.append(
+            {
+                "id": f"{name}-999999",
+                "shard": name,
+                "index": 999999,
+                "prompt": "short",
+                "kept": False,
+                "drop_reason": "too_short",
+            }
+        )  # dropped upstream: not embedded, not here
         shards.write_table(root / "prompts" / f"{name}.parquet", recs)
-        write_embeddings(root / "embeddings" / f"{name}.npz", [r["id"] for r in recs[:-1]], vectors[part],
-                         model="test", fingerprint="x")
+        write_embeddings(
+            root / "embeddings" / f"{name}.npz",
+            [r["id"] for r in recs[:-1]],
+            vectors[part],
+            model="test",
+            fingerprint="x",
+        )
     return names
 
 
 def run_jobs(root: Path, names: list[str], settings: DedupSettings) -> Path:
     emb = [root / "embeddings" / f"{n}.npz" for n in names]
     out = root / "dedup"
-    stage.run_dedup_centroids(emb, out / "centroids.npy", out / "similarity_histogram.json", settings=settings)
+    stage.run_dedup_centroids(
+        emb, out / "centroids.npy", out / "similarity_histogram.json", settings=settings
+    )
     idx = [out / "assign" / f"{n}.npz" for n in names]
     vec = [out / "assign" / f"{n}.npy" for n in names]
     for e, v, i in zip(emb, vec, idx, strict=True):
@@ -132,13 +167,27 @@ def run_jobs(root: Path, names: list[str], settings: DedupSettings) -> Path:
     groups = [out / "group" / f"{g:03d}.npz" for g in range(settings.groups)]
     for g, gp in enumerate(groups):
         stage.run_dedup_group(idx, vec, gp, group=g, settings=settings)
-    stage.run_dedup_cross(groups, idx, vec, out / "verdicts.npy", out / "kept_ids.npy", out / "cross.stats.json",
-                          settings=settings)
+    stage.run_dedup_cross(
+        groups,
+        idx,
+        vec,
+        out / "verdicts.npy",
+        out / "kept_ids.npy",
+        out / "cross.stats.json",
+        settings=settings,
+    )
     for n in names:
-        stage.run_dedup_keep(root / "prompts" / f"{n}.parquet", root / "embeddings" / f"{n}.npz",
-                             out / "assign" / f"{n}.npz", out / "verdicts.npy", out / "kept_ids.npy",
-                             out / "keep" / f"{n}.parquet", shard=n, settings=settings,
-                             stats_path=out / "keep" / f"{n}.stats.json")
+        stage.run_dedup_keep(
+            root / "prompts" / f"{n}.parquet",
+            root / "embeddings" / f"{n}.npz",
+            out / "assign" / f"{n}.npz",
+            out / "verdicts.npy",
+            out / "kept_ids.npy",
+            out / "keep" / f"{n}.parquet",
+            shard=n,
+            settings=settings,
+            stats_path=out / "keep" / f"{n}.stats.json",
+        )
     return out
 
 
@@ -156,7 +205,9 @@ def pipeline(tmp_path_factory):
     for groups in (1, 6):
         root = tmp_path_factory.mktemp(f"g{groups}")
         names = make_shards(root, x, 3)
-        settings = DedupSettings(threshold=T, groups=groups, kmeans_sample=600, block_size=128, max_neighbors=2)
+        settings = DedupSettings(
+            threshold=T, groups=groups, kmeans_sample=600, block_size=128, max_neighbors=2
+        )
         results[groups] = (root, names, run_jobs(root, names, settings), settings)
     return x, results
 
@@ -178,7 +229,9 @@ def test_jobs_match_brute_force_and_any_group_count(pipeline):
             else:
                 j = by_id[r["duplicate_of"]]
                 assert r["drop_reason"] == "near_duplicate" and rows[j]["kept"] and j < i
-                assert r["similarity"] == pytest.approx(float(exact_cosines(x[i:i + 1], x[j:j + 1])[0]), abs=1e-5)
+                assert r["similarity"] == pytest.approx(
+                    float(exact_cosines(x[i : i + 1], x[j : j + 1])[0]), abs=1e-5
+                )
                 assert r["similarity"] > T
             assert 0 <= r["dedup_group"] < groups
             assert r["prompt"].startswith("prompt ")  # upstream columns carried
@@ -224,4 +277,5 @@ def test_cross_pass_is_exact_when_groups_disagree(pipeline):
     _, results = pipeline
     stats = json.loads((results[6][2] / "cross.stats.json").read_text())
     assert stats["dropped_across_groups"] > 0 and stats["kept"] == stats["prompts"] - (
-        stats["dropped_in_groups"] + stats["dropped_across_groups"] - stats["resurrected"])
+        stats["dropped_in_groups"] + stats["dropped_across_groups"] - stats["resurrected"]
+    )
