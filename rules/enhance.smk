@@ -1,0 +1,27 @@
+# 3.1.4: every prompt that passed the filters is rewritten by PromptEnhancer-7B (think block + answer tags);
+# the answer is extracted, and a missing or cut-off answer falls back to the original prompt
+# (enhance_fallback, enhance_note). Never drops a record.
+
+
+rule enhance:
+    input:
+        table=prompts_for_enhance,
+    output:
+        table="results/enhanced/{shard}.parquet",
+        stats="results/enhanced/{shard}.stats.json",
+    log:
+        "logs/enhance/{shard}.log",
+    benchmark:
+        "results/benchmarks/enhance/{shard}.tsv"
+    conda:
+        "../envs/llm.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=240,
+    params:
+        settings=config["enhance"],
+        model=config["models"]["enhancer"],
+    script:
+        "../workflow_scripts/enhance.py"

@@ -1,0 +1,27 @@
+# 3.1.3 "Guard": prompts over `guard.max_words` words are dropped first (too_long); Llama-Guard-3-8B judges
+# the rest, a hazard code in `guard.blocked_categories` drops the prompt (unsafe, codes kept as evidence),
+# and an answer that does not parse fails closed (guard_unparseable, raw answer kept).
+
+
+rule guard:
+    input:
+        table="results/dedup/keep/{shard}.parquet",
+    output:
+        table="results/guard/{shard}.parquet",
+        stats="results/guard/{shard}.stats.json",
+    log:
+        "logs/guard/{shard}.log",
+    benchmark:
+        "results/benchmarks/guard/{shard}.tsv"
+    conda:
+        "../envs/llm.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=240,
+    params:
+        settings=config["guard"],
+        model=config["models"]["guard"],
+    script:
+        "../workflow_scripts/guard.py"
