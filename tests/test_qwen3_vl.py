@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from vlm_fixtures import jpeg, tiny_qwen3_vl, tiny_vlm  # noqa: F401  (fixtures)
+from vlm_fixtures import jpeg
 
+pytest_plugins = ["vlm_fixtures"]  # the session-scoped tiny Qwen3-VL and its vLLM engine
 pytestmark = pytest.mark.slow
 
 

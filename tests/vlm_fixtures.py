@@ -1,5 +1,5 @@
 """The tiny Qwen3-VL and one vLLM engine on it, built once per test session and shared by the vision-LLM
-stage tests (attributes, pair_filter, caption, qwen3_vl). Import the fixtures into a test module to use them."""
+stage tests (attributes, pair_filter, caption, qwen3_vl): ``pytest_plugins = ["vlm_fixtures"]``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from finet2i.models import ModelSpec
 
-# Module-level cache as well as session scope: pytest registers an imported fixture once per test module.
+# Module-level cache as well as session scope, in case a module imports the fixtures instead.
 _CACHE: dict[str, Any] = {}
 
 
@@ -46,7 +46,7 @@ def tiny_vlm(tiny_qwen3_vl: Path, request: pytest.FixtureRequest) -> Any:
 
 
 def jpeg(color: tuple[int, int, int], size: tuple[int, int] = (64, 48), stripes: bool = True) -> bytes:
-    """A small JPEG: a coloured picture with a few stripes, so the vision tower sees more than one patch value."""
+    """A small JPEG: a coloured picture with stripes, so the vision tower sees more than one value."""
     from PIL import Image, ImageDraw
 
     im = Image.new("RGB", size, color)

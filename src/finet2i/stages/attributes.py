@@ -2,7 +2,8 @@
 
 A vision-language model (Qwen3-VL-8B-Instruct in the paper, used with text input only) reads each prompt with
 the attributes it was generated for and judges whether the prompt semantically matches them. The verdict is a
-JSON object forced by a JSON-schema constraint, one boolean per checked attribute plus a short reason::
+JSON object forced by a structured-output constraint (a regex that admits exactly one compact spelling, see
+:func:`verdict_regex`), one boolean per checked attribute plus a short reason::
 
     {"style_match": true, "category_match": false, "reason": "a street scene, not a portrait"}
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +54,7 @@ SYSTEM_PROMPT = (
     "asked about, and a one-sentence 'reason'."
 )
 
-MAX_REASON_CHARS = 300
+MAX_REASON_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -87,19 +89,23 @@ class AttributeVerdict:
         return [a for a, ok in self.matches.items() if not ok]
 
 
-def verdict_schema(check: Sequence[str]) -> dict[str, Any]:
-    """The JSON schema the verifier's answer is constrained to."""
-    props: dict[str, Any] = {f"{a}_match": {"type": "boolean"} for a in check}
-    props["reason"] = {"type": "string", "maxLength": MAX_REASON_CHARS}
-    return {"type": "object", "properties": props, "required": [*(f"{a}_match" for a in check), "reason"],
-            "additionalProperties": False}
+def verdict_regex(check: Sequence[str]) -> str:
+    """The regex the verifier's answer is constrained to: a compact JSON object, keys in a fixed order.
+
+    A regex rather than vLLM's JSON-schema mode: the schema grammar admits any amount of whitespace between
+    tokens, and a weak or unlucky model can spend its whole token budget on it (seen with the demo model:
+    every answer truncated). The regex admits exactly one spelling, short and always valid JSON.
+    """
+    fields = [rf'"{re.escape(a)}_match": (true|false)' for a in check]
+    fields.append(rf'"reason": "[^"\\]{{0,{MAX_REASON_CHARS}}}"')
+    return r"\{" + ", ".join(fields) + r"\}"
 
 
 def extract_json_object(text: str) -> dict[str, Any] | None:
     """The first JSON object in ``text`` (tolerating code fences and chatter around it), or None."""
     if not text:
         return None
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)  # control characters inside strings are no reason to fail
     start = text.find("{")
     while start != -1:
         try:
@@ -143,7 +149,7 @@ def verify_chunk(records: list[Record], vlm: Any, settings: AttributeSettings) -
     """Ask the verifier about every record of a chunk (one batched call) and mark each one."""
     if not records:
         return []
-    constraint = Constraint(json_schema=verdict_schema(settings.check))
+    constraint = Constraint(regex=verdict_regex(settings.check))
     answers = vlm.chat([build_messages(r, settings.check) for r in records], settings.sampling(), constraint)
     if len(answers) != len(records):
         raise RuntimeError(f"verifier returned {len(answers)} answers for {len(records)} prompts")
