@@ -235,7 +235,13 @@ def test_rerun_reproduces_bytes_and_resume_skips_done_chunks(
     kwargs = dict(
         shard="00001",
         subset="pe_as",
-        settings={**SETTINGS, "chunk_size": 2},
+        # Flux.2 alone (the cheaper tiny pipeline) and at most 2 candidates keep three full runs fast.
+        settings={
+            **SETTINGS,
+            "chunk_size": 2,
+            "candidates": {"min": 1, "max": 2},
+            "generators": {"z_image": {"weight": 0, "steps": 2}, "flux2": {"weight": 1, "steps": 2}},
+        },
         models={},
         aesthetic_encoder=None,
         aesthetic_head=None,
@@ -349,3 +355,25 @@ def test_production_path_loads_models_from_specs(tmp_path: Path, tiny_models) ->
     )
     assert stats.kept == 3
     assert not out_path.with_name(out_path.name + ".chunks").exists()  # checkpoint removed once complete
+
+
+def test_scorer_that_does_not_load_fails_the_job(tmp_path: Path, tiny_generators) -> None:
+    """A missing scorer is a configuration error: it must not turn into one 'generation_failed' per prompt."""
+    from finet2i.models import ModelNotAvailable, ModelSpec
+
+    in_path = _write_input(tmp_path, _enhanced_rows(2))
+    nowhere = ModelSpec(key="models.aesthetic_encoder", path=str(tmp_path / "no-siglip"))
+    with pytest.raises(ModelNotAvailable, match="models.aesthetic_encoder"):
+        g.run_generate(
+            in_path,
+            tmp_path / "o.parquet",
+            shard="00001",
+            subset="pe_ar",
+            settings=SETTINGS,
+            models={},
+            aesthetic_encoder=nowhere,
+            aesthetic_head=nowhere,
+            seed=7,
+            jpeg_quality=90,
+            generators=tiny_generators,
+        )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import random
 import time
@@ -220,6 +221,8 @@ def render_record(
             [prompt] * len(plan.seeds), width=plan.width, height=plan.height, seeds=list(plan.seeds)
         )
         scores = [float(s) for s in scorer.score(images)]
+        if len(scores) != len(images) or not all(math.isfinite(x) for x in scores):
+            raise ValueError(f"aesthetic scorer returned {scores} for {len(images)} images")
         best = max(range(len(scores)), key=lambda i: scores[i])  # first of equal maxima
         image = images[best]
         r.update(
@@ -274,13 +277,16 @@ class _LazyScorer:
     def __init__(self, encoder: ModelSpec | None, head: ModelSpec | None, given: Any) -> None:
         self.encoder, self.head, self.scorer = encoder, head, given
 
-    def score(self, images: list[Any]) -> list[float]:
+    def load(self) -> None:
         if self.scorer is None:
             from finet2i.backends.aesthetic import load_aesthetic_scorer
 
             if self.encoder is None or self.head is None:
                 raise ValueError("generate: no aesthetic scorer given and no models.aesthetic_encoder/head")
             self.scorer = load_aesthetic_scorer(self.encoder, self.head)
+
+    def score(self, images: list[Any]) -> list[float]:
+        self.load()
         return self.scorer.score(images)
 
 
@@ -328,6 +334,7 @@ def run_generate(
     lazy_scorer = _LazyScorer(aesthetic_encoder, aesthetic_head, scorer)
 
     def render_chunk(chunk: list[Record]) -> list[Record]:
+        lazy_scorer.load()  # like a generator, a scorer that does not load fails the job, not each prompt
         out = []
         for rec in chunk:
             plan = plans[rec["id"]]
