@@ -158,6 +158,10 @@ class VLLMChat:
         elif "vision_config" in config:
             # A VLM used for text only: skip the vision encoder's memory profiling and image inputs.
             kwargs["limit_mm_per_prompt"] = {"image": 0, "video": 0}
+        # Compact JSON under a schema: a small or unsure model otherwise spends its whole token budget on
+        # whitespace that the grammar allows (seen on tiny models). xgrammar, which is what "auto" picks for
+        # choice/regex/JSON schema anyway, reads this setting per engine.
+        kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
         kwargs.update(engine_kwargs)
         from vllm import LLM
 
