@@ -64,6 +64,11 @@ def test_any_violation_rejects_even_if_pass_says_true() -> None:
     assert v.error is None and v.rejected and v.violations == ["extra_limbs"]
 
 
+def test_repeated_violations_are_listed_once() -> None:
+    v = parse_judge('x</think>{"violations": ["objects", "blur", "objects"], "pass": false}')
+    assert v.violations == ["objects", "blur"]
+
+
 def test_fail_without_named_criterion_is_a_rejection() -> None:
     v = parse_judge('hm</think>{"violations": [], "pass": false}')
     assert v.rejected and v.violations == ["unspecified"]
@@ -95,6 +100,8 @@ def test_verdict_regex_shape() -> None:
     assert re.fullmatch(rx, 'two foxes, fine</think>\n\n{"violations": [], "pass": true}')
     assert re.fullmatch(rx, 'x</think>\n\n{"violations": ["counts", "blur"], "pass": false}')
     assert not re.fullmatch(rx, 'x</think>\n\n{"violations": ["ugly"], "pass": false}')  # unknown criterion
+    six = ", ".join(['"objects"'] * 6)
+    assert not re.fullmatch(rx, f'x</think>\n\n{{"violations": [{six}], "pass": false}}')  # capped list
     assert not re.fullmatch(rx, '<think>x</think>\n\n{"violations": [], "pass": true}')  # no '<' in reasoning
     assert not re.fullmatch(rx, "y" * 41 + '</think>\n\n{"violations": [], "pass": true}')  # reasoning budget
     assert PairFilterSettings(max_tokens=64).reasoning_chars == 0  # tiny budgets leave room for the verdict
@@ -110,9 +117,10 @@ class _Scripted:
         self.answers = answers
         self.calls: list[list] = []
 
-    def chat(self, conversations, sampling, constraint=None):
-        self.calls.append(conversations)
-        return self.answers[:len(conversations)]
+    def chat(self, conversations, sampling, constraint=None, *, seeds=None):
+        self.calls.append((conversations, seeds))
+        answers, self.answers = self.answers[:len(conversations)], self.answers[len(conversations):]
+        return answers
 
 
 def test_filter_chunk_verdicts_and_evidence() -> None:
@@ -123,8 +131,10 @@ def test_filter_chunk_verdicts_and_evidence() -> None:
                        'the image shows'])
     out = filter_chunk(rows, judge, PairFilterSettings(aesthetic_threshold=5.5))
     assert [r["drop_reason"] for r in out] == [LOW_AESTHETIC, None, REJECTED, UNPARSEABLE, UNREADABLE]
-    assert len(judge.calls) == 1 and len(judge.calls[0]) == 3  # low-aesthetic and unreadable rows not judged
-    user = judge.calls[0][0][1]["content"]
+    [(convs, seeds)] = judge.calls
+    assert len(convs) == 3  # low-aesthetic and unreadable rows are not judged
+    assert len(set(seeds)) == 3  # one seed per sample, from its sample_id
+    user = convs[0][1]["content"]
     assert user[0]["type"] == "image" and "number 1" in user[1]["text"]  # the image + prompt_used
     assert out[2]["judge_violations"] == "counts,colors" and out[2]["judge_reasoning"] == "three foxes"
     assert out[3]["judge_raw"] == "the image shows"
@@ -157,7 +167,7 @@ def test_run_pair_filter_on_tiny_qwen3_vl(tmp_path: Path, tiny_qwen3_vl: Path, t
         stats[sub] = tmp_path / "pairs" / sub / "00000.stats.json"
         shards.write_table(images[sub], image_rows(sub, [3.0, 6.0, 7.0, 8.0]))
     settings = {"aesthetic_threshold": 5.5, "chunk_size": 2,
-                "judge": {"enabled": True, "temperature": 0.0, "max_tokens": 64}}
+                "judge": {"enabled": True, "temperature": 0.0, "max_tokens": 128}}
     result = run_pair_filter(images, tables, stats, shard="00000", settings=settings,
                              model=vlm_spec(tiny_qwen3_vl), vlm=tiny_vlm)
     assert sorted(result) == subsets

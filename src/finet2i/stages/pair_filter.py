@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,12 @@ ARTIFACT_CRITERIA: dict[str, str] = {
                    "is coherent",
 }
 CRITERIA: tuple[str, ...] = (*ALIGNMENT_CRITERIA, *ARTIFACT_CRITERIA)
+# Any one violation rejects, so the verdict needs to name only a few; a cap keeps it short enough to fit
+# any token budget (an uncapped list let the demo model repeat "objects" until it ran out of tokens).
+MAX_LISTED_VIOLATIONS = 5
+# Tokens kept free for "</think>" + the longest verdict (5 of the longest ids: 91 tokens with the demo's
+# small BPE vocabulary, about 40 with Qwen's own).
+VERDICT_TOKENS = 128
 
 
 def _criteria_list(criteria: Mapping[str, str]) -> str:
@@ -98,7 +105,8 @@ SYSTEM_PROMPT = (
     "A criterion the prompt does not touch (e.g. text rendering when no text is asked for) is satisfied "
     "unless the image itself shows the flaw. When in doubt, count it as a violation.\n"
     "Think step by step, then answer with a JSON object only: "
-    '{"violations": [<ids of every violated criterion>], "pass": <true only if there are no violations>}.'
+    '{"violations": [<ids of the violated criteria, at most 5, most serious first>], '
+    '"pass": <true only if there are no violations>}.'
 )
 
 
@@ -110,8 +118,9 @@ class PairFilterSettings:
     max_tokens: int = 2048
     constrained: bool = True
     # Longest reasoning the constraint allows, in characters. Default: 3 characters per token of what is
-    # left after a verdict's worth (96 tokens), so a real model's reasoning is bounded by max_tokens first;
-    # with a tiny budget (the demo's 64 tokens) the reasoning is empty and the verdict always fits.
+    # left after a verdict's worth of tokens (VERDICT_TOKENS), so a real model's reasoning is bounded by
+    # max_tokens first; with a tiny budget (the demo's 128 tokens) the reasoning is empty and the verdict
+    # always fits.
     max_reasoning_chars: int | None = None
     max_image_pixels: int = 1024 * 1024  # images are downscaled to this before the judge (token budget)
     chunk_size: int = 256
@@ -134,7 +143,7 @@ class PairFilterSettings:
     def reasoning_chars(self) -> int:
         if self.max_reasoning_chars is not None:
             return max(0, int(self.max_reasoning_chars))
-        return max(0, self.max_tokens - 96) * 3
+        return max(0, self.max_tokens - VERDICT_TOKENS) * 3
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)
@@ -154,12 +163,13 @@ class JudgeVerdict:
         return self.error is None and (bool(self.violations) or not self.passed)
 
 
-def verdict_regex(reasoning_chars: int, criteria: Sequence[str] = CRITERIA) -> str:
+def verdict_regex(reasoning_chars: int, criteria: Sequence[str] = CRITERIA,
+                  max_listed: int = MAX_LISTED_VIOLATIONS) -> str:
     """The judge's answer shape: reasoning (no '<'), ``</think>``, a JSON verdict over known criteria."""
     ids = "|".join(re.escape(c) for c in criteria)
     item = f'"({ids})"'
     return (rf"[^<]{{0,{reasoning_chars}}}</think>\n\n"
-            rf'\{{"violations": \[({item}(, {item}){{0,{len(criteria) - 1}}})?\], "pass": (true|false)\}}')
+            rf'\{{"violations": \[({item}(, {item}){{0,{max_listed - 1}}})?\], "pass": (true|false)\}}')
 
 
 def parse_judge(text: str) -> JudgeVerdict:
@@ -178,7 +188,8 @@ def parse_judge(text: str) -> JudgeVerdict:
     if not isinstance(passed, bool):
         return JudgeVerdict(reasoning=reasoning, error="verdict has no boolean 'pass'")
     # "pass": false without naming a criterion is still a rejection; record it as such.
-    violations = [v.strip() for v in violations if v.strip()] or ([] if passed else ["unspecified"])
+    violations = list(dict.fromkeys(v.strip() for v in violations if v.strip()))  # unique, in order
+    violations = violations or ([] if passed else ["unspecified"])
     return JudgeVerdict(reasoning=reasoning, violations=violations, passed=passed)
 
 
@@ -268,8 +279,13 @@ def filter_chunk(records: list[Record], vlm: Any, settings: PairFilterSettings,
         constraint = None
         if settings.constrained:
             constraint = Constraint(regex=verdict_regex(settings.reasoning_chars))
+        from finet2i.backends.vllm_llm import chat_seeded
+
         convs = [build_messages(image, r.get("prompt_used") or "") for r, image in to_judge]
-        answers = vlm.chat(convs, settings.sampling(), constraint)
+        # One seed per sample: with temperature > 0 a verdict depends on its own sample only, never on the
+        # chunk or batch it landed in, so a resumed or rerun shard reproduces it.
+        seeds = [zlib.crc32(str(r.get("sample_id")).encode()) for r, _ in to_judge]
+        answers = chat_seeded(vlm, convs, settings.sampling(), constraint, seeds)
         if len(answers) != len(to_judge):
             raise RuntimeError(f"judge returned {len(answers)} answers for {len(to_judge)} images")
         for (r, _), answer in zip(to_judge, answers, strict=True):
