@@ -32,9 +32,21 @@ float16, so GPU inputs are exact) or float32, and only select *candidates* above
 where the margin bounds the rounding error of that precision; each candidate's cosine is then recomputed in
 float64 from the stored float16 vectors. Decisions therefore never depend on the hardware or on blocking.
 
-Memory at production scale (44.8M prompts x 384): see README "Dedup memory plan". No step loads all
-vectors: a group job holds its group (~350k x 384 fp16, ~270 MB), the cross pass holds the kept set so far
-(~5.6M x 384 fp16, ~4.3 GB) plus per-prompt verdict arrays (~1 GB) and stored neighbour lists.
+Memory plan at production scale (44.8M prompts = 4,480 shards x 10k, 384-d float16 = 768 B per prompt;
+all vectors as float32 would be 69 GB, as float16 34 GB; no job holds them all):
+
+* embed (per shard): the model (90 MB) and one shard (7.7 MB of vectors).
+* dedup_centroids (1 job): streams the shards one at a time, keeps a ``kmeans_sample`` (1M x 384 fp32,
+  1.5 GB) and trains 128 centroids on it: ~3 GB.
+* dedup_assign (per shard): one shard, ~20 MB.
+* dedup_group (per group): memory-maps its slice of each shard's group-sorted vectors; a group averages
+  350k prompts (270 MB) and k-means groups are uneven (up to ~4x the mean), plus the kept-so-far copy of
+  the same size: <= 3 GB.
+* dedup_cross (1 job): per-prompt arrays (rank, in-group verdict, file location, stored neighbours, outputs:
+  ~70 B x 44.8M = 3.2 GB), the kept set so far (~5.6M x 768 B = 4.3 GB on the host, and the same on the GPU
+  or as bfloat16 on a CPU); vectors of the prompts it compares are read on demand from the memory-mapped
+  assign files: ~12 GB RAM + ~4.5 GB GPU.
+* dedup_keep (per shard): its slice of the memory-mapped verdicts and one shard: < 1 GB.
 """
 
 from __future__ import annotations
