@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 # Fails here, before any job is planned, naming the config key (models only warn in a dry run).
 from finet2i.config import validate_config
 

@@ -40,3 +40,39 @@ def dataset_tars():
 
 def final_outputs():
     return dataset_tars() + ["results/report/report.html"]
+
+
+def synthetic_stats():
+    stages = ["specs", "prompts", "embeddings", "dedup/keep", "guard"]
+    stages += ["attributes"] if is_enabled("attributes") else []
+    stages += ["enhanced"]
+    stats = expand("results/{stage}/{shard}.stats.json", stage=stages, shard=SHARDS)
+    stats += expand(
+        "results/{stage}/{subset}/{shard}.stats.json",
+        stage=["images", "pairs"],
+        subset=SUBSETS,
+        shard=SHARDS,
+    )
+    return stats
+
+
+def curated_stats():
+    if not curated_enabled():
+        return []
+    return expand(
+        "results/curated/{stage}/{cshard}.stats.json",
+        stage=["ingest", "score", "caption", "enhanced"],
+        cshard=CURATED_SHARDS,
+    )
+
+
+def report_inputs(wildcards):
+    """Named input lists of the report: small files only (stats JSONs, parquet indexes, one histogram)."""
+    tars = dataset_tars()
+    return {
+        "stats": synthetic_stats()
+        + curated_stats()
+        + [t.replace(".tar", ".stats.json") for t in tars],
+        "indexes": [t.replace(".tar", ".parquet") for t in tars],
+        "similarity_histogram": ["results/dedup/similarity_histogram.json"],
+    }
