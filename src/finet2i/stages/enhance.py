@@ -49,7 +49,7 @@ SYSTEM_PROMPT = (
 
 # Used only with ``constrained: true``: the answer must hold a closed answer block (demo models; a real
 # PromptEnhancer follows the format on its own). Character classes keep tags from nesting.
-ANSWER_REGEX = r"(<think>[^<]{0,2000}</think>\n?)?<answer>[^<]{1,4000}</answer>"
+ANSWER_REGEX = r"(<think>[^<]{0,2000}</think>\n?)?<answer>\s?[^<\s][^<]{0,4000}</answer>"
 
 NO_ANSWER_TAG = "no_answer_tag"
 
