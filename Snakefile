@@ -6,16 +6,27 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The production recipe, unless --configfile names a complete config of its own (config/demo.yaml):
+# Snakemake would otherwise merge the two key by key, and a demo model {path} would inherit the
+# production model's {id}.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"
 
 
-# Fails here, before any job is planned, naming the config key (models only warn in a dry run).
-from finet2i.config import validate_config
+# Config mistakes fail here, while parsing, naming the key. Models and curated sources are checked when a
+# run starts (onstart: after planning, before the first job), so that -n, --dag and --summary work on a
+# login node without weights.
+from finet2i.config import check_available, validate_config
 
-validate_config(config, base_dir=".", dryrun=workflow.dryrun)
+validate_config(config, base_dir=".", check_models=False)
+
+
+onstart:
+    check_available(config, base_dir=".")
 
 
 include: "rules/common.smk"

@@ -47,7 +47,6 @@ def test_defaults_are_filled(demo_config):
          or c["generate"]["generators"]["flux2"].update(weight=0), r"generate\.generators: the weights add up to 0"),
         (lambda c: c["generate"].update(candidates={"min": 3, "max": 1}), r"generate\.candidates: min \(3\)"),
         (lambda c: c.update(taxonomy="config/nope.yaml"), r"config key taxonomy: file .*nope\.yaml does not exist"),
-        (lambda c: c["curated"].update(sources=["no/such/folder"]), r"curated\.sources\[0\]: no/such/folder"),
     ],
 )
 def test_mistakes_name_the_key(demo_config, mutate, message):
@@ -69,4 +68,10 @@ def test_hub_model_not_in_cache_says_how_to_fetch(demo_config, monkeypatch, tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     demo_config["models"]["guard"] = {"id": "meta-llama/Llama-Guard-3-8B", "revision": "main"}
     with pytest.raises(ConfigError, match="finet2i fetch-models"):
+        validate_config(copy.deepcopy(demo_config), base_dir=ROOT)
+
+
+def test_missing_curated_source_names_the_key(demo_config):
+    demo_config["curated"]["sources"] = ["no/such/folder"]
+    with pytest.raises(ConfigError, match=r"curated\.sources\[0\]: no/such/folder does not exist"):
         validate_config(copy.deepcopy(demo_config), base_dir=ROOT)

@@ -95,10 +95,10 @@ def demo(cores: str, rebuild_models: bool, snakemake_args: tuple[str, ...]) -> N
 def _register_optional() -> None:
     # Stage tools live beside their stage; registering them here keeps `finet2i --help` complete.
     try:
-        from finet2i.cli_dedup import dedup
+        from finet2i.cli_dedup import dedup_command
     except ImportError:  # pragma: no cover - during development a stage may not exist yet
         return
-    main.add_command(dedup)
+    main.add_command(dedup_command, name="dedup")
 
 
 _register_optional()

@@ -5,7 +5,7 @@ Three layers, each failing with the offending key in the message and what to do:
    values; defaults are filled in.
 2. Semantic checks the schema cannot express: generator weights that do not add up to something positive,
    candidate ranges, referenced files (taxonomy, resolution table) that must exist and parse.
-3. Models: every ``{path: ...}`` must exist and every ``{id, revision}`` must be in the Hugging Face cache.
+3. Inputs: curated sources must exist; every model ``{path: ...}`` must exist and every ``{id, revision}`` must be in the Hugging Face cache.
    During a dry run this layer only warns, so that a plan can be inspected on a login node without weights.
 
 Snakemake's own ``snakemake.utils.validate`` does layer 1 too, but reports the first jsonschema error without
@@ -119,11 +119,6 @@ def _semantic_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
     res = base_dir / config["generate"]["resolutions"]
     if not res.exists():
         yield f"config key generate.resolutions: file {res} does not exist"
-    if config.get("curated", {}).get("enabled", True):
-        for i, src in enumerate(config["curated"].get("sources", [])):
-            if "://" not in src and not (base_dir / src).exists():
-                yield (f"config key curated.sources[{i}]: {src} does not exist (a folder of images or a file "
-                       f"with one URL per line)")
 
 
 def _taxonomy_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
@@ -141,6 +136,17 @@ def _taxonomy_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
         loader(p)
     except Exception as e:  # noqa: BLE001 - any loader error is a config error, shown with the file
         yield f"config key taxonomy ({p}): {e}"
+
+
+def missing_sources(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[str]:
+    """Messages for every curated source (folder or URL-list file) that does not exist."""
+    out = []
+    if config.get("curated", {}).get("enabled", True):
+        for i, src in enumerate(config["curated"].get("sources", [])):
+            if "://" not in src and not (Path(base_dir) / src).exists():
+                out.append(f"config key curated.sources[{i}]: {src} does not exist (a folder of images or a "
+                           f"file with one URL per line)")
+    return out
 
 
 def missing_models(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[str]:
@@ -182,7 +188,7 @@ def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] 
         errors += list(_semantic_errors(config, base))
         errors += list(_taxonomy_errors(config, base))
     if not errors and check_models:
-        missing = missing_models(config, base)
+        missing = missing_sources(config, base) + missing_models(config, base)
         if missing and dryrun:
             for m in missing:
                 log.warning("dry run: %s", m)
@@ -191,6 +197,13 @@ def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] 
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     return config
+
+
+def check_available(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> None:
+    """Raise :class:`ConfigError` listing every missing model or curated source (the workflow's onstart)."""
+    missing = missing_sources(config, base_dir) + missing_models(config, base_dir)
+    if missing:
+        raise ConfigError("not available locally, nothing was run:\n  - " + "\n  - ".join(missing))
 
 
 def load_config(*paths: str | os.PathLike[str], base_dir: str | os.PathLike[str] = ".",
