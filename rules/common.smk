@@ -32,7 +32,9 @@ def prompts_for_enhance(wildcards):
 
 
 def dataset_tars():
-    tars = expand("results/dataset/{subset}/train-{shard}.tar", subset=SUBSETS, shard=SHARDS)
+    tars = expand(
+        "results/dataset/{subset}/train-{shard}.tar", subset=SUBSETS, shard=SHARDS
+    )
     if curated_enabled():
         tars += expand("results/dataset/real/train-{cshard}.tar", cshard=CURATED_SHARDS)
     return tars

@@ -10,17 +10,19 @@ rule dedup_centroids:
     output:
         centroids="results/dedup/centroids.npy",
         histogram="results/dedup/similarity_histogram.json",
-    params:
-        settings=config["dedup"],
-        seed=config["seed"],
     log:
         "logs/dedup_centroids/all.log",
     benchmark:
         "results/benchmarks/dedup_centroids/all.tsv"
+    conda:
+        "../envs/cpu.yaml"
     threads: 8
     resources:
         mem_mb=16000,
         runtime=120,
+    params:
+        settings=config["dedup"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/dedup_centroids.py"
 
@@ -32,15 +34,17 @@ rule dedup_assign:
     output:
         vectors="results/dedup/assign/{shard}.npy",
         index="results/dedup/assign/{shard}.npz",
-    params:
-        settings=config["dedup"],
-        seed=config["seed"],
     log:
         "logs/dedup_assign/{shard}.log",
+    conda:
+        "../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        settings=config["dedup"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/dedup_assign.py"
 
@@ -51,18 +55,20 @@ rule dedup_group:
         vectors=expand("results/dedup/assign/{shard}.npy", shard=SHARDS),
     output:
         group="results/dedup/group/{group}.npz",
-    params:
-        settings=config["dedup"],
-        seed=config["seed"],
     log:
         "logs/dedup_group/{group}.log",
     benchmark:
         "results/benchmarks/dedup_group/{group}.tsv"
+    conda:
+        "../envs/cpu.yaml"
     threads: 4
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=60,
+    params:
+        settings=config["dedup"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/dedup_group.py"
 
@@ -76,18 +82,20 @@ rule dedup_cross:
         verdicts="results/dedup/verdicts.npy",
         kept_ids="results/dedup/kept_ids.npy",
         stats="results/dedup/cross.stats.json",
-    params:
-        settings=config["dedup"],
-        seed=config["seed"],
     log:
         "logs/dedup_cross/all.log",
     benchmark:
         "results/benchmarks/dedup_cross/all.tsv"
+    conda:
+        "../envs/cpu.yaml"
     threads: 8
     resources:
         gpu=1,
         mem_mb=32000,
         runtime=240,
+    params:
+        settings=config["dedup"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/dedup_cross.py"
 
@@ -102,14 +110,16 @@ rule dedup_keep:
     output:
         table="results/dedup/keep/{shard}.parquet",
         stats="results/dedup/keep/{shard}.stats.json",
-    params:
-        settings=config["dedup"],
-        seed=config["seed"],
     log:
         "logs/dedup_keep/{shard}.log",
+    conda:
+        "../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        settings=config["dedup"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/dedup_keep.py"

@@ -8,17 +8,19 @@ rule embed:
     output:
         vectors="results/embeddings/{shard}.npz",
         stats="results/embeddings/{shard}.stats.json",
-    params:
-        settings=config["embed"],
-        model=config["models"]["embedder"],
     log:
         "logs/embed/{shard}.log",
     benchmark:
         "results/benchmarks/embed/{shard}.tsv"
+    conda:
+        "../envs/cpu.yaml"
     threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=30,
+    params:
+        settings=config["embed"],
+        model=config["models"]["embedder"],
     script:
         "../workflow_scripts/embed.py"

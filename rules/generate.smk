@@ -12,6 +12,17 @@ rule generate:
     output:
         table="results/images/{subset}/{shard}.parquet",
         stats="results/images/{subset}/{shard}.stats.json",
+    log:
+        "logs/generate/{subset}/{shard}.log",
+    benchmark:
+        "results/benchmarks/generate/{subset}/{shard}.tsv"
+    conda:
+        "../envs/diffusion.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=128000,  # FLUX.2-dev with CPU offload keeps its 32B transformer + 24B encoder in host memory
+        runtime=720,
     params:
         settings=config["generate"],
         z_image=config["models"]["z_image"],
@@ -20,14 +31,5 @@ rule generate:
         aesthetic_head=config["models"]["aesthetic_head"],
         seed=config["seed"],
         jpeg_quality=config["package"]["jpeg_quality"],
-    log:
-        "logs/generate/{subset}/{shard}.log",
-    benchmark:
-        "results/benchmarks/generate/{subset}/{shard}.tsv"
-    threads: 8
-    resources:
-        gpu=1,
-        mem_mb=128000,  # FLUX.2-dev with CPU offload keeps its 32B transformer + 24B encoder in host memory
-        runtime=720,
     script:
         "../workflow_scripts/generate.py"

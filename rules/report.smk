@@ -32,6 +32,8 @@ rule report:
         ),
     log:
         "logs/report/report.log",
+    conda:
+        "../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=16000,

@@ -10,6 +10,8 @@ rule specs:
         stats="results/specs/{shard}.stats.json",
     log:
         "logs/specs/{shard}.log",
+    conda:
+        "../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -24,12 +24,14 @@ def _steps(out: Path, seed: int) -> list[tuple[str, Callable[[], object]]]:
     def prompt_llm() -> object:
         from finet2i.demo.llm import build_prompt_llm
 
-        return build_prompt_llm(models / "prompt-llm", seed, taxonomy="config/taxonomy.yaml")
+        # A fixed step count, not a time budget: the demo's models must not depend on how busy the machine is.
+        return build_prompt_llm(models / "prompt-llm", seed, taxonomy="config/taxonomy.yaml",
+                                train_steps=300, max_seconds=float("inf"))
 
     def guard_llm() -> object:
         from finet2i.demo.llm import build_guard_llm
 
-        return build_guard_llm(models / "guard-llm", seed)
+        return build_guard_llm(models / "guard-llm", seed, train_steps=40, max_seconds=float("inf"))
 
     def qwen3_vl() -> object:
         from finet2i.demo.qwen3_vl import build_qwen3_vl
