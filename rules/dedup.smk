@@ -1,5 +1,5 @@
 # 3.1.2: semantic dedup, exact (no kept pair above dedup.threshold), as fixed-count file-level jobs:
-# centroids (1) -> assign (per shard) -> group (per group) -> cross (1) -> keep (per shard).
+# centroids (1) -> assign (per shard) -> manifest (1) -> group (per group) -> cross (1) -> keep (per shard).
 # A group job reads only its slice of each shard's group-sorted vectors (memory-mapped), so no job holds all
 # vectors. See finet2i.dedup for the keep rule and README "Dedup memory plan" for sizes at production.
 
@@ -49,10 +49,34 @@ rule dedup_assign:
         "../workflow_scripts/dedup_assign.py"
 
 
-rule dedup_group:
+# One small file listing every shard's assign outputs, so that the 128 group jobs and the cross job each
+# depend on one file instead of 2 x 1,120 (that fan-in was most of `snakemake -n`'s time and memory at
+# production size: 290,000 input files to match, stat and print). It reruns whenever any assign file is
+# newer than it, and so do the group and cross jobs after it: a changed shard still reruns all of dedup.
+
+
+rule dedup_manifest:
     input:
         index=expand("results/dedup/assign/{shard}.npz", shard=SHARDS),
         vectors=expand("results/dedup/assign/{shard}.npy", shard=SHARDS),
+    output:
+        manifest="results/dedup/assign_manifest.json",
+    log:
+        "logs/dedup_manifest/all.log",
+    localrule: True
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../workflow_scripts/dedup_manifest.py"
+
+
+rule dedup_group:
+    input:
+        manifest="results/dedup/assign_manifest.json",
     output:
         group="results/dedup/group/{group}.npz",
     log:
@@ -76,8 +100,7 @@ rule dedup_group:
 rule dedup_cross:
     input:
         groups=expand("results/dedup/group/{group}.npz", group=GROUPS),
-        index=expand("results/dedup/assign/{shard}.npz", shard=SHARDS),
-        vectors=expand("results/dedup/assign/{shard}.npy", shard=SHARDS),
+        manifest="results/dedup/assign_manifest.json",
     output:
         verdicts="results/dedup/verdicts.npy",
         kept_ids="results/dedup/kept_ids.npy",
