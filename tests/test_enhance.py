@@ -42,6 +42,7 @@ def test_extract_answers(raw: str, text: str, note: str | None) -> None:
     ("<think>cut off by max_tokens", "unterminated_think"),
     ("<think>ok</think>\n<answer>A red fox in", "unterminated_answer"),
     ("text </answer> stray", "malformed_tags"),
+    ("<answer> <answer> a fox in snow </answer>", "malformed_tags"),  # seen from the tiny demo model
 ])
 def test_extract_falls_back(raw: str | None, note: str) -> None:
     ex = extract_enhanced(raw)

@@ -94,6 +94,8 @@ def extract_enhanced(raw: str | None) -> Extraction:
     m = _ANSWER.search(raw)
     if m:
         text = " ".join(m.group(1).split())
+        if _TAG.search(text):  # "<answer> <answer> ...": a tag inside the answer is noise, not a prompt
+            return Extraction(None, "malformed_tags")
         return Extraction(text, None) if text else Extraction(None, "empty_answer")
     rest = _THINK_BLOCK.sub("", raw)
     lowered = rest.lower()
@@ -149,8 +151,11 @@ def enhance_chunk(records: Sequence[Record], llm: Any, settings: EnhanceSettings
 def run_enhance(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
                 settings: Mapping[str, Any], model: ModelSpec,
                 stats_path: str | os.PathLike[str] | None = None, llm: Any = None,
-                prompt_column: str = "prompt") -> StageStats:
-    """Enhance one shard's kept prompts (``prompt_column``); every input record comes out kept."""
+                prompt_column: str = "prompt", stage: str = STAGE) -> StageStats:
+    """Enhance one shard's kept prompts (``prompt_column``); every input record comes out kept.
+
+    ``stage`` names the stats (``curated_enhance`` for the real-image branch, so the funnel keeps the two apart).
+    """
     from finet2i.backends.vllm_llm import LazyChat
 
     started = time.monotonic()
@@ -173,7 +178,7 @@ def run_enhance(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str
     for r in out:
         if r.get("enhance_note"):
             notes[r["enhance_note"]] = notes.get(r["enhance_note"], 0) + 1
-    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
+    stats = shards.write_stage_output(out_path, out, stage=stage, shard=shard, started=started,
                                       model=model_name, stats_file=stats_path,
                                       resumed_chunks=ck.resumed_chunks,
                                       fallbacks=sum(1 for r in out if r.get("enhance_fallback")),
