@@ -192,7 +192,7 @@ def test_snakemake_report_smoke(run_dir):
     tmp, stats, indexes, sim = run_dir
     wd = tmp / "wf"
     wd.mkdir()
-    for part in ("rules", "workflow_scripts", "report"):
+    for part in ("rules", "workflow_scripts", "report", "envs"):
         shutil.copytree(ROOT / part, wd / part)
     shutil.copytree(tmp / "results", wd / "results")
     rel = [str(Path(p).relative_to(tmp)) for p in stats]

@@ -6,7 +6,8 @@ def main(smk) -> None:
     run = adapter(smk)
     # The captions are the real images' short prompts; enhance them like the synthetic prompts.
     run_enhance(smk.input.table, smk.output.table, shard=run.shard, settings=run.section("enhance"),
-                model=run.model("enhancer"), stats_path=smk.output.stats, prompt_column="prompt")
+                model=run.model("enhancer"), stats_path=smk.output.stats, prompt_column="prompt",
+                stage="curated_enhance")
 
 
 if __name__ == "__main__":

@@ -178,7 +178,26 @@ def read_indexes(paths: Iterable[str | os.PathLike[str]]) -> dict[str, list[Any]
                 cols[c].extend([p.parent.name] * n)
             else:
                 cols[c].extend([None] * n)
+    cols["prompt_category"] = [category_label(v) for v in cols["prompt_category"]]
+    cols["task"] = [task_label(v) for v in cols["task"]]
     return cols
+
+
+def category_label(value: Any) -> str | None:
+    """The release writes ``prompt_category`` as ``"People: Portrait"``; the tables count top-level categories."""
+    if value is None:
+        return None
+    return str(value).split(":", 1)[0].strip()
+
+
+def task_label(value: Any) -> str:
+    """The release writes ``task`` as a list of components or null; the paper's Table 7 labels them
+    ``"Colors + Counting"`` and ``"Not Specified"``."""
+    if value is None or (isinstance(value, list | tuple) and not value):
+        return "Not Specified"
+    if isinstance(value, list | tuple):
+        return " + ".join(str(v) for v in value)
+    return str(value)
 
 
 def resolution_label(value: Any) -> str | None:
