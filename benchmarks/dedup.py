@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing as mp
+import os
 import resource
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -79,6 +81,28 @@ def make_prompts(n: int, dup_frac: float, seed: int) -> list[str]:
     return [out[i] for i in rng.permutation(len(out))]
 
 
+def augment(v: np.ndarray, copies: int, seed: int) -> np.ndarray:
+    """``copies`` noisy copies of every vector (cosine ~0.75-0.95 to it), all shuffled together."""
+    rng = np.random.default_rng(seed + 1)
+    base = v.astype(np.float32)
+    out = [base]
+    for _ in range(copies):
+        sigma = rng.uniform(0.02, 0.045, size=(len(base), 1)).astype(np.float32)
+        noisy = base + sigma * rng.standard_normal(base.shape).astype(np.float32)
+        out.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
+    return np.concatenate(out)[rng.permutation(len(base) * (copies + 1))].astype(np.float16)
+
+
+def load() -> str:
+    return "load {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg())
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process: wall time is at the mercy of the other jobs on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_mb() -> float:
     """This process's peak RSS (VmHWM; ru_maxrss would include the parent's RSS from before the exec)."""
     for line in open("/proc/self/status"):
@@ -91,7 +115,7 @@ def baseline(v: np.ndarray, threshold: float) -> dict:
     """faiss exact range search of every vector against all vectors, then the greedy in row order."""
     import faiss
 
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), cpu_s()
     x = v.astype(np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
@@ -104,17 +128,25 @@ def baseline(v: np.ndarray, threshold: float) -> dict:
     kept = np.zeros(len(x), bool)
     for i, nb in enumerate(neighbours):
         kept[i] = not kept[nb[nb < i]].any()
-    return {"kept": kept, "seconds": time.monotonic() - t0, "search_seconds": t_search, "peak_mb": peak_mb()}
+    return {"kept": kept, "seconds": time.monotonic() - t0, "search_seconds": t_search, "peak_mb": peak_mb(),
+            "cpu_s": cpu_s() - c0,
+            "load": load()}
 
 
 def ours(v: np.ndarray, threshold: float, groups: int) -> dict:
     from finet2i.dedup import DedupSettings, dedup_vectors
 
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), cpu_s()
+    # 256 sampled vectors per centroid and 10 iterations: the partition only decides how much work the
+    # group passes save, never a verdict, and a 100k-sample 20-iteration k-means cost ~10 s here.
     res = dedup_vectors(
-        v, DedupSettings(threshold=threshold, groups=groups, kmeans_sample=min(len(v), 100_000))
+        v,
+        DedupSettings(threshold=threshold, groups=groups, kmeans_sample=min(len(v), 256 * groups),
+                      kmeans_iters=10, block_size=4096),
     )
-    return {"kept": res.kept, "seconds": time.monotonic() - t0, "peak_mb": peak_mb(), "stats": res.stats}
+    return {"kept": res.kept, "seconds": time.monotonic() - t0, "peak_mb": peak_mb(), "stats": res.stats,
+            "cpu_s": cpu_s() - c0,
+            "load": load()}
 
 
 def _child(fn, args, q) -> None:
@@ -162,10 +194,12 @@ def main() -> None:
     ap.add_argument("--augment", type=int, default=0,
                     help="add K noisy copies of every embedded vector (cosine ~0.75-0.95 to it): "
                          "more planted near-duplicates at sizes this machine cannot embed in minutes")
+    ap.add_argument("--scale", default="", help="comma-separated sizes for ours-only rows and a fitted "
+                    "scaling exponent (e.g. 100000,200000,400000,1000000)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows in a redirected log
 
-    import os
     import tempfile
 
     import torch
@@ -179,7 +213,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     prompts = make_prompts(a.n, a.dup_frac, a.seed)
     model_dir = install_minilm(Path(tempfile.mkdtemp()) / "all-MiniLM-L6-v2")
-    emb = load_embedder(ModelSpec(key="bench", path=str(model_dir)), dtype="auto", batch_size=256)
+    emb = load_embedder(ModelSpec(key="bench", path=str(model_dir)), dtype="auto", batch_size=128)
     sub = prompts[: a.embed_compare]
     plain = SentenceTransformer(str(model_dir), device="cpu")
     t = time.monotonic()
@@ -189,7 +223,8 @@ def main() -> None:
     fast = emb.embed(sub)
     t_fast = time.monotonic() - t
     cos = (ref * fast).sum(axis=1)
-    print(f"\nEmbedding ({len(sub)} prompts, {threads} threads, {torch.backends.cpu.get_cpu_capability()}):")
+    print(f"\nEmbedding ({len(sub)} prompts, {threads} threads, {torch.backends.cpu.get_cpu_capability()}, "
+          f"{load()}):")
     print(f"  plain SentenceTransformer.encode fp32 : {len(sub) / t_plain:8.0f} prompts/s")
     print(
         f"  finet2i embedder ({emb.dtype}, length-sorted) : {len(sub) / t_fast:8.0f} prompts/s  "
@@ -205,15 +240,9 @@ def main() -> None:
         if a.cache:
             np.save(a.cache, v)
 
+    embedded = v
     if a.augment:
-        rng = np.random.default_rng(a.seed + 1)
-        base = v.astype(np.float32)
-        copies = [base]
-        for _ in range(a.augment):
-            sigma = rng.uniform(0.02, 0.045, size=(len(base), 1)).astype(np.float32)
-            noisy = base + sigma * rng.standard_normal(base.shape).astype(np.float32)
-            copies.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
-        v = np.concatenate(copies)[rng.permutation(len(base) * (a.augment + 1))].astype(np.float16)
+        v = augment(embedded, a.augment, a.seed)
         print(f"\naugmented to {len(v)} vectors ({a.augment} noisy copies of each embedded prompt)")
     print(f"\nDedup of {len(v)} prompts at cosine > {a.threshold} ({a.dup_frac:.0%} planted paraphrases):")
     rows = []
@@ -222,19 +251,27 @@ def main() -> None:
         rows.append(("faiss exact all-pairs range search + greedy", b))
     o = isolated(ours, v, a.threshold, a.groups)
     rows.append((f"finet2i grouped ({a.groups} groups) + exact cross pass", o))
-    print(f"  {'method':<52} {'wall s':>8} {'peak MB':>8} {'kept':>8} {'residual':>8}")
+    print(f"  {'method':<52} {'wall s':>8} {'CPU s':>8} {'peak MB':>8} {'kept':>8} {'residual':>8}  load")
     for name, r in rows:
         print(
-            f"  {name:<52} {r['seconds']:8.1f} {r['peak_mb']:8.0f} {int(r['kept'].sum()):8d} "
-            f"{residual(v, r['kept'], a.threshold):8d}"
+            f"  {name:<52} {r['seconds']:8.1f} {r['cpu_s']:8.1f} {r['peak_mb']:8.0f} "
+            f"{int(r['kept'].sum()):8d} "
+            f"{residual(v, r['kept'], a.threshold):8d}  {r['load']}"
         )
     if not a.skip_baseline:
         b, o = rows[0][1], rows[1][1]
         diff = int((b["kept"] != o["kept"]).sum())
         print(
-            f"  speedup {b['seconds'] / o['seconds']:.1f}x; kept sets differ on {diff} prompts "
+            f"  speedup {b['seconds'] / o['seconds']:.1f}x wall, {b['cpu_s'] / o['cpu_s']:.1f}x CPU; "
+            f"kept sets differ on {diff} prompts "
             f"({abs(int(b['kept'].sum()) - int(o['kept'].sum())) / max(1, int(b['kept'].sum())):.3%} in size)"
         )
+    describe(o)
+    if a.scale:
+        scaling(embedded, [int(x) for x in a.scale.split(",")], a)
+
+
+def describe(o: dict) -> None:
     s = o["stats"]
     print(
         f"  ours: partition {s['seconds_partition']:.1f} s, groups {s['seconds_groups']:.1f} s, cross "
@@ -244,6 +281,31 @@ def main() -> None:
         f"in the cross pass ({s['precision']} on {s['device']})"
     )
 
+
+def scaling(embedded: np.ndarray, sizes: list[int], a: argparse.Namespace) -> None:
+    """Ours only at several sizes (noisy copies of the embedded prompts), a log-log fit, extrapolation."""
+    print(f"\nScaling (ours only; data = the {len(embedded)} embedded prompts + n/{len(embedded)} - 1 noisy "
+          f"copies of each):")
+    print(f"  {'n':>9} {'wall s':>8} {'CPU s':>8} {'peak MB':>8} {'kept':>8} {'kept %':>7} "
+          f"{'cross pairs':>12}  load")
+    ns, ts = [], []
+    for n in sizes:
+        copies = max(0, round(n / len(embedded)) - 1)
+        v = augment(embedded, copies, a.seed) if copies else embedded
+        o = isolated(ours, v, a.threshold, a.groups)
+        k = int(o["kept"].sum())
+        print(f"  {len(v):9d} {o['seconds']:8.1f} {o['cpu_s']:8.1f} {o['peak_mb']:8.0f} {k:8d} "
+              f"{100 * k / len(v):6.1f}% "
+              f"{o['stats']['pair_products']:12.2e}  {o['load']}", flush=True)
+        ns.append(len(v))
+        ts.append(o["cpu_s"])
+        del v
+    if len(ns) >= 2:
+        slope, icpt = np.polyfit(np.log(ns), np.log(ts), 1)
+        full = 44_800_000
+        est = float(np.exp(icpt) * full**slope)
+        print(f"  fitted CPU time ~ n^{slope:.2f}; extrapolated to {full:,} prompts on this 2-core CPU: "
+              f"{est:,.0f} CPU s ({est / 3600:,.1f} h), if the duplicate structure scaled like this data")
 
 if __name__ == "__main__":
     main()

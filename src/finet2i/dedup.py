@@ -207,29 +207,52 @@ class Matcher:
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.threshold = float(threshold)
         self.low = self.threshold - self.MARGINS[precision]
-        self.col_chunk = 32768
+        # Column chunk of one product: 4096 x 8192 bfloat16 (64 MB) stays near the cache-friendly sweet spot
+        # measured on 2 cores; 32768 columns made the scans after the product memory-bound.
+        self.col_chunk = 8192
+        self.tile = 64
 
     def to_device(self, vectors: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device, self.dtype)
 
     def candidates(self, q: Any, m: Any, *, upper: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Index pairs (i, j) with approximate q_i . m_j > threshold - margin (j > i only when ``upper``)."""
+        """Index pairs (i, j) with approximate q_i . m_j > threshold - margin (j > i only when ``upper``).
+
+        Why tiles: an elementwise ``s > low`` over a bfloat16 block costs a third of the product itself on
+        CPUs (it is not vectorised), while a max-reduction is cheap. So the block is reduced to the max of
+        every 64-column tile, only the few tiles whose max clears ``low`` are gathered and compared.
+        """
         torch = self.torch
         rows: list[Any] = []
         cols: list[Any] = []
+        t = self.tile
         for c0 in range(0, m.shape[0], self.col_chunk):
-            s = q @ m[c0:c0 + self.col_chunk].T
-            if upper:
-                s = torch.triu(s, diagonal=1 - c0)
-            hit = (s.amax(dim=1) > self.low).nonzero().flatten()
-            if hit.numel() == 0:
-                continue
-            r, c = (s[hit] > self.low).nonzero(as_tuple=True)
-            rows.append(hit[r])
-            cols.append(c + c0)
+            mc = m[c0:c0 + self.col_chunk]
+            if upper and c0 >= q.shape[0]:
+                break  # q is m's prefix here: columns past it cannot be > any row
+            s = q @ mc.T
+            nc = s.shape[1]
+            full = nc - nc % t
+            if full:
+                tmax = s[:, :full].reshape(s.shape[0], full // t, t).amax(dim=2)
+                tr, tc = (tmax > self.low).nonzero(as_tuple=True)
+                if tr.numel():
+                    blk = s[:, :full].reshape(s.shape[0], full // t, t)[tr, tc]  # (k, t)
+                    k, j = (blk > self.low).nonzero(as_tuple=True)
+                    rows.append(tr[k])
+                    cols.append(tc[k] * t + j + c0)
+            if full < nc:
+                r, c = (s[:, full:] > self.low).nonzero(as_tuple=True)
+                rows.append(r)
+                cols.append(c + full + c0)
         if not rows:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
+        r = torch.cat(rows).cpu().numpy()
+        c = torch.cat(cols).cpu().numpy()
+        if upper:
+            keep = c > r
+            r, c = r[keep], c[keep]
+        return r, c
 
 
 def exact_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -58,24 +58,34 @@ class SentenceTransformerEmbedder:
         log.info("embedder %s on %s in %s, batch %d, dim %d", model_name, device, self.dtype, batch_size,
                  self.dim)
 
-    def token_lengths(self, texts: list[str]) -> np.ndarray:
-        enc = self.model.tokenizer(texts, add_special_tokens=True, truncation=True,
-                                   max_length=self.model.max_seq_length)["input_ids"]
-        return np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(texts))
-
     def embed(self, texts: list[str]) -> np.ndarray:
-        """float32 (n, 384), unit norm, in the order of ``texts``."""
+        """float32 (n, 384), unit norm, in the order of ``texts``.
+
+        The texts are tokenized once, in one call of the fast (Rust) tokenizer, then cut into batches of
+        similar length, so a batch pads to its own longest prompt; the sentence-transformers modules after
+        the tokenizer (transformer, mean pooling) run on each batch.
+        """
         out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:
             return out
-        order = np.argsort(-self.token_lengths(texts), kind="stable")
-        with self.torch.inference_mode():
+        tok = self.model.tokenizer
+        enc = tok(texts, add_special_tokens=True, truncation=True, max_length=self.model.max_seq_length,
+                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        lengths = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(texts))
+        order = np.argsort(-lengths, kind="stable")
+        torch = self.torch
+        with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
                 idx = order[i:i + self.batch_size]
-                batch = [texts[j] for j in idx]
-                prep = getattr(self.model, "preprocess", None) or self.model.tokenize
-                features = prep(batch)
-                features = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in features.items()}
+                width = int(lengths[idx[0]])  # longest first
+                ids = torch.full((len(idx), width), tok.pad_token_id or 0, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, j in enumerate(idx.tolist()):
+                    ids[r, :lengths[j]] = torch.as_tensor(enc[j])
+                    mask[r, :lengths[j]] = 1
+                features = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+                if "token_type_ids" in tok.model_input_names:  # BERT: one segment, all zeros
+                    features["token_type_ids"] = torch.zeros_like(features["input_ids"])
                 emb = self.model.forward(features)["sentence_embedding"].float()
                 out[idx] = emb.cpu().numpy()
         # Normalise in float32: the dedup threshold compares dot products of unit vectors.
