@@ -82,10 +82,20 @@ def _cluster_is_up() -> bool:
         return False
 
 
+# The test node looks like a GPU node of a real cluster, so that profiles/slurm runs UNCHANGED on it: its
+# per-rule memory (generate: 128 GB x attempt) and threads (up to 8) must fit one node, or sbatch rejects the
+# job. Nothing enforces memory here (no cgroups); the 2-core machine runs what Slurm schedules side by side.
+NODE_CPUS = "32"
+NODE_MEM_MB = "1000000"
+
+
 def slurm_up(timeout: int = 900) -> float:
     """Run scripts/slurm-up.sh; return its wall time. Raises RuntimeError with its output when it fails."""
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(SLURM_UP)], capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ}
+    env.setdefault("FINET2I_SLURM_CPUS", NODE_CPUS)
+    env.setdefault("FINET2I_SLURM_MEM_MB", NODE_MEM_MB)
+    proc = subprocess.run(["bash", str(SLURM_UP)], capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/slurm-up.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     log.info("slurm-up.sh: %s", proc.stdout.strip())
