@@ -45,3 +45,32 @@ def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None, time
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+def copy_workdir(src: Path, dest: Path) -> Path:
+    """A copy of a finished workdir that keeps mtimes (copy2) and symlinks (resources/demo), so Snakemake's
+    rerun triggers (mtime, params, input, code) see the copy exactly as they see the original."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def planned_jobs(workdir: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`snakemake -n` in workdir: {job: reason} for every job it would run, a job named "rule" or
+    "rule[key=value,...]" (wildcards sorted by key). Empty when there is nothing to be done."""
+    import re
+
+    proc = snakemake(workdir, "-n", *args, env=env, timeout=600)
+    out = proc.stdout + proc.stderr
+    jobs: dict[str, str] = {}
+    heads = list(re.finditer(r"^(?:local)?rule (\w+):$", out, re.M))
+    for head, nxt in zip(heads, [*heads[1:], None], strict=False):
+        block = out[head.end():nxt.start() if nxt else len(out)]
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        reason = re.search(r"^\s+reason: (.*)$", block, re.M)
+        name = head.group(1)
+        if wildcards:
+            name += f"[{','.join(sorted(p.strip() for p in wildcards.group(1).split(',')))}]"
+        jobs[name] = reason.group(1) if reason else ""
+    if not jobs and "Nothing to be done" not in out:
+        raise AssertionError(f"snakemake -n planned no job, nor said 'Nothing to be done':\n{out[-4000:]}")
+    return jobs
