@@ -58,8 +58,9 @@ def test_cpu_environment_keeps_what_the_user_set(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
     monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
     monkeypatch.setenv("TMPDIR", str(tmp_path / "mine"))
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     done = cpu_environment(tmp_path / "scratch")
-    assert done == {"VLLM_CACHE_ROOT": str(tmp_path / "scratch" / "cache")}
+    assert done == {"VLLM_CACHE_ROOT": str(tmp_path / "scratch" / "cache"), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert (tmp_path / "scratch" / "cache").is_dir()
     import os
 
