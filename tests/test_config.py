@@ -37,7 +37,8 @@ def test_defaults_are_filled(demo_config):
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda c: c["prompts"].update(tempreature=1.0), r"prompts\.tempreature: unknown key; did you mean 'temperature'"),
+        (lambda c: c["prompts"].update(tempreature=1.0),
+         r"prompts\.tempreature: unknown key; did you mean 'temperature'"),
         (lambda c: c.update(shard={}), r"config key shard: unknown key; did you mean 'shards'"),
         (lambda c: c["guard"].update(max_words="many"), r"guard\.max_words: 'many' is not of type 'integer'"),
         (lambda c: c["dedup"].update(threshold=1.5), r"dedup\.threshold: 1\.5 is greater than the maximum"),

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from workflow_helpers import ROOT, make_workdir, poison_heavy_imports, snakemake
 
 RELEASE_KEYS = {

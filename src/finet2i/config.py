@@ -5,7 +5,8 @@ Three layers, each failing with the offending key in the message and what to do:
    values; defaults are filled in.
 2. Semantic checks the schema cannot express: generator weights that do not add up to something positive,
    candidate ranges, referenced files (taxonomy, resolution table) that must exist and parse.
-3. Inputs: curated sources must exist; every model ``{path: ...}`` must exist and every ``{id, revision}`` must be in the Hugging Face cache.
+3. Inputs: curated sources must exist; every model ``{path: ...}`` must exist and every
+   ``{id, revision}`` must be in the Hugging Face cache.
    During a dry run this layer only warns, so that a plan can be inspected on a login node without weights.
 
 Snakemake's own ``snakemake.utils.validate`` does layer 1 too, but reports the first jsonschema error without
