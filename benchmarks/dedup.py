@@ -81,13 +81,16 @@ def make_prompts(n: int, dup_frac: float, seed: int) -> list[str]:
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def augment(v: np.ndarray, copies: int, seed: int) -> np.ndarray:
-    """``copies`` noisy copies of every vector (cosine ~0.75-0.95 to it), all shuffled together."""
+def augment(v: np.ndarray, copies: int, seed: int, noise: tuple[float, float] = (0.02, 0.045)) -> np.ndarray:
+    """``copies`` noisy copies of every vector, all shuffled together. Per copy, Gaussian noise of a
+    per-dimension sigma drawn from ``noise``: 0.02-0.045 gives cosine ~0.75-0.93 to the original (many
+    copies are not duplicates of each other), 0.01-0.025 gives ~0.90-0.98 (clusters collapse to a few
+    survivors: the paper's regime, where dedup removed 88% of the prompts)."""
     rng = np.random.default_rng(seed + 1)
     base = v.astype(np.float32)
     out = [base]
     for _ in range(copies):
-        sigma = rng.uniform(0.02, 0.045, size=(len(base), 1)).astype(np.float32)
+        sigma = rng.uniform(noise[0], noise[1], size=(len(base), 1)).astype(np.float32)
         noisy = base + sigma * rng.standard_normal(base.shape).astype(np.float32)
         out.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
     return np.concatenate(out)[rng.permutation(len(base) * (copies + 1))].astype(np.float16)
@@ -189,11 +192,14 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--groups", type=int, default=128)
     ap.add_argument("--embed-compare", type=int, default=2000, help="prompts for the fp32 encode comparison")
+    ap.add_argument("--embed-rounds", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=None, help="reuse/save the embeddings (.npy)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--augment", type=int, default=0,
                     help="add K noisy copies of every embedded vector (cosine ~0.75-0.95 to it): "
                          "more planted near-duplicates at sizes this machine cannot embed in minutes")
+    ap.add_argument("--noise", type=lambda x: tuple(float(f) for f in x.split(",")), default=(0.02, 0.045),
+                    help="LO,HI: per-dimension noise sigma range of the copies (see augment())")
     ap.add_argument("--scale", default="", help="comma-separated sizes for ours-only rows and a fitted "
                     "scaling exponent (e.g. 100000,200000,400000,1000000)")
     ap.add_argument("--seed", type=int, default=0)
@@ -216,19 +222,30 @@ def main() -> None:
     emb = load_embedder(ModelSpec(key="bench", path=str(model_dir)), dtype="auto", batch_size=128)
     sub = prompts[: a.embed_compare]
     plain = SentenceTransformer(str(model_dir), device="cpu")
-    t = time.monotonic()
-    ref = plain.encode(sub, batch_size=256, normalize_embeddings=True)
-    t_plain = time.monotonic() - t
-    t = time.monotonic()
-    fast = emb.embed(sub)
-    t_fast = time.monotonic() - t
+    # Alternate the two a few times and keep each one's best: the machine is shared, and one slow stretch
+    # should not decide the ratio. CPU seconds (process_time) are printed too.
+    best = {"plain": (np.inf, np.inf), "ours": (np.inf, np.inf)}
+    plain.encode(sub[:64], batch_size=64)
+    emb.embed(sub[:64])
+    for _ in range(a.embed_rounds):
+        for name in ("plain", "ours"):
+            t, c = time.monotonic(), time.process_time()
+            if name == "plain":
+                ref = plain.encode(sub, batch_size=256, normalize_embeddings=True)
+            else:
+                fast = emb.embed(sub)
+            w, c = time.monotonic() - t, time.process_time() - c
+            best[name] = (min(best[name][0], w), min(best[name][1], c))
     cos = (ref * fast).sum(axis=1)
+    (w_plain, c_plain), (w_fast, c_fast) = best["plain"], best["ours"]
     print(f"\nEmbedding ({len(sub)} prompts, {threads} threads, {torch.backends.cpu.get_cpu_capability()}, "
-          f"{load()}):")
-    print(f"  plain SentenceTransformer.encode fp32 : {len(sub) / t_plain:8.0f} prompts/s")
+          f"best of {a.embed_rounds}, {load()}):")
+    print(f"  plain SentenceTransformer.encode fp32 : {len(sub) / w_plain:8.0f} prompts/s wall, "
+          f"{len(sub) / c_plain:8.0f} per CPU s")
     print(
-        f"  finet2i embedder ({emb.dtype}, length-sorted) : {len(sub) / t_fast:8.0f} prompts/s  "
-        f"({t_plain / t_fast:.2f}x; cosine to fp32 min {cos.min():.4f}, mean {cos.mean():.5f})"
+        f"  finet2i embedder ({emb.dtype}, length-sorted) : {len(sub) / w_fast:8.0f} prompts/s wall, "
+        f"{len(sub) / c_fast:8.0f} per CPU s  ({w_plain / w_fast:.2f}x wall, {c_plain / c_fast:.2f}x CPU; "
+        f"cosine to fp32 min {cos.min():.4f}, mean {cos.mean():.5f})"
     )
 
     if a.cache and a.cache.exists() and len(np.load(a.cache)) == a.n:
@@ -242,8 +259,9 @@ def main() -> None:
 
     embedded = v
     if a.augment:
-        v = augment(embedded, a.augment, a.seed)
-        print(f"\naugmented to {len(v)} vectors ({a.augment} noisy copies of each embedded prompt)")
+        v = augment(embedded, a.augment, a.seed, a.noise)
+        print(f"\naugmented to {len(v)} vectors ({a.augment} noisy copies of each embedded prompt, "
+              f"noise sigma {a.noise[0]}-{a.noise[1]})")
     print(f"\nDedup of {len(v)} prompts at cosine > {a.threshold} ({a.dup_frac:.0%} planted paraphrases):")
     rows = []
     if not a.skip_baseline:
@@ -291,7 +309,7 @@ def scaling(embedded: np.ndarray, sizes: list[int], a: argparse.Namespace) -> No
     ns, ts = [], []
     for n in sizes:
         copies = max(0, round(n / len(embedded)) - 1)
-        v = augment(embedded, copies, a.seed) if copies else embedded
+        v = augment(embedded, copies, a.seed, a.noise) if copies else embedded
         o = isolated(ours, v, a.threshold, a.groups)
         k = int(o["kept"].sum())
         print(f"  {len(v):9d} {o['seconds']:8.1f} {o['cpu_s']:8.1f} {o['peak_mb']:8.0f} {k:8d} "
