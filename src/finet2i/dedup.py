@@ -32,10 +32,10 @@ float16, so GPU inputs are exact) or float32, and only select *candidates* above
 where the margin bounds the rounding error of that precision; each candidate's cosine is then recomputed in
 float64 from the stored float16 vectors. Decisions therefore never depend on the hardware or on blocking.
 
-Memory plan at production scale (44.8M prompts = 4,480 shards x 10k, 384-d float16 = 768 B per prompt;
+Memory plan at production scale (44.8M prompts = 1,120 shards x 40k, 384-d float16 = 768 B per prompt;
 all vectors as float32 would be 69 GB, as float16 34 GB; no job holds them all):
 
-* embed (per shard): the model (90 MB) and one shard (7.7 MB of vectors).
+* embed (per shard): the model (90 MB) and one shard (31 MB of vectors). Table: docs/dedup.md.
 * dedup_centroids (1 job): streams the shards one at a time, keeps a ``kmeans_sample`` (1M x 384 fp32,
   1.5 GB) and trains 128 centroids on it: ~3 GB.
 * dedup_assign (per shard): one shard, ~20 MB.
