@@ -44,6 +44,7 @@ GPU_PARTITION = "gpu"
 # Columns sacct_jobs() returns; Comment last because it is free text.
 SACCT_FIELDS = ["JobIDRaw", "JobName", "Partition", "Account", "AllocTRES", "ReqMem", "State", "ExitCode",
                 "Submit", "Start", "End", "Elapsed", "NodeList", "Comment"]
+MEM_UNIT_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                 "BOOT_FAIL", "DEADLINE"}
 
@@ -146,8 +147,9 @@ def _parse_sacct(text: str) -> list[dict]:
         row["wildcards"] = wildcards or None
         gpus = re.search(r"gres/gpu=(\d+)", row["AllocTRES"])
         row["gpus"] = int(gpus.group(1)) if gpus else 0
-        mem = re.search(r"mem=(\d+)M", row["AllocTRES"])
-        row["mem_mb"] = int(mem.group(1)) if mem else None
+        # sacct prints memory in the largest whole unit: mem=8000M, mem=125G (128000 MB), mem=62.50G.
+        mem = re.search(r"mem=([\d.]+)([KMGT])", row["AllocTRES"])
+        row["mem_mb"] = round(float(mem.group(1)) * MEM_UNIT_MB[mem.group(2)]) if mem else None
         row["state"] = row["State"].split()[0]  # "CANCELLED by 0" -> "CANCELLED"
         jobs.append(row)
     return jobs
