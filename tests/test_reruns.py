@@ -84,7 +84,7 @@ def write_config(workdir: Path, config: dict, name: str = CONFIG) -> str:
 
 
 def plan(workdir: Path, config: str = CONFIG, env: dict[str, str] | None = None) -> dict[str, str]:
-    return planned_jobs(workdir, "--profile", "profiles/default", "--configfile", config, env=env)
+    return planned_jobs(workdir, "--profile", "profiles/local", "--configfile", config, env=env)
 
 
 def assert_plan(planned: dict[str, str], expected: set[str]) -> None:
@@ -108,7 +108,7 @@ def finished(tmp_path_factory) -> Path:
     (wd / "resources" / "demo").symlink_to(resources)
     write_config(wd, reduced_config())
     started = time.monotonic()
-    snakemake(wd, "--profile", "profiles/default", "--configfile", CONFIG, "--cores", "2", timeout=1500)
+    snakemake(wd, "--profile", "profiles/local", "--configfile", CONFIG, "--cores", "2", timeout=1500)
     print(f"reduced demo run: {time.monotonic() - started:.0f} s")
     return wd
 
@@ -189,7 +189,7 @@ def test_changed_shard_after_dedup_reruns_only_its_chain(work):
     _rewrite_shard(work / "results/prompts/00001.parquet", "prompts")
     keep0 = (work / "results/dedup/keep/00000.parquet").read_bytes()
     mtime0 = (work / "results/dedup/keep/00000.parquet").stat().st_mtime_ns
-    snakemake(work, "--profile", "profiles/default", "--configfile", CONFIG, "--cores", "2",
+    snakemake(work, "--profile", "profiles/local", "--configfile", CONFIG, "--cores", "2",
               "--until", "dedup_keep", timeout=900)
     keep = work / "results/dedup/keep/00000.parquet"
     assert keep.stat().st_mtime_ns != mtime0, "dedup_keep 00000 did not run"
@@ -276,7 +276,7 @@ def test_killed_generate_job_resumes_from_its_checkpoint(finished, tmp_path):
     stats.unlink()
     chunks = table.with_name(table.name + ".chunks")
     target = str(table.relative_to(wd))
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/default", "--configfile", CONFIG,
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--configfile", CONFIG,
            "--cores", "2", target]
     log_path = tmp_path / "killed.log"
     with open(log_path, "w") as log:
@@ -302,8 +302,8 @@ def test_killed_generate_job_resumes_from_its_checkpoint(finished, tmp_path):
     assert not table.exists() and 1 <= done_before < kept[shard], (done_before, kept[shard])
     print(f"killed generate/{shard} after {done_before} of {kept[shard]} chunks")
 
-    snakemake(wd, "--profile", "profiles/default", "--configfile", CONFIG, "--unlock")
-    snakemake(wd, "--profile", "profiles/default", "--configfile", CONFIG, "--cores", "2", target,
+    snakemake(wd, "--profile", "profiles/local", "--configfile", CONFIG, "--unlock")
+    snakemake(wd, "--profile", "profiles/local", "--configfile", CONFIG, "--cores", "2", target,
               timeout=900)
     log = (wd / f"logs/generate/{SUBSET}/{shard}.log").read_text()
     assert "resumed from checkpoint" in log, log[-3000:]

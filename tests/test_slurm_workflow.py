@@ -108,7 +108,7 @@ def write_test_profile(wd: Path, cluster: SlurmCluster) -> str:
 
 
 def slurm_args(profile: str, configfile: str = DEMO_CONFIG) -> list[str]:
-    # --workflow-profile none: otherwise Snakemake layers profiles/default (the LOCAL profile: cores: all,
+    # --workflow-profile none: belt and braces: Snakemake would layer a profiles/default (a LOCAL profile: cores: all,
     # resources: gpu=1) over the Slurm profile; see test_slurm_profile_is_not_overridden_by_the_local_profile.
     return ["--profile", profile, "--workflow-profile", "none", "--configfile", configfile]
 
@@ -219,7 +219,7 @@ class DemoRun:
 
 @pytest.fixture(scope="module")
 def demo_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, DemoRun]:
-    """The demo once with the local executor (profiles/default, as `finet2i demo` runs it) and once on Slurm.
+    """The demo once with the local executor (profiles/local, as `finet2i demo` runs it) and once on Slurm.
 
     The local run goes in the background while the Slurm run waits on the queue and its polls: on a 2-core
     machine that saves most of one run's wall time, and neither result depends on the other's timing.
@@ -227,7 +227,7 @@ def demo_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, DemoRu
     local_wd = demo_workdir(tmp_path_factory.mktemp("local"))
     local_log = local_wd / "snakemake.log"
     t_local = time.monotonic()
-    local = start_snakemake(local_wd, ["--profile", "profiles/default", "--cores", "2", "--configfile",
+    local = start_snakemake(local_wd, ["--profile", "profiles/local", "--cores", "2", "--configfile",
                                        DEMO_CONFIG], local_log)
     try:
         slurm_wd = demo_workdir(tmp_path_factory.mktemp("slurm"))
@@ -307,11 +307,9 @@ def test_profile_matches_rules() -> None:
     assert profile["slurm-status-command"] == "squeue"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "profiles/default is Snakemake's *workflow-specific* profile: it is loaded after --profile "
-    "profiles/slurm and overrides it, so `cores: all` caps every Slurm job's threads to the login node's "
-    "cores and `resources: [gpu=1]` lets ONE GPU job run at a time on the whole cluster. "
-    "Fix: rename profiles/default to profiles/local (and `finet2i demo` to --profile profiles/local)."))
+# The local profile is profiles/local, not profiles/default: Snakemake loads profiles/default as the
+# *workflow-specific* profile after --profile profiles/slurm, and its `cores: all` / `resources: [gpu=1]` then
+# capped every Slurm job's threads and let one GPU job run at a time on the whole cluster.
 def test_slurm_profile_is_not_overridden_by_the_local_profile(tmp_path: Path) -> None:
     wd = make_workdir(tmp_path / "wf")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile",

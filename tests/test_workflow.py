@@ -65,7 +65,7 @@ def test_demo_end_to_end(tmp_path_factory):
     build_all(demo_resources(), seed=0)
     (wd / "resources").mkdir()
     (wd / "resources" / "demo").symlink_to(demo_resources())
-    snakemake(wd, "--profile", "profiles/default", "--configfile", "config/demo.yaml", "--cores", "2",
+    snakemake(wd, "--profile", "profiles/local", "--configfile", "config/demo.yaml", "--cores", "2",
               timeout=3000)
     results = wd / "results"
 

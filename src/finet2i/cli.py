@@ -80,7 +80,7 @@ def demo(cores: str, rebuild_models: bool, snakemake_args: tuple[str, ...]) -> N
     t0 = time.monotonic()
     build_all(DEMO_DIR, seed=0, force=rebuild_models)
     t1 = time.monotonic()
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/default", "--configfile",
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--configfile",
            "config/demo.yaml", "--cores", cores, *snakemake_args]
     click.echo(" ".join(cmd))
     rc = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
