@@ -122,6 +122,20 @@ def run_dedup_assign(embeddings_path: PathLike, centroids_path: PathLike, vector
     _save_npz(index_out, offsets=offsets, rows=rows, ids=ids[rows] if len(ids) else np.zeros(0, "<U1"))
 
 
+def read_assign_manifest(manifest_path: PathLike) -> tuple[list[str], list[str]]:
+    """The assign files (index, vectors) listed by the ``dedup_manifest`` rule, checked against their sizes.
+
+    Group and cross jobs depend on this one manifest instead of every shard's files (a much smaller DAG);
+    the size check catches a file that changed after the manifest was written.
+    """
+    manifest = shards.read_json(manifest_path)
+    for path, size in manifest["bytes"].items():
+        if not os.path.exists(path) or os.path.getsize(path) != size:
+            raise FileNotFoundError(f"{path}: missing or changed since {manifest_path} was written; "
+                                    f"rerun with `snakemake --forcerun dedup_manifest`")
+    return list(manifest["index"]), list(manifest["vectors"])
+
+
 def read_offsets(index_path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     with np.load(index_path, allow_pickle=False) as z:
         return z["offsets"], z["rows"]
