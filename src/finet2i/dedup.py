@@ -270,6 +270,27 @@ def csr_flat(ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return owner, flat
 
 
+_UNDECIDED, _KEPT, _DROPPED = 0, 1, 2
+
+
+def _exact_pairs(a: Any, ia: np.ndarray, b: Any, ib: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """float64 cosines of rows ``a[ia]`` and ``b[ib]`` (torch, float16 or float64), in chunks (bounded memory).
+
+    Exact whatever the summation order: float16 values are multiples of 2^-24 below 1, so every product and
+    partial sum of two unit float16 vectors is a multiple of 2^-48 below ~1, which float64 holds exactly.
+    That is why a dense product and a gathered dot product give the same bits, and verdicts never depend on
+    the blocking.
+    """
+    torch = __import__("torch")
+    out = np.empty(len(ia), np.float64)
+    ta, tb = torch.from_numpy(ia), torch.from_numpy(ib)
+    for k in range(0, len(ia), chunk):
+        x = a[ta[k:k + chunk]].double()
+        y = b[tb[k:k + chunk]].double()
+        out[k:k + chunk] = torch.einsum("ij,ij->i", x, y).numpy()
+    return out
+
+
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX-512 BF16: bfloat16 products are ~3x float32 there; elsewhere they are emulated and slow."""
     try:
@@ -317,19 +338,22 @@ def greedy_sweep(n: int, get_vectors: Callable[[np.ndarray], np.ndarray], matche
     vector (fetched with ``get_vectors(positions)``) only when none of them is kept.
     """
     t0 = time.monotonic()
+    torch = matcher.torch
+    t = matcher.threshold
     live = np.ones(n, bool) if live is None else live
     stored = stored if stored is not None else Neighbors.empty(n)
     kept = np.zeros(n, bool)
     dup_of = np.full(n, NO_DUP, np.int64)
     sim_out = np.full(n, np.nan, np.float32)
-    nb_lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    nb_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (owner position, neighbour, cosine)
     # Kept set so far: float16 host copy (exact checks) + device copy (candidate products), grown by doubling.
     m_pos = np.zeros(0, np.int64)
-    m_host = np.zeros((0, dim), np.float16)
-    m_dev = matcher.to_device(m_host)
+    m_host = torch.zeros((0, dim), dtype=torch.float16)
+    m_dev = matcher.to_device(np.zeros((0, dim), np.float16))
     m_n = 0
     compared = fetched = 0
     pair_products = 0
+    rounds = 0
     for b0 in range(0, n, block_size):
         b1 = min(n, b0 + block_size)
         pos = np.arange(b0, b1)
@@ -355,50 +379,79 @@ def greedy_sweep(n: int, get_vectors: Callable[[np.ndarray], np.ndarray], matche
         cmp_pos = np.sort(np.concatenate([pos[live[b0:b1]], fetch]))
         if len(cmp_pos) == 0:
             continue
-        q_host = np.ascontiguousarray(get_vectors(cmp_pos), dtype=np.float16)
+        q_host = torch.from_numpy(np.ascontiguousarray(get_vectors(cmp_pos), dtype=np.float16))
         compared += len(cmp_pos)
-        q_dev = matcher.to_device(q_host)
-        # 2. Against the kept set of earlier blocks.
-        prev: dict[int, list[tuple[float, int]]] = {}
+        q_dev = matcher.to_device(q_host.numpy())
+        q64 = q_host.double()
+        nq = len(cmp_pos)
+        # Evidence: (prompt in the block, earlier kept prompt, float64 cosine > threshold).
+        ev_own: list[np.ndarray] = []
+        ev_nb: list[np.ndarray] = []
+        ev_sim: list[np.ndarray] = []
+        state = np.zeros(nq, np.int8)  # 0 undecided, 1 kept, 2 dropped
+        # 2. Against the kept set of earlier blocks: every pair found there is evidence.
         if m_n:
             r, c = matcher.candidates(q_dev, m_dev[:m_n])
-            pair_products += len(cmp_pos) * m_n
+            pair_products += nq * m_n
             if len(r):
-                s = exact_cosines(q_host[r], m_host[c])
-                sel = s > matcher.threshold
-                for ri, ci, si in zip(r[sel].tolist(), c[sel].tolist(), s[sel].tolist(), strict=True):
-                    prev.setdefault(ri, []).append((si, int(m_pos[ci])))
-        # 3. Inside the block (earlier -> later only).
-        inblock: dict[int, list[tuple[float, int]]] = {}
+                s = _exact_pairs(q64, r, m_host, c)
+                sel = s > t
+                ev_own.append(r[sel])
+                ev_nb.append(m_pos[c[sel]])
+                ev_sim.append(s[sel])
+                state[r[sel]] = _DROPPED
+        # 3. Inside the block, decided in rounds instead of one prompt at a time: a prompt is kept as soon as
+        # none of its earlier candidates is undecided and no kept one is above the threshold (an earlier
+        # dropped prompt never matters); it is dropped as soon as a kept earlier one is above the threshold.
+        # Each round decides at least the earliest undecided prompt, so this is the same greedy in rank order;
+        # rounds track the longest keep/drop chain (a few), and only pairs whose earlier prompt is kept are
+        # ever checked in float64: in dense clusters nearly all pairs join two dropped prompts and are skipped.
         r, c = matcher.candidates(q_dev, q_dev, upper=True)
-        pair_products += len(cmp_pos) * (len(cmp_pos) - 1) // 2
-        if len(r):
-            s = exact_cosines(q_host[r], q_host[c])
-            sel = (s > matcher.threshold) & (c > r)
-            for ri, ci, si in zip(r[sel].tolist(), c[sel].tolist(), s[sel].tolist(), strict=True):
-                inblock.setdefault(ci, []).append((si, ri))
-        # 4. Decide in rank order.
-        new_kept: list[int] = []
-        for i, p in enumerate(cmp_pos.tolist()):
-            evid = list(prev.get(i, ()))
-            evid += [(si, int(cmp_pos[ri])) for si, ri in inblock.get(i, ()) if kept[cmp_pos[ri]]]
-            if not evid:
-                kept[p] = True
-                new_kept.append(i)
-                continue
-            evid.sort(key=lambda e: (-e[0], e[1]))
-            dup_of[p] = evid[0][1]
-            sim_out[p] = evid[0][0]
-            if not max_neighbors:
-                continue
-            top = evid[:max_neighbors]
-            nb_lists[p] = (np.array([e[1] for e in top], np.int64), np.array([e[0] for e in top], np.float32))
-        if new_kept:
-            idx = np.array(new_kept)
+        pair_products += nq * (nq - 1) // 2
+        while True:
+            rounds += 1
+            pending = np.zeros(nq, bool)
+            pending[c] = True  # every remaining pair's earlier prompt is undecided
+            new = (state == _UNDECIDED) & ~pending
+            if not new.any():
+                break  # all decided: the earliest undecided prompt would have no pending pair
+            state[new] = _KEPT
+            sel = new[r]
+            er, ec = r[sel], c[sel]
+            if len(er):
+                s = _exact_pairs(q64, er, q64, ec)
+                hit = s > t
+                ev_own.append(ec[hit])
+                ev_nb.append(cmp_pos[er[hit]])
+                ev_sim.append(s[hit])
+                dropped = ec[hit]
+                state[dropped[state[dropped] == _UNDECIDED]] = _DROPPED
+                r, c = r[~sel], c[~sel]
+            live_pair = state[r] == _UNDECIDED
+            r, c = r[live_pair], c[live_pair]
+        # 4. Outcomes: the best evidence per dropped prompt (highest cosine, then earliest), the top few stored.
+        new_kept = np.flatnonzero(state == _KEPT)
+        kept[cmp_pos[new_kept]] = True
+        own = np.concatenate(ev_own) if ev_own else np.zeros(0, np.int64)
+        if len(own):
+            nbp = np.concatenate(ev_nb)
+            sim = np.concatenate(ev_sim)
+            order = np.lexsort((nbp, -sim, own))
+            own, nbp, sim = own[order], nbp[order], sim[order]
+            head = np.r_[True, own[1:] != own[:-1]]
+            dup_of[cmp_pos[own[head]]] = nbp[head]
+            sim_out[cmp_pos[own[head]]] = sim[head]
+            if max_neighbors:
+                starts = np.flatnonzero(head)
+                within = np.arange(len(own)) - np.repeat(starts, np.diff(np.r_[starts, len(own)]))
+                top = within < max_neighbors
+                nb_parts.append((cmp_pos[own[top]], nbp[top], sim[top].astype(np.float32)))
+        if len(new_kept):
+            idx = torch.from_numpy(new_kept)
             need = m_n + len(idx)
             if need > len(m_host):
                 cap = max(need, 2 * len(m_host), 1024)
-                grown = np.zeros((cap, dim), np.float16)
+                grown = torch.zeros((cap, dim), dtype=torch.float16)
                 grown[:m_n] = m_host[:m_n]
                 m_host = grown
                 grown_pos = np.zeros(cap, np.int64)
@@ -408,20 +461,19 @@ def greedy_sweep(n: int, get_vectors: Callable[[np.ndarray], np.ndarray], matche
                 new_dev[:m_n] = m_dev[:m_n]
                 m_dev = new_dev
             m_host[m_n:need] = q_host[idx]
-            m_pos[m_n:need] = cmp_pos[idx]
-            m_dev[m_n:need] = q_dev[idx]
+            m_pos[m_n:need] = cmp_pos[new_kept]
+            m_dev[m_n:need] = q_dev[idx.to(q_dev.device)]
             m_n = need
+    # Blocks run in rank order and each part is sorted by owner, so the parts concatenate into CSR order.
+    nb_own = np.concatenate([p[0] for p in nb_parts]) if nb_parts else np.zeros(0, np.int64)
+    nidx = np.concatenate([p[1] for p in nb_parts]) if nb_parts else np.zeros(0, np.int64)
+    nsim = np.concatenate([p[2] for p in nb_parts]) if nb_parts else np.zeros(0, np.float32)
     ptr = np.zeros(n + 1, np.int64)
-    for p, (ix, _) in nb_lists.items():
-        ptr[p + 1] = len(ix)
-    ptr = np.cumsum(ptr)
-    keys = sorted(nb_lists)
-    nidx = np.concatenate([nb_lists[p][0] for p in keys]) if keys else np.zeros(0, np.int64)
-    nsim = np.concatenate([nb_lists[p][1] for p in keys]) if keys else np.zeros(0, np.float32)
+    np.cumsum(np.bincount(nb_own, minlength=n), out=ptr[1:])
     res = SweepResult(kept, dup_of, sim_out, Neighbors(ptr, nidx, nsim), compared=compared, fetched=fetched,
                       pair_products=pair_products)
     res.stats = {"prompts": n, "kept": int(kept.sum()), "compared": compared, "fetched": fetched,
-                 "pair_products": pair_products, "seconds": round(time.monotonic() - t0, 3),
+                 "pair_products": pair_products, "rounds": rounds, "seconds": round(time.monotonic() - t0, 3),
                  "precision": matcher.precision, "device": str(matcher.device)}
     log.info("%s: %d prompts, %d kept, %d compared by vector (%d fetched), %.2e pair products, %.1f s", label,
              n, res.stats["kept"], compared, fetched, pair_products, res.stats["seconds"])
