@@ -178,6 +178,17 @@ def used_model_keys(config: dict[str, Any]) -> list[str]:
     return keys
 
 
+# Keys that set how a job runs, never what it writes: records between checkpoints, batch sizes, and
+# generate's list of subsets (every subset has jobs of its own). Rules leave them out of their params
+# (output_settings), so changing one reruns nothing; a checkpoint made with another chunk size is discarded.
+RUNTIME_ONLY_KEYS = frozenset({"chunk_size", "batch_size", "subsets"})
+
+
+def output_settings(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """config[section] without RUNTIME_ONLY_KEYS: what a rule's params carry so that a change reruns it."""
+    return {k: v for k, v in config[section].items() if k not in RUNTIME_ONLY_KEYS}
+
+
 def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] = ".",
                     check_models: bool = True, dryrun: bool = False,
                     schema_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:

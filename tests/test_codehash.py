@@ -1,0 +1,95 @@
+"""finet2i.codehash: the params fingerprint that makes an edited stage module rerun its stage (and only then)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from finet2i.codehash import code_closure, code_fingerprint, normalised_source, script_fingerprint
+from finet2i.config import RUNTIME_ONLY_KEYS, output_settings
+
+STAGE = '''"""The stage."""
+from finet2i import shards
+from finet2i.backends.helper import helper
+
+
+def run(x):
+    """Doubles."""
+    return helper(x) * 2  # why
+'''
+HELPER = '''def helper(x):
+    return x + 1
+'''
+
+
+@pytest.fixture()
+def package(tmp_path: Path) -> Path:
+    root = tmp_path / "finet2i"
+    for rel, text in {"__init__.py": "", "shards.py": "X = 1\n", "stages/__init__.py": "",
+                      "stages/thing.py": STAGE, "backends/__init__.py": "", "backends/helper.py": HELPER,
+                      "unrelated.py": "Y = 2\n"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_closure_follows_imports_and_skips_plumbing(package):
+    assert sorted(code_closure("finet2i.stages.thing", root=package)) == [
+        "finet2i.backends", "finet2i.backends.helper", "finet2i.stages", "finet2i.stages.thing"]
+
+
+@pytest.mark.parametrize("path, old, new", [
+    ("stages/thing.py", "* 2", "* 3"),          # the stage's logic
+    ("backends/helper.py", "x + 1", "x + 2"),   # a module it imports
+])
+def test_logic_edits_change_the_fingerprint(package, path, old, new):
+    before = code_fingerprint("finet2i.stages.thing", root=package)
+    edit(package / path, old, new)
+    assert code_fingerprint("finet2i.stages.thing", root=package) != before
+
+
+@pytest.mark.parametrize("path, old, new", [
+    ("stages/thing.py", "# why", "# a better reason"),                 # comment
+    ("stages/thing.py", '"""Doubles."""', '"""Doubles, documented."""'),  # docstring
+    ("stages/thing.py", "helper(x) * 2", "helper(\n        x\n    ) * 2"),  # layout
+    ("shards.py", "X = 1", "X = 2"),                                    # plumbing (INFRASTRUCTURE)
+    ("unrelated.py", "Y = 2", "Y = 3"),                                 # not imported
+])
+def test_harmless_edits_keep_the_fingerprint(package, path, old, new):
+    before = code_fingerprint("finet2i.stages.thing", root=package)
+    edit(package / path, old, new)
+    assert code_fingerprint("finet2i.stages.thing", root=package) == before
+
+
+def test_string_literals_that_are_not_docstrings_count():
+    assert normalised_source('x = "a"\n') != normalised_source('x = "b"\n')
+
+
+def test_script_fingerprint_reads_the_adapters_imports(package, tmp_path):
+    script = tmp_path / "thing.py"
+    script.write_text("from finet2i.stages.thing import run\nfrom finet2i.shards import X\n")
+    assert script_fingerprint(script, root=package) == code_fingerprint("finet2i.stages.thing", root=package)
+    script.write_text("import os\n")
+    with pytest.raises(ValueError, match="imports no finet2i module"):
+        script_fingerprint(script, root=package)
+
+
+def test_every_workflow_script_has_a_fingerprint():
+    scripts = sorted(Path(__file__).resolve().parents[1].joinpath("workflow_scripts").glob("*.py"))
+    prints = {s.name: script_fingerprint(s) for s in scripts if "finet2i" in s.read_text()}
+    assert prints["guard.py"] != prints["generate.py"]
+    assert prints["enhance.py"] == prints["curated_enhance.py"]  # same stage code, same fingerprint
+
+
+def test_output_settings_leave_out_runtime_keys():
+    config = {"guard": {"max_words": 150, "chunk_size": 4096}, "generate": {"subsets": ["pe_as"], "seed": 1}}
+    assert output_settings(config, "guard") == {"max_words": 150}
+    assert output_settings(config, "generate") == {"seed": 1}
+    assert {"chunk_size", "batch_size", "subsets"} == set(RUNTIME_ONLY_KEYS)
