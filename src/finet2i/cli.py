@@ -51,22 +51,40 @@ def check_config(configfiles: tuple[str, ...], no_models: bool) -> None:
 
 @main.command("fetch-models")
 @click.argument("configfiles", nargs=-1, type=click.Path(exists=True), required=True)
-def fetch_models(configfiles: tuple[str, ...]) -> None:
-    """Download every hub model the config names (pinned revisions) into the Hugging Face cache.
+@click.option("--pin", is_flag=True,
+              help="Write the commit each revision resolved to back into the config file that names it.")
+def fetch_models(configfiles: tuple[str, ...], pin: bool) -> None:
+    """Download every hub model the config names (its revision) into the Hugging Face cache.
 
-    Run once on a node with network (a login node); jobs never download."""
+    Run once on a node with network (a login node); jobs never download. With --pin, a branch such as
+    `main` is replaced in the config by the commit that was downloaded, so that the run is reproducible and
+    a later change of weights reruns the stages that use them."""
     from huggingface_hub import snapshot_download
 
     from finet2i.config import load_config, used_model_keys
+    from finet2i.models import pin_revision_text
 
     config = load_config(*configfiles, check_models=False)
+    commits: dict[str, str] = {}
     for key in used_model_keys(config):
         spec = config["models"][key]
         if "id" in spec:
-            click.echo(f"models.{key}: {spec['id']}@{spec.get('revision')}")
-            snapshot_download(spec["id"], revision=spec.get("revision"))
+            folder = Path(snapshot_download(spec["id"], revision=spec.get("revision")))
+            commits[spec["id"]] = folder.name  # the cache keeps each snapshot under its commit hash
+            click.echo(f"models.{key}: {spec['id']}@{spec.get('revision')} -> {folder.name}")
         else:
             click.echo(f"models.{key}: local {spec['path']} (not fetched)")
+    if not pin:
+        return
+    for path in configfiles:
+        text = original = Path(path).read_text()
+        changed = 0
+        for model_id, commit in commits.items():
+            text, n = pin_revision_text(text, model_id, commit)
+            changed += n
+        if text != original:
+            Path(path).write_text(text)
+        click.echo(f"{path}: {changed} revision(s) pinned")
 
 
 @main.command("demo")

@@ -208,7 +208,20 @@ def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] 
             errors += missing
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    unpinned = unpinned_models(config)
+    if unpinned:
+        log.warning("models not pinned to a commit (%s): a moved branch changes the weights without rerunning "
+                    "anything; run `finet2i fetch-models --pin <config>` to write the commits into the config",
+                    ", ".join(unpinned))
     return config
+
+
+def unpinned_models(config: dict[str, Any]) -> list[str]:
+    """The used hub models whose revision is a branch, a tag or missing instead of a commit hash."""
+    from finet2i.models import is_pinned
+
+    return [f"models.{key}@{config['models'][key].get('revision')}" for key in used_model_keys(config)
+            if "id" in config["models"][key] and not is_pinned(config["models"][key].get("revision"))]
 
 
 def check_available(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> None:

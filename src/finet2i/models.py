@@ -8,6 +8,7 @@ the config key before any job is submitted (see :func:`finet2i.config.check_mode
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,45 @@ from typing import Any
 
 class ModelNotAvailable(RuntimeError):
     pass
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def is_pinned(revision: str | None) -> bool:
+    """A full commit hash. A branch (``main``) or no revision can move under a finished run: the params
+    trigger would not see new weights, and a rerun would silently mix two models' outputs."""
+    return bool(revision and COMMIT.fullmatch(revision))
+
+
+def pin_revision_text(text: str, model_id: str, commit: str) -> tuple[str, int]:
+    """``text`` (a config file) with the revision of every entry for ``model_id`` set to ``commit``, keeping
+    comments and layout; returns (new text, entries changed). Handles the flow style the shipped configs use,
+    ``{id: org/name, revision: main}``, and the block style (``id:`` and ``revision:`` on their own lines)."""
+    if not COMMIT.fullmatch(commit):
+        raise ValueError(f"not a commit hash: {commit!r}")
+    ident = re.escape(model_id)
+    flow = re.compile(rf"(\{{[^}}\n]*\bid:\s*['\"]?{ident}['\"]?\s*,[^}}\n]*?\brevision:\s*)([^,}}\s]+)")
+    text, n = flow.subn(lambda m: m.group(1) + commit, text)
+    bare = re.compile(rf"(\{{\s*id:\s*['\"]?{ident}['\"]?)(\s*\}})")  # {id: org/name}: no revision yet
+    text, n_bare = bare.subn(lambda m: f"{m.group(1)}, revision: {commit}{m.group(2)}", text)
+    n += n_bare
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        m = re.match(rf"(\s*)id:\s*['\"]?{ident}['\"]?\s*(#.*)?$", line.rstrip("\n"))
+        if not m:
+            continue
+        indent = m.group(1)
+        for j in range(i + 1, len(lines)):
+            nxt = lines[j]
+            if not nxt.startswith(indent) or nxt[len(indent):len(indent) + 1].isspace():
+                break
+            r = re.match(rf"({re.escape(indent)}revision:\s*)([^\s#]+)(.*)", nxt, re.S)
+            if r:
+                lines[j] = r.group(1) + commit + r.group(3)
+                n += 1
+                break
+    return "".join(lines), n
 
 
 @dataclass(frozen=True)
