@@ -191,7 +191,8 @@ def main() -> None:
     ap.add_argument("--dup-frac", type=float, default=0.7, help="share of prompts that are paraphrases")
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--groups", type=int, default=128)
-    ap.add_argument("--embed-compare", type=int, default=2000, help="prompts for the fp32 encode comparison")
+    ap.add_argument("--embed-compare", type=int, default=2000,
+                    help="prompts for the fp32 encode comparison (0: skip it)")
     ap.add_argument("--embed-rounds", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=None, help="reuse/save the embeddings (.npy)")
     ap.add_argument("--skip-baseline", action="store_true")
@@ -209,7 +210,6 @@ def main() -> None:
     import tempfile
 
     import torch
-    from sentence_transformers import SentenceTransformer
 
     from finet2i.backends.embedder import load_embedder
     from finet2i.demo.minilm import install_minilm
@@ -220,33 +220,8 @@ def main() -> None:
     prompts = make_prompts(a.n, a.dup_frac, a.seed)
     model_dir = install_minilm(Path(tempfile.mkdtemp()) / "all-MiniLM-L6-v2")
     emb = load_embedder(ModelSpec(key="bench", path=str(model_dir)), dtype="auto", batch_size=128)
-    sub = prompts[: a.embed_compare]
-    plain = SentenceTransformer(str(model_dir), device="cpu")
-    # Alternate the two a few times and keep each one's best: the machine is shared, and one slow stretch
-    # should not decide the ratio. CPU seconds (process_time) are printed too.
-    best = {"plain": (np.inf, np.inf), "ours": (np.inf, np.inf)}
-    plain.encode(sub[:64], batch_size=64)
-    emb.embed(sub[:64])
-    for _ in range(a.embed_rounds):
-        for name in ("plain", "ours"):
-            t, c = time.monotonic(), time.process_time()
-            if name == "plain":
-                ref = plain.encode(sub, batch_size=256, normalize_embeddings=True)
-            else:
-                fast = emb.embed(sub)
-            w, c = time.monotonic() - t, time.process_time() - c
-            best[name] = (min(best[name][0], w), min(best[name][1], c))
-    cos = (ref * fast).sum(axis=1)
-    (w_plain, c_plain), (w_fast, c_fast) = best["plain"], best["ours"]
-    print(f"\nEmbedding ({len(sub)} prompts, {threads} threads, {torch.backends.cpu.get_cpu_capability()}, "
-          f"best of {a.embed_rounds}, {load()}):")
-    print(f"  plain SentenceTransformer.encode fp32 : {len(sub) / w_plain:8.0f} prompts/s wall, "
-          f"{len(sub) / c_plain:8.0f} per CPU s")
-    print(
-        f"  finet2i embedder ({emb.dtype}, length-sorted) : {len(sub) / w_fast:8.0f} prompts/s wall, "
-        f"{len(sub) / c_fast:8.0f} per CPU s  ({w_plain / w_fast:.2f}x wall, {c_plain / c_fast:.2f}x CPU; "
-        f"cosine to fp32 min {cos.min():.4f}, mean {cos.mean():.5f})"
-    )
+    if a.embed_compare:
+        compare_embedding(emb, str(model_dir), prompts[: a.embed_compare], a.embed_rounds, threads)
 
     if a.cache and a.cache.exists() and len(np.load(a.cache)) == a.n:
         v = np.load(a.cache)
@@ -289,6 +264,39 @@ def main() -> None:
         scaling(embedded, [int(x) for x in a.scale.split(",")], a)
 
 
+def compare_embedding(emb, model_dir: str, sub: list[str], rounds: int, threads: int) -> None:
+    """Plain fp32 ``SentenceTransformer.encode`` against our embedder on the same prompts."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    plain = SentenceTransformer(model_dir, device="cpu")
+    # Alternate the two a few times and keep each one's best: the machine is shared, and one slow stretch
+    # should not decide the ratio. CPU seconds (process_time) are printed too.
+    best = {"plain": (np.inf, np.inf), "ours": (np.inf, np.inf)}
+    plain.encode(sub[:64], batch_size=64)
+    emb.embed(sub[:64])
+    for _ in range(rounds):
+        for name in ("plain", "ours"):
+            t, c = time.monotonic(), time.process_time()
+            if name == "plain":
+                ref = plain.encode(sub, batch_size=256, normalize_embeddings=True)
+            else:
+                fast = emb.embed(sub)
+            w, c = time.monotonic() - t, time.process_time() - c
+            best[name] = (min(best[name][0], w), min(best[name][1], c))
+    cos = (ref * fast).sum(axis=1)
+    (w_plain, c_plain), (w_fast, c_fast) = best["plain"], best["ours"]
+    print(f"\nEmbedding ({len(sub)} prompts, {threads} threads, {torch.backends.cpu.get_cpu_capability()}, "
+          f"best of {rounds}, {load()}):")
+    print(f"  plain SentenceTransformer.encode fp32 : {len(sub) / w_plain:8.0f} prompts/s wall, "
+          f"{len(sub) / c_plain:8.0f} per CPU s")
+    print(
+        f"  finet2i embedder ({emb.dtype}, length-sorted) : {len(sub) / w_fast:8.0f} prompts/s wall, "
+        f"{len(sub) / c_fast:8.0f} per CPU s  ({w_plain / w_fast:.2f}x wall, {c_plain / c_fast:.2f}x CPU; "
+        f"cosine to fp32 min {cos.min():.4f}, mean {cos.mean():.5f})"
+    )
+
+
 def describe(o: dict) -> None:
     s = o["stats"]
     print(
@@ -296,7 +304,7 @@ def describe(o: dict) -> None:
         f"{s['seconds']:.1f} s; group survivors {s['group_survivors']}, dropped across groups "
         f"{s['dropped_across_groups']}, resurrected {s['resurrected']}, "
         f"{s['pair_products']:.2e} pair products "
-        f"in the cross pass ({s['precision']} on {s['device']})"
+        f"in the cross pass ({s['precision']} on {s['device']}), {s['rounds']} decision rounds"
     )
 
 

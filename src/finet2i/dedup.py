@@ -54,7 +54,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +212,16 @@ class Matcher:
         # measured on 2 cores; 32768 columns made the scans after the product memory-bound.
         self.col_chunk = 8192
         self.tile = 64
+        # Threads for large products only; everything else runs on one. On a shared machine an OpenMP region
+        # waits for its slowest thread: a 1,000 x 384 sum took 19 us on 1 thread and 7.9 ms on 2 while
+        # another job held the second core, which made the many small steps of the sweep 6x slower.
+        self.threads = torch.get_num_threads()
+        self.wide_pairs = 1 << 22
+
+    @contextmanager
+    def single_threaded(self) -> Iterator[None]:
+        with torch_threads(self.torch, 1):
+            yield
 
     def to_device(self, vectors: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device, self.dtype)
@@ -230,11 +241,13 @@ class Matcher:
             mc = m[c0:c0 + self.col_chunk]
             if upper and c0 >= q.shape[0]:
                 break  # q is m's prefix here: columns past it cannot be > any row
-            s = q @ mc.T
-            nc = s.shape[1]
-            full = nc - nc % t
+            wide = self.threads if q.shape[0] * mc.shape[0] >= self.wide_pairs else 1
+            with torch_threads(torch, wide):
+                s = q @ mc.T
+                nc = s.shape[1]
+                full = nc - nc % t
+                tmax = s[:, :full].reshape(s.shape[0], full // t, t).amax(dim=2) if full else None
             if full:
-                tmax = s[:, :full].reshape(s.shape[0], full // t, t).amax(dim=2)
                 tr, tc = (tmax > self.low).nonzero(as_tuple=True)
                 if tr.numel():
                     blk = s[:, :full].reshape(s.shape[0], full // t, t)[tr, tc]  # (k, t)
@@ -253,6 +266,20 @@ class Matcher:
             keep = c > r
             r, c = r[keep], c[keep]
         return r, c
+
+
+@contextmanager
+def torch_threads(torch: Any, n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch CPU threads (setting it costs well under a microsecond)."""
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def exact_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -337,6 +364,14 @@ def greedy_sweep(n: int, get_vectors: Callable[[np.ndarray], np.ndarray], matche
     neighbours (earlier prompts above the threshold) as soon as one of those is kept, and are compared by
     vector (fetched with ``get_vectors(positions)``) only when none of them is kept.
     """
+    with matcher.single_threaded():
+        return _greedy_sweep(n, get_vectors, matcher, live=live, stored=stored, block_size=block_size,
+                             max_neighbors=max_neighbors, label=label, dim=dim)
+
+
+def _greedy_sweep(n: int, get_vectors: Callable[[np.ndarray], np.ndarray], matcher: Matcher, *,
+                  live: np.ndarray | None, stored: Neighbors | None, block_size: int, max_neighbors: int,
+                  label: str, dim: int) -> SweepResult:
     t0 = time.monotonic()
     torch = matcher.torch
     t = matcher.threshold
