@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,3 +232,8 @@ def fingerprint(ids: Iterable[str], *parts: Any) -> str:
     for p in parts:
         h.update(json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def known_settings(cls: type[Any], section: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a config section that the settings dataclass cls declares (others are other code's)."""
+    return {k: section[k] for k in cls.__dataclass_fields__ if k in section}

@@ -52,8 +52,7 @@ class CaptionSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> CaptionSettings:
-        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        return cls(**known)
+        return cls(**shards.known_settings(cls, section))
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)

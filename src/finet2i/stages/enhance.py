@@ -68,8 +68,7 @@ class EnhanceSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> EnhanceSettings:
-        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        return cls(**known)
+        return cls(**shards.known_settings(cls, section))
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)

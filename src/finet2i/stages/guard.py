@@ -52,7 +52,7 @@ class GuardSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> GuardSettings:
-        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
+        known = shards.known_settings(cls, section)
         if "blocked_categories" in known:
             known["blocked_categories"] = tuple(str(c).upper() for c in known["blocked_categories"])
         return cls(**known)

@@ -45,8 +45,7 @@ class PromptSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> PromptSettings:
-        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        return cls(**known)
+        return cls(**shards.known_settings(cls, section))
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
