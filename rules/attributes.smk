@@ -22,7 +22,8 @@ rule attributes:
         mem_mb=32000,
         runtime=240,
     params:
-        settings=config["attributes"],
+        settings=output_settings(config, "attributes"),
         model=config["models"]["verifier"],
+        code=script_code("workflow_scripts/attributes.py"),
     script:
         "../workflow_scripts/attributes.py"

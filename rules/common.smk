@@ -2,6 +2,10 @@
 # Nothing here touches the filesystem: the DAG is built from the config alone, so `snakemake -n` stays
 # fast at 4,480 shards x 128 groups.
 
+import os
+
+from finet2i.codehash import script_fingerprint
+from finet2i.config import output_settings
 
 SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
 CURATED_SHARDS = [f"{i:05d}" for i in range(config["curated"]["shards"])]
@@ -14,6 +18,13 @@ wildcard_constraints:
     cshard=r"\d{5}",
     group=r"\d{3}",
     subset="|".join(SUBSETS + ["real"]),
+
+
+def script_code(script):
+    """A params value that changes when the package code the rule's script runs changes (finet2i.codehash):
+    Snakemake tracks the script file itself; an edited stage module reruns the stage, an edited comment or
+    docstring does not."""
+    return script_fingerprint(os.path.join(workflow.basedir, script))
 
 
 def is_enabled(section):

@@ -25,6 +25,7 @@ rule curated_ingest:
         n_shards=config["curated"]["shards"],
         max_pixels=config["curated"]["max_pixels"],
         min_side=config["curated"]["min_side"],
+        code=script_code("workflow_scripts/curated_ingest.py"),
     script:
         "../workflow_scripts/curated_ingest.py"
 
@@ -50,6 +51,7 @@ rule curated_score:
         threshold=config["curated"]["aesthetic_threshold"],
         encoder=config["models"]["aesthetic_encoder"],
         head=config["models"]["aesthetic_head"],
+        code=script_code("workflow_scripts/curated_score.py"),
     script:
         "../workflow_scripts/curated_score.py"
 
@@ -74,6 +76,7 @@ rule curated_caption:
     params:
         settings=config["curated"]["caption"],
         model=config["models"]["captioner"],
+        code=script_code("workflow_scripts/curated_caption.py"),
     script:
         "../workflow_scripts/curated_caption.py"
 
@@ -96,7 +99,8 @@ rule curated_enhance:
         mem_mb=32000,
         runtime=240,
     params:
-        settings=config["enhance"],
+        settings=output_settings(config, "enhance"),
         model=config["models"]["enhancer"],
+        code=script_code("workflow_scripts/curated_enhance.py"),
     script:
         "../workflow_scripts/curated_enhance.py"

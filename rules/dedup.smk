@@ -21,8 +21,9 @@ rule dedup_centroids:
         mem_mb=16000,
         runtime=120,
     params:
-        settings=config["dedup"],
+        settings=output_settings(config, "dedup"),
         seed=config["seed"],
+        code=script_code("workflow_scripts/dedup_centroids.py"),
     script:
         "../workflow_scripts/dedup_centroids.py"
 
@@ -43,8 +44,9 @@ rule dedup_assign:
         mem_mb=2000,
         runtime=10,
     params:
-        settings=config["dedup"],
+        settings=output_settings(config, "dedup"),
         seed=config["seed"],
+        code=script_code("workflow_scripts/dedup_assign.py"),
     script:
         "../workflow_scripts/dedup_assign.py"
 
@@ -91,8 +93,9 @@ rule dedup_group:
         mem_mb=16000,
         runtime=60,
     params:
-        settings=config["dedup"],
+        settings=output_settings(config, "dedup"),
         seed=config["seed"],
+        code=script_code("workflow_scripts/dedup_group.py"),
     script:
         "../workflow_scripts/dedup_group.py"
 
@@ -117,8 +120,9 @@ rule dedup_cross:
         mem_mb=32000,
         runtime=240,
     params:
-        settings=config["dedup"],
+        settings=output_settings(config, "dedup"),
         seed=config["seed"],
+        code=script_code("workflow_scripts/dedup_cross.py"),
     script:
         "../workflow_scripts/dedup_cross.py"
 
@@ -142,7 +146,8 @@ rule dedup_keep:
         mem_mb=2000,
         runtime=10,
     params:
-        settings=config["dedup"],
+        settings=output_settings(config, "dedup"),
         seed=config["seed"],
+        code=script_code("workflow_scripts/dedup_keep.py"),
     script:
         "../workflow_scripts/dedup_keep.py"

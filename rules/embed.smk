@@ -20,7 +20,8 @@ rule embed:
         mem_mb=8000,
         runtime=30,
     params:
-        settings=config["embed"],
+        settings=output_settings(config, "embed"),
         model=config["models"]["embedder"],
+        code=script_code("workflow_scripts/embed.py"),
     script:
         "../workflow_scripts/embed.py"

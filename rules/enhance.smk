@@ -21,7 +21,8 @@ rule enhance:
         mem_mb=32000,
         runtime=240,
     params:
-        settings=config["enhance"],
+        settings=output_settings(config, "enhance"),
         model=config["models"]["enhancer"],
+        code=script_code("workflow_scripts/enhance.py"),
     script:
         "../workflow_scripts/enhance.py"

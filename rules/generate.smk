@@ -24,12 +24,13 @@ rule generate:
         mem_mb=128000,  # FLUX.2-dev with CPU offload keeps its 32B transformer + 24B encoder in host memory
         runtime=720,
     params:
-        settings=config["generate"],
+        settings=output_settings(config, "generate"),
         z_image=config["models"]["z_image"],
         flux2=config["models"]["flux2"],
         aesthetic_encoder=config["models"]["aesthetic_encoder"],
         aesthetic_head=config["models"]["aesthetic_head"],
         seed=config["seed"],
         jpeg_quality=config["package"]["jpeg_quality"],
+        code=script_code("workflow_scripts/generate.py"),
     script:
         "../workflow_scripts/generate.py"

@@ -21,7 +21,8 @@ rule guard:
         mem_mb=32000,
         runtime=240,
     params:
-        settings=config["guard"],
+        settings=output_settings(config, "guard"),
         model=config["models"]["guard"],
+        code=script_code("workflow_scripts/guard.py"),
     script:
         "../workflow_scripts/guard.py"

@@ -23,7 +23,8 @@ rule package:
         mem_mb=8000,
         runtime=60,
     params:
-        settings=config["package"],
+        settings=output_settings(config, "package"),
+        code=script_code("workflow_scripts/package.py"),
     script:
         "../workflow_scripts/package.py"
 
@@ -45,6 +46,7 @@ rule package_real:
         mem_mb=8000,
         runtime=60,
     params:
-        settings=config["package"],
+        settings=output_settings(config, "package"),
+        code=script_code("workflow_scripts/package.py"),
     script:
         "../workflow_scripts/package.py"

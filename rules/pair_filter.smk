@@ -23,7 +23,8 @@ rule pair_filter:
         runtime=720,
     params:
         subsets=SUBSETS,  # the order of the input and output lists above
-        settings=config["pair_filter"],
+        settings=output_settings(config, "pair_filter"),
         model=config["models"]["judge"],
+        code=script_code("workflow_scripts/pair_filter.py"),
     script:
         "../workflow_scripts/pair_filter.py"

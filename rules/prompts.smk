@@ -22,7 +22,8 @@ rule prompts:
         mem_mb=32000,
         runtime=240,
     params:
-        settings=config["prompts"],
+        settings=output_settings(config, "prompts"),
         model=config["models"]["prompt_generator"],
+        code=script_code("workflow_scripts/prompts.py"),
     script:
         "../workflow_scripts/prompts.py"

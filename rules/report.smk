@@ -40,5 +40,6 @@ rule report:
         runtime=60,
     params:
         demo=config.get("demo", False),
+        code=script_code("workflow_scripts/report.py"),
     script:
         "../workflow_scripts/report.py"

@@ -19,5 +19,6 @@ rule specs:
     params:
         seed=config["seed"],
         n=config["shards"]["specs_per_shard"],
+        code=script_code("workflow_scripts/specs.py"),
     script:
         "../workflow_scripts/specs.py"

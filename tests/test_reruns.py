@@ -1,8 +1,8 @@
 """Partial reruns and in-shard resume through Snakemake (issue 4, points 3-4).
 
-One finished run of a reduced demo (2 shards, subset pe_as, curated off: every stage kind of the synthetic
-chain, CPU and vLLM and diffusion), then `snakemake -n` after each kind of change must plan EXACTLY the jobs
-that the change can affect:
+The session's finished demo run (workflow_helpers.local_demo, shared with test_workflow and
+test_slurm_workflow: every stage kind, CPU and vLLM and diffusion), then `snakemake -n` after each kind of
+change must plan EXACTLY the jobs that the change can affect:
 
 * a threshold or a model: that stage and everything downstream of it, in every shard; nothing upstream;
 * a changed shard: its own chain, and the aggregations after it. Dedup reads every shard (centroids, groups,
@@ -12,10 +12,12 @@ that the change can affect:
   first (`--until dedup_keep`) lets Snakemake's input checksums see those identical tables, and the rest
   of the plan is then the changed shard's chain only; both are asserted;
 * a touched file whose bytes did not change: nothing (Snakemake compares recorded input checksums);
-* a changed workflow script: that stage and downstream (Snakemake's `code` trigger is the script's mtime);
+* a changed workflow script: that stage and downstream (Snakemake's `code` trigger);
+* a changed stage module in the package: that stage and downstream (a params fingerprint of the code the
+  script imports, finet2i.codehash); a comment there: nothing;
+* a runtime-only key (chunk_size) changed: nothing; a subset removed: no other subset is regenerated;
 * no change: nothing.
 
-Plans that are wrong today are xfail(strict) tests that say why; they start passing when the rules are fixed.
 The resume test kills Snakemake (SIGKILL to its process group) in the middle of a generate job and checks
 that the rerun resumes from the chunk checkpoint and ends with the uninterrupted run's exact table.
 """
@@ -34,48 +36,39 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from workflow_helpers import ROOT, copy_workdir, make_workdir, planned_jobs, snakemake
+from workflow_helpers import DEMO_CONFIG, ROOT, copy_workdir, local_demo, planned_jobs, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-SHARDS = ("00000", "00001")
-SUBSET = "pe_as"
-GROUPS = ("000", "001")
-# The per-shard chain in pipeline order (curated and attributes are off in the reduced run).
-SHARD_CHAIN = ["specs", "prompts", "embed", "dedup_assign", "dedup_keep", "guard", "enhance", "generate",
-               "pair_filter", "package"]
+CONFIG = DEMO_CONFIG
+DEMO = yaml.safe_load((ROOT / CONFIG).read_text())
+SHARDS = tuple(f"{i:05d}" for i in range(DEMO["shards"]["count"]))
+SUBSETS = tuple(DEMO["generate"]["subsets"])
+SUBSET = "pe_as"  # the subset whose generate job the resume test kills
+GROUPS = tuple(f"{g:03d}" for g in range(DEMO["dedup"]["groups"]))
+# The per-shard chain in pipeline order; the curated branch is independent of every change made here.
+SHARD_CHAIN = ["specs", "prompts", "embed", "dedup_assign", "dedup_keep", "guard", "attributes", "enhance",
+               "generate", "pair_filter", "package"]
 PER_SUBSET = {"generate", "package"}
 FINAL = {"report", "all"}
 DEDUP_AGGREGATES = {"dedup_centroids", "dedup_manifest", "dedup_cross"} | {
     f"dedup_group[group={g}]" for g in GROUPS}
-CONFIG = "config/rerun.yaml"
 
 
-def job(rule: str, shard: str) -> str:
+def jobs(rule: str, shard: str) -> set[str]:
     if rule in PER_SUBSET:
-        return f"{rule}[shard={shard},subset={SUBSET}]"
-    return f"{rule}[shard={shard}]"
+        return {f"{rule}[shard={shard},subset={subset}]" for subset in SUBSETS}
+    return {f"{rule}[shard={shard}]"}
 
 
 def chain_from(first: str, shards: tuple[str, ...] = SHARDS, until: str | None = None) -> set[str]:
     """The per-shard jobs from `first` to `until` (inclusive; default: the end of the chain)."""
     rules = SHARD_CHAIN[SHARD_CHAIN.index(first):SHARD_CHAIN.index(until) + 1 if until else None]
-    return {job(r, s) for r in rules for s in shards}
+    return {j for r in rules for s in shards for j in jobs(r, s)}
 
 
-def reduced_config() -> dict:
-    """The demo config, cut to what exercises every stage kind once per shard: CPU per shard and aggregate,
-    vLLM text (prompts, guard, enhance), vLLM vision (the pair judge), embeddings, diffusion. The curated
-    branch and the attribute check (a vLLM stage like guard) are off: each vLLM job costs an engine start."""
-    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    config["shards"]["specs_per_shard"] = 8
-    config["generate"]["subsets"] = [SUBSET]
-    config["curated"]["enabled"] = False
-    config["attributes"]["enabled"] = False  # enhance then reads guard's table (prompts_for_enhance)
-    config["dedup"]["groups"] = len(GROUPS)
-    # One record per chunk, so that the resume test can kill a generate job between two chunks.
-    config["generate"]["chunk_size"] = 1
-    return config
+def demo_config() -> dict:
+    return yaml.safe_load((ROOT / CONFIG).read_text())
 
 
 def write_config(workdir: Path, config: dict, name: str = CONFIG) -> str:
@@ -93,24 +86,17 @@ def assert_plan(planned: dict[str, str], expected: set[str]) -> None:
     assert not extra and not missing, f"planned, not expected: {extra}\nexpected, not planned: {missing}"
 
 
+def assert_reason(planned: dict[str, str], stage: str, reason: str) -> None:
+    for shard in SHARDS:
+        for j in jobs(stage, shard):
+            assert reason in planned[j], (j, planned[j])
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """One finished run of the reduced demo; tests that change files work on a copy of it."""
-    from finet2i.demo.build import build_all
-
-    resources = ROOT / "resources" / "demo"
-    build_all(resources, seed=0)  # skips the steps already built (by `make demo` or another test)
-    reuse = os.environ.get("FINET2I_RERUNS_FINISHED")
-    if reuse:  # iterating on these tests: a copy of a finished run of reduced_config() (asserted below)
-        return copy_workdir(Path(reuse), tmp_path_factory.mktemp("reruns") / "run")
-    wd = make_workdir(tmp_path_factory.mktemp("reruns") / "run")
-    (wd / "resources").mkdir()
-    (wd / "resources" / "demo").symlink_to(resources)
-    write_config(wd, reduced_config())
-    started = time.monotonic()
-    snakemake(wd, "--profile", "profiles/local", "--configfile", CONFIG, "--cores", "2", timeout=1500)
-    print(f"reduced demo run: {time.monotonic() - started:.0f} s")
-    return wd
+    """The session's finished demo run (workflow_helpers.local_demo), shared with test_workflow and
+    test_slurm_workflow. Dry runs plan against it as it is; tests that change files work on a copy."""
+    return local_demo(tmp_path_factory).wait()
 
 
 @pytest.fixture
@@ -120,7 +106,8 @@ def work(finished, tmp_path) -> Path:
 
 def test_finished_run_covers_the_chain(finished):
     for shard in SHARDS:
-        assert (finished / f"results/dataset/{SUBSET}/train-{shard}.tar").exists()
+        for subset in SUBSETS:
+            assert (finished / f"results/dataset/{subset}/train-{shard}.tar").exists()
     assert (finished / "results/report/report.html").exists()
 
 
@@ -133,13 +120,12 @@ def test_no_change_plans_nothing(finished):
     ("pair_filter", "aesthetic_threshold", 2.0, "pair_filter"),
 ])
 def test_changed_threshold_reruns_the_stage_and_downstream(finished, section, key, value, stage):
-    config = reduced_config()
+    config = demo_config()
     assert config[section][key] != value
     config[section][key] = value
     planned = plan(finished, write_config(finished, config, "config/changed.yaml"))
     assert_plan(planned, chain_from(stage) | FINAL)
-    for shard in SHARDS:
-        assert "Params have changed" in planned[job(stage, shard)], planned[job(stage, shard)]
+    assert_reason(planned, stage, "Params have changed")
 
 
 def test_changed_model_reruns_the_stage_and_downstream(finished):
@@ -147,12 +133,12 @@ def test_changed_model_reruns_the_stage_and_downstream(finished):
     copy = finished / "resources" / "judge-copy"
     if not copy.exists():
         shutil.copytree((finished / "resources/demo/models/qwen3-vl").resolve(), copy)
-    config = reduced_config()
+    config = demo_config()
     assert config["models"]["judge"] == config["models"]["verifier"]  # the same folder: only judge changes
     config["models"]["judge"] = {"path": "resources/judge-copy"}
     planned = plan(finished, write_config(finished, config, "config/changed.yaml"))
     assert_plan(planned, chain_from("pair_filter") | FINAL)
-    assert all("Params have changed" in planned[job("pair_filter", s)] for s in SHARDS)
+    assert_reason(planned, "pair_filter", "Params have changed")
 
 
 def _rewrite_shard(path: Path, stage: str) -> None:
@@ -208,41 +194,46 @@ def test_changed_workflow_script_reruns_the_stage_and_downstream(work):
     script.write_text(script.read_text() + "\n# a change\n")
     planned = plan(work)
     assert_plan(planned, chain_from("guard") | FINAL)
-    assert all("Code has changed" in planned[job("guard", s)] for s in SHARDS), planned
+    assert_reason(planned, "guard", "Code has changed")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Snakemake's code trigger covers the rule's script file only (its mtime); the stage logic lives in the "
-    "package (src/finet2i/stages/guard.py), which no rule names as input or param, so editing it reruns "
-    "nothing. Fix: a param that fingerprints the stage module's source (see the report)."))
-def test_changed_stage_module_reruns_the_stage(work, tmp_path):
-    # A changed copy of the package, first on the path (the package finds its schema at ../../config).
+def _shadow_package(tmp_path: Path, edit: str) -> dict[str, str]:
+    """A copy of the package with `edit` appended to stages/guard.py, first on the path (the package finds
+    its schema at ../../config)."""
     shadow = tmp_path / "shadow"
     shutil.copytree(ROOT / "src" / "finet2i", shadow / "src" / "finet2i")
     shutil.copytree(ROOT / "config" / "schema", shadow / "config" / "schema")
     module = shadow / "src" / "finet2i" / "stages" / "guard.py"
-    module.write_text(module.read_text() + "\nCHANGED_LOGIC = True\n")
-    env = {"PYTHONPATH": f"{shadow / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    assert_plan(plan(work, env=env), chain_from("guard") | FINAL)
+    module.write_text(module.read_text() + edit)
+    return {"PYTHONPATH": f"{shadow / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Stage params carry the whole config section, chunk_size included: a chunk size only sets how often "
-    "a job checkpoints (outputs do not depend on it), yet changing it reruns the stage and all downstream."))
+def test_changed_stage_module_reruns_the_stage(work, tmp_path):
+    """The logic lives in the package, not in the rule's script: params carry a fingerprint of the modules
+    the script imports (finet2i.codehash)."""
+    planned = plan(work, env=_shadow_package(tmp_path, "\nCHANGED_LOGIC = True\n"))
+    assert_plan(planned, chain_from("guard") | FINAL)
+    assert_reason(planned, "guard", "Params have changed")
+
+
+def test_comment_in_stage_module_plans_nothing(finished, tmp_path):
+    assert_plan(plan(finished, env=_shadow_package(tmp_path, "\n# a clarifying comment\n")), set())
+
+
 def test_changed_chunk_size_plans_nothing(finished):
-    config = reduced_config()
-    config["guard"]["chunk_size"] = 4
+    """A chunk size only sets how often a job checkpoints; outputs do not depend on it (RUNTIME_ONLY_KEYS)."""
+    config = demo_config()
+    config["guard"]["chunk_size"] = 3
     assert_plan(plan(finished, write_config(finished, config, "config/changed.yaml")), set())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "generate's params carry config['generate'] including `subsets`: adding a subset re-renders every "
-    "existing subset's images (the most expensive stage) although they do not depend on the list."))
-def test_added_subset_does_not_regenerate_existing_subsets(finished):
-    config = reduced_config()
-    config["generate"]["subsets"] = [SUBSET, "po_as"]
+def test_changed_subset_list_does_not_regenerate_other_subsets(finished):
+    """generate's params leave `subsets` out: each subset has jobs of its own, whose images do not depend on
+    which other subsets exist. (pair_filter is one job per shard over the listed subsets, so it reruns.)"""
+    config = demo_config()
+    config["generate"]["subsets"] = [s for s in SUBSETS if s != "po_as"]
     planned = plan(finished, write_config(finished, config, "config/changed.yaml"))
-    regenerated = sorted(j for j in planned if j.startswith("generate[") and f"subset={SUBSET}" in j)
+    regenerated = sorted(j for j in planned if j.startswith(("generate[", "guard[", "enhance[")))
     assert not regenerated, {j: planned[j] for j in regenerated}
 
 

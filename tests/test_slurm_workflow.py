@@ -39,15 +39,11 @@ from slurm_harness import (  # noqa: F401  (slurm_cluster_fixture provides the `
     sacct_jobs,
     slurm_cluster_fixture,
 )
-from workflow_helpers import ROOT, make_workdir
+from workflow_helpers import DEMO_CONFIG, ROOT, demo_workdir, local_demo, make_workdir
 
 # Rules that declare `gpu=1` (rules/*.smk). test_profile_matches_rules fails when this drifts from the rules.
 GPU_RULES = {"prompts", "embed", "dedup_group", "dedup_cross", "guard", "attributes", "enhance", "generate",
              "pair_filter", "curated_score", "curated_caption", "curated_enhance"}
-# The demo config with generate.chunk_size 1 (a count, not a cluster setting): a checkpoint after every
-# record, so a resume test can kill a generate job after its first chunk and before its last.
-# Every run uses it, so the resumed runs' params equal the reference's: only deleted outputs are redone.
-DEMO_CONFIG = "config/demo-test.yaml"
 POLL_SECONDS = 2  # the only plugin setting a test may change: status-poll delay after a submission
 
 
@@ -71,24 +67,6 @@ def rule_resources() -> dict[str, dict[str, str]]:
             elif re.match(r"    \w", line):
                 in_resources = False
     return out
-
-
-def demo_resources() -> Path:
-    return ROOT / "resources" / "demo"
-
-
-def demo_workdir(dest: Path) -> Path:
-    """A copy of the workflow with the shared demo models linked in (built once per machine)."""
-    from finet2i.demo.build import build_all
-
-    build_all(demo_resources(), seed=0)
-    wd = make_workdir(dest)
-    (wd / "resources").mkdir(exist_ok=True)
-    (wd / "resources" / "demo").symlink_to(demo_resources())
-    config = yaml.safe_load((wd / "config" / "demo.yaml").read_text())
-    config["generate"]["chunk_size"] = 1
-    (wd / DEMO_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
-    return wd
 
 
 def write_test_profile(wd: Path, cluster: SlurmCluster) -> str:
@@ -221,36 +199,25 @@ class DemoRun:
 def demo_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, DemoRun]:
     """The demo once with the local executor (profiles/local, as `finet2i demo` runs it) and once on Slurm.
 
-    The local run goes in the background while the Slurm run waits on the queue and its polls: on a 2-core
-    machine that saves most of one run's wall time, and neither result depends on the other's timing.
+    The local run is the session's shared one (workflow_helpers.local_demo): if no earlier test started it,
+    it runs in the background while the Slurm run waits on the queue and its polls.
     """
-    local_wd = demo_workdir(tmp_path_factory.mktemp("local"))
-    local_log = local_wd / "snakemake.log"
-    t_local = time.monotonic()
-    local = start_snakemake(local_wd, ["--profile", "profiles/local", "--cores", "2", "--configfile",
-                                       DEMO_CONFIG], local_log)
-    try:
-        slurm_wd = demo_workdir(tmp_path_factory.mktemp("slurm"))
-        profile = write_test_profile(slurm_wd, slurm_cluster)
-        since = datetime.now()
-        t0 = time.monotonic()
-        proc = run_snakemake_slurm(slurm_wd, *slurm_args(profile), timeout=2400)
-        slurm_seconds = time.monotonic() - t0
-        local.wait(timeout=2400)
-    finally:
-        if local.poll() is None:
-            local.kill()
-    local_seconds = time.monotonic() - t_local
-    assert local.returncode == 0, local_log.read_text()[-6000:]
+    local = local_demo(tmp_path_factory)  # the session's shared run; started here if no test started it
+    slurm_wd = demo_workdir(tmp_path_factory.mktemp("slurm"))
+    profile = write_test_profile(slurm_wd, slurm_cluster)
+    since = datetime.now()
+    t0 = time.monotonic()
+    proc = run_snakemake_slurm(slurm_wd, *slurm_args(profile), timeout=2400)
+    slurm_seconds = time.monotonic() - t0
+    local_wd = local.wait()
     out = proc.stdout + proc.stderr
     runs = {
-        "local": DemoRun(local_wd, dataset_digest(local_wd / "results"), job_counts(local_log.read_text()),
-                         local_seconds),
+        "local": DemoRun(local_wd, dataset_digest(local_wd / "results"), job_counts(local.log.read_text()),
+                         local.seconds or 0.0),
         "slurm": DemoRun(slurm_wd, dataset_digest(slurm_wd / "results"), job_counts(out), slurm_seconds,
                          run_uuid(out), since),
     }
-    print(f"\ndemo: local executor {local_seconds:.0f} s (started first, ran alongside), "
-          f"Slurm {slurm_seconds:.0f} s")
+    print(f"\ndemo: Slurm {slurm_seconds:.0f} s")
     return runs
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from workflow_helpers import ROOT, make_workdir, poison_heavy_imports, snakemake
+from workflow_helpers import local_demo, make_workdir, poison_heavy_imports, snakemake
 
 RELEASE_KEYS = {
     "id", "prompt", "enhanced_prompt", "length", "enhanced_length", "prompt_generator", "enhancer", "style",
@@ -59,14 +59,7 @@ def test_config_mistake_fails_before_planning(workdir, tmp_path):
 @pytest.mark.vllm
 def test_demo_end_to_end(tmp_path_factory):
     """The README's demo: every subset ends as non-empty tars in the release layout, every count adds up."""
-    wd = make_workdir(tmp_path_factory.mktemp("demo"))
-    from finet2i.demo.build import build_all
-
-    build_all(demo_resources(), seed=0)
-    (wd / "resources").mkdir()
-    (wd / "resources" / "demo").symlink_to(demo_resources())
-    snakemake(wd, "--profile", "profiles/local", "--configfile", "config/demo.yaml", "--cores", "2",
-              timeout=3000)
+    wd = local_demo(tmp_path_factory).wait()
     results = wd / "results"
 
     for subset in ("pe_ar", "pe_as", "po_ar", "po_as", "real"):
@@ -104,11 +97,6 @@ def test_demo_end_to_end(tmp_path_factory):
     assert "DEMO OUTPUT IS NOT A DATASET" in report
     funnel = json.loads((results / "report" / "funnel.json").read_text())
     assert funnel
-
-
-def demo_resources() -> Path:
-    """Demo models are built once per machine (resources/demo) and shared by tests and `make demo`."""
-    return ROOT / "resources" / "demo"
 
 
 def _read_tar(path: Path) -> dict[str, dict[str, bytes]]:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +75,77 @@ def planned_jobs(workdir: Path, *args: str, env: dict[str, str] | None = None) -
     if not jobs and "Nothing to be done" not in out:
         raise AssertionError(f"snakemake -n planned no job, nor said 'Nothing to be done':\n{out[-4000:]}")
     return jobs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The demo, run once per test session
+# ----------------------------------------------------------------------------------------------------------
+
+DEMO_CONFIG = "config/demo.yaml"
+
+
+def demo_resources() -> Path:
+    """Demo models are built once per machine (resources/demo) and shared by tests and `make demo`."""
+    return ROOT / "resources" / "demo"
+
+
+def demo_workdir(dest: Path) -> Path:
+    """A copy of the workflow with the shared demo models linked in (built first if missing)."""
+    from finet2i.demo.build import build_all
+
+    build_all(demo_resources(), seed=0)  # skips what `make demo` or an earlier test already built
+    wd = make_workdir(dest)
+    (wd / "resources").mkdir(exist_ok=True)
+    (wd / "resources" / "demo").symlink_to(demo_resources())
+    return wd
+
+
+class LocalDemo:
+    """The whole demo DAG with the local executor, as `finet2i demo` runs it, started in the background.
+
+    One run per pytest process serves test_workflow (checks the dataset), test_reruns (plans changes against
+    it) and test_slurm_workflow (the reference the Slurm run must equal): the demo is the suite's most
+    expensive step. Its users only read it; a test that changes files works on copy_workdir() of it.
+    FINET2I_DEMO_FINISHED=<workdir of a finished run> skips the run (for iterating on those tests).
+    """
+
+    def __init__(self, root: Path) -> None:
+        reuse = os.environ.get("FINET2I_DEMO_FINISHED")
+        self.started = time.monotonic()
+        self.seconds: float | None = None
+        if reuse:
+            self.workdir = copy_workdir(Path(reuse), root / "run")
+            self.log = self.workdir / "snakemake.log"
+            self.proc: subprocess.Popen[bytes] | None = None
+            return
+        self.workdir = demo_workdir(root / "run")
+        self.log = self.workdir / "snakemake.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--configfile", DEMO_CONFIG,
+                 "--cores", "2"], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 3000) -> Path:
+        """The finished workdir; fails with the log's tail if the run failed."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=max(1.0, timeout - (time.monotonic() - self.started)))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.seconds is None:
+                self.seconds = time.monotonic() - self.started
+                print(f"\nshared demo run (local executor): {self.seconds:.0f} s")
+            assert self.proc.returncode == 0, f"the demo failed ({self.proc.returncode}):\n" \
+                                              f"{self.log.read_text()[-6000:]}"
+        return self.workdir
+
+
+_LOCAL_DEMO: list[LocalDemo] = []
+
+
+def local_demo(tmp_path_factory) -> LocalDemo:  # type: ignore[no-untyped-def]
+    """The session's LocalDemo, started on first use (pass pytest's session-scoped tmp_path_factory)."""
+    if not _LOCAL_DEMO:
+        _LOCAL_DEMO.append(LocalDemo(tmp_path_factory.mktemp("local-demo")))
+    return _LOCAL_DEMO[0]
