@@ -8,7 +8,9 @@ module it imports (transitively, imports inside functions included).
 What the hash ignores, so that harmless edits do not rerun GPU stages:
 
 * comments, blank lines, line breaks inside brackets, spacing and docstrings (the hash is taken over the
-  tokens that remain, which is also stable across Python versions, unlike ``ast.dump``);
+  tokens that remain; unlike ``ast.dump`` that does not change with each Python release, but Python 3.12
+  tokenises f-strings apart, so moving a finished run between 3.11 and 3.12 reruns its stages: use one
+  Python per project, or ``snakemake --cleanup-metadata`` on the outputs you trust);
 * the plumbing modules in ``INFRASTRUCTURE`` (file conventions, config validation, model specs, the
   script adapter): they move records, they do not decide them. A change there that does change outputs
   needs a forced rerun (``snakemake --forcerun <rule>``).
