@@ -202,6 +202,11 @@ def test_snakemake_report_smoke(run_dir):
         configfile: "config.yaml"
         report: "report/workflow.rst"
 
+        from finet2i.codehash import script_fingerprint
+
+        def script_code(script):  # as rules/common.smk defines it
+            return script_fingerprint(workflow.basedir + "/" + script)
+
         def report_inputs(wildcards):
             return {{"stats": {rel!r}, "indexes": {idx!r},
                     "similarity_histogram": ["results/dedup/similarity_histogram.json"]}}
