@@ -124,6 +124,23 @@ def test_lower_precision_candidates_stay_within_margin():
     assert np.abs(approx - exact).max() < Matcher.MARGINS[m.precision]
 
 
+@pytest.mark.parametrize("precision,threshold", [("bf16", T), ("fp32", T), ("bf16", 0.02)])
+def test_candidates_include_every_pair_above_threshold(precision, threshold):
+    """The tile scan reads the product as integers when threshold - margin > 0 (a float compare otherwise):
+    either way no pair above the threshold may be missed, across tile and column-chunk borders."""
+    x = clustered(700, seed=4)
+    m = Matcher(threshold, precision=precision)
+    m.col_chunk = 256  # several chunks, a ragged last tile
+    assert (m._int_view is None) == (m.low <= 0)
+    q = m.to_device(x)
+    r, c = m.candidates(q, q, upper=True)
+    exact = x.astype(np.float64) @ x.astype(np.float64).T
+    ii, jj = np.nonzero(np.triu(exact > threshold, k=1))
+    assert len(ii) > 100
+    assert set(zip(ii.tolist(), jj.tolist())) <= set(zip(r.tolist(), c.tolist()))
+    assert (c > r).all()
+
+
 def test_bad_vectors_are_named():
     with pytest.raises(ValueError, match="dimension 8"):
         dedup_vectors(np.ones((4, 8), np.float32) / np.sqrt(8), DedupSettings(groups=2), where="x.npy")

@@ -208,6 +208,7 @@ class Matcher:
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.threshold = float(threshold)
         self.low = self.threshold - self.MARGINS[precision]
+        self._int_view = self._low_as_int()
         # Column chunk of one product: 4096 x 8192 bfloat16 (64 MB) stays near the cache-friendly sweet spot
         # measured on 2 cores; 32768 columns made the scans after the product memory-bound.
         self.col_chunk = 8192
@@ -223,6 +224,24 @@ class Matcher:
         with torch_threads(self.torch, 1):
             yield
 
+    def _low_as_int(self) -> tuple[Any, int] | None:
+        """(integer dtype, bit pattern) to scan a product block as integers, or None when ``low`` <= 0.
+
+        Positive IEEE floats order like their bit patterns read as integers, and any negative float reads
+        as a negative integer, so ``bits(s) > bits(low')`` finds every ``s > low`` when low > 0, with
+        low' <= low the largest representable value not above ``low`` (a few extra candidates, checked in
+        float64 anyway). Why: a max-reduction over int16 ran in 15 ms where bfloat16 took 33 ms on a
+        4096 x 8192 block (the product itself: 165 ms).
+        """
+        torch = self.torch
+        if self.low <= 0:
+            return None
+        itype = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}[self.dtype]
+        bits = int(torch.tensor([self.low], dtype=self.dtype).view(itype).item())
+        while float(torch.tensor([bits], dtype=itype).view(self.dtype).item()) > self.low:
+            bits -= 1
+        return itype, bits
+
     def to_device(self, vectors: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device, self.dtype)
 
@@ -231,12 +250,17 @@ class Matcher:
 
         Why tiles: an elementwise ``s > low`` over a bfloat16 block costs a third of the product itself on
         CPUs (it is not vectorised), while a max-reduction is cheap. So the block is reduced to the max of
-        every 64-column tile, only the few tiles whose max clears ``low`` are gathered and compared.
+        every 64-column tile (read as integers, see ``_low_as_int``), only the few tiles whose max clears
+        ``low`` are gathered and compared.
         """
         torch = self.torch
         rows: list[Any] = []
         cols: list[Any] = []
         t = self.tile
+        if self._int_view is not None:
+            itype, low = self._int_view
+        else:
+            itype, low = None, self.low
         for c0 in range(0, m.shape[0], self.col_chunk):
             mc = m[c0:c0 + self.col_chunk]
             if upper and c0 >= q.shape[0]:
@@ -244,18 +268,20 @@ class Matcher:
             wide = self.threads if q.shape[0] * mc.shape[0] >= self.wide_pairs else 1
             with torch_threads(torch, wide):
                 s = q @ mc.T
+                if itype is not None:
+                    s = s.view(itype)
                 nc = s.shape[1]
                 full = nc - nc % t
                 tmax = s[:, :full].reshape(s.shape[0], full // t, t).amax(dim=2) if full else None
             if full:
-                tr, tc = (tmax > self.low).nonzero(as_tuple=True)
+                tr, tc = (tmax > low).nonzero(as_tuple=True)
                 if tr.numel():
                     blk = s[:, :full].reshape(s.shape[0], full // t, t)[tr, tc]  # (k, t)
-                    k, j = (blk > self.low).nonzero(as_tuple=True)
+                    k, j = (blk > low).nonzero(as_tuple=True)
                     rows.append(tr[k])
                     cols.append(tc[k] * t + j + c0)
             if full < nc:
-                r, c = (s[:, full:] > self.low).nonzero(as_tuple=True)
+                r, c = (s[:, full:] > low).nonzero(as_tuple=True)
                 rows.append(r)
                 cols.append(c + full + c0)
         if not rows:
