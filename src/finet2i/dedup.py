@@ -108,11 +108,15 @@ def check_vectors(vectors: np.ndarray, where: str, dim: int = DIM) -> None:
     if vectors.shape[1] != dim:
         raise ValueError(f"{where}: embeddings have dimension {vectors.shape[1]}, expected {dim} "
                          f"(all-MiniLM-L6-v2); re-embed with the configured model")
-    bad = ~np.isfinite(vectors).all(axis=1)
+    # In slices: a float32 copy of 1M vectors alone is 1.5 GB, twice the float16 vectors.
+    step = 65536
+    bad = np.concatenate([~np.isfinite(vectors[i:i + step]).all(axis=1) for i in range(0, len(vectors), step)]
+                         or [np.zeros(0, bool)])
     if bad.any():
         raise ValueError(f"{where}: {int(bad.sum())} embeddings contain NaN or inf (first at row "
                          f"{int(np.flatnonzero(bad)[0])}); re-embed those prompts")
-    norms = np.linalg.norm(vectors.astype(np.float32), axis=1)
+    norms = np.concatenate([np.linalg.norm(vectors[i:i + step].astype(np.float32), axis=1)
+                            for i in range(0, len(vectors), step)] or [np.zeros(0, np.float32)])
     if len(norms) and (np.abs(norms - 1.0) > 0.01).any():
         raise ValueError(f"{where}: embeddings are not L2-normalised "
                          f"(norms {norms.min():.3f}..{norms.max():.3f});"
