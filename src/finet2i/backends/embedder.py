@@ -3,7 +3,9 @@
 Precision: float16 on GPUs; bfloat16 on CPUs with AMX or AVX-512 BF16 (about 4x float32 there, cosine to
 float32 >= 0.998 measured); float32 elsewhere (bfloat16 is emulated and slow without those instructions).
 Batches are cut from the prompts sorted by token length, so a batch pads to its own longest prompt, not to
-the longest prompt of the shard.
+the longest prompt of the shard. On a CPU a forward pass takes at most ``CPU_BATCH`` prompts whatever the
+configured batch size: measured on the 2-core build machine (bfloat16, 800 prompts, per CPU second), 8 rows
+276/s, 16: 332/s, 32: 354/s, 64: 323/s, 128: 235/s (the activations of small batches stay in cache).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from finet2i.models import ModelSpec
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+CPU_BATCH = 32
 
 
 def pick_dtype(dtype: str, device: str) -> str:
@@ -74,9 +77,10 @@ class SentenceTransformerEmbedder:
         lengths = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(texts))
         order = np.argsort(-lengths, kind="stable")
         torch = self.torch
+        step = self.batch_size if str(self.device).startswith("cuda") else min(self.batch_size, CPU_BATCH)
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                idx = order[i:i + self.batch_size]
+            for i in range(0, len(texts), step):
+                idx = order[i:i + step]
                 width = int(lengths[idx[0]])  # longest first
                 ids = torch.full((len(idx), width), tok.pad_token_id or 0, dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
