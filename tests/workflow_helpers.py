@@ -103,9 +103,12 @@ def demo_workdir(dest: Path) -> Path:
 class LocalDemo:
     """The whole demo DAG with the local executor, as `finet2i demo` runs it, started in the background.
 
-    One run per pytest process serves test_workflow (checks the dataset), test_reruns (plans changes against
-    it) and test_slurm_workflow (the reference the Slurm run must equal): the demo is the suite's most
-    expensive step. Its users only read it; a test that changes files works on copy_workdir() of it.
+    One run per pytest process serves test_slurm_workflow (the reference the Slurm run must equal),
+    test_workflow (checks the dataset) and test_workflow_reruns (plans changes against it): the demo is the
+    suite's most expensive step. Its users only read it; a test that changes files works on copy_workdir() of
+    it. test_slurm_workflow comes first in file order on purpose: it starts this run in the background and
+    runs the Slurm demo beside it, which mostly waits on the queue and its polls (measured sequentially: local
+    453 s + Slurm 701 s).
     FINET2I_DEMO_FINISHED=<workdir of a finished run> skips the run (for iterating on those tests).
     """
 
