@@ -105,6 +105,25 @@ def test_resurrection_is_handled():
         assert res.kept.tolist() == [True, False, True]
 
 
+def test_long_keep_drop_chain_is_decided_exactly():
+    """A random walk whose neighbours are duplicates (cosine 0.86) but whose second neighbours are not
+    (0.78): the greedy alternates keep, drop, keep... so a block needs one decision round per kept prompt."""
+    rng = np.random.default_rng(7)
+    walk = [normalise(rng.standard_normal((1, 384)))[0]]
+    for _ in range(399):
+        step = rng.standard_normal(384)
+        step -= (step @ walk[-1]) * walk[-1]
+        walk.append(normalise((walk[-1] + 0.6 * step / np.linalg.norm(step))[None])[0])
+    x = np.array(walk).astype(np.float16)
+    ref = greedy_reference(x, T)
+    assert ref.tolist() == [i % 2 == 0 for i in range(400)]
+    for groups, partition in ((1, "kmeans"), (3, "hash")):
+        res = dedup_vectors(x, DedupSettings(threshold=T, groups=groups, partition=partition, block_size=512))
+        np.testing.assert_array_equal(res.kept, ref)
+        np.testing.assert_array_equal(res.duplicate_of[1::2], np.arange(0, 400, 2))  # the earlier neighbour
+    assert res.stats["rounds"] > 100
+
+
 def test_exact_duplicates_and_row_order_priority():
     x = clustered(50, seed=5)
     v = np.concatenate([x, x[::-1]])  # the second half repeats the first
@@ -137,7 +156,7 @@ def test_candidates_include_every_pair_above_threshold(precision, threshold):
     exact = x.astype(np.float64) @ x.astype(np.float64).T
     ii, jj = np.nonzero(np.triu(exact > threshold, k=1))
     assert len(ii) > 100
-    assert set(zip(ii.tolist(), jj.tolist())) <= set(zip(r.tolist(), c.tolist()))
+    assert set(zip(ii.tolist(), jj.tolist(), strict=True)) <= set(zip(r.tolist(), c.tolist(), strict=True))
     assert (c > r).all()
 
 

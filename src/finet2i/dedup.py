@@ -29,8 +29,10 @@ How the grouped pipeline gets the exact answer cheaply
 
 Similarities: products run in bfloat16 on CPUs with AVX-512/AMX, float16 on GPUs (the stored vectors are
 float16, so GPU inputs are exact) or float32, and only select *candidates* above ``threshold - margin``,
-where the margin bounds the rounding error of that precision; each candidate's cosine is then recomputed in
-float64 from the stored float16 vectors. Decisions therefore never depend on the hardware or on blocking.
+where the margin bounds the rounding error of that precision; a candidate pair whose earlier prompt is kept
+is then recomputed in float64 from the stored float16 vectors (exact in any summation order, see
+``_exact_pairs``), and a block is decided in vectorised rounds (see ``_greedy_sweep``); pairs between two
+dropped prompts are never looked at. Decisions therefore never depend on the hardware or on blocking.
 
 Memory plan at production scale (44.8M prompts = 1,120 shards x 40k, 384-d float16 = 768 B per prompt;
 all vectors as float32 would be 69 GB, as float16 34 GB; no job holds them all):
