@@ -93,3 +93,9 @@ def test_output_settings_leave_out_runtime_keys():
     assert output_settings(config, "guard") == {"max_words": 150}
     assert output_settings(config, "generate") == {"seed": 1}
     assert {"chunk_size", "batch_size", "subsets"} == set(RUNTIME_ONLY_KEYS)
+
+
+def test_stage_closures_stay_apart():
+    """An edit of the dedup algorithm must not rerun the embeddings (and the GPU stages after them)."""
+    assert "finet2i.dedup" not in code_closure("finet2i.stages.embed")
+    assert "finet2i.stages.generate" not in code_closure("finet2i.stages.guard")

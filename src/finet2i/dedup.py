@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from finet2i.hardware import cpu_has_fast_bf16
+
 log = logging.getLogger(__name__)
 
 DIM = 384
@@ -348,15 +350,6 @@ def _exact_pairs(a: Any, ia: np.ndarray, b: Any, ib: np.ndarray, chunk: int = 16
         y = b[tb[k:k + chunk]].double()
         out[k:k + chunk] = torch.einsum("ij,ij->i", x, y).numpy()
     return out
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 BF16: bfloat16 products are ~3x float32 there; elsewhere they are emulated and slow."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 # ----------------------------------------------------------------------------------------------- sweep

@@ -30,7 +30,7 @@ def pick_dtype(dtype: str, device: str) -> str:
         return dtype
     if device.startswith("cuda"):
         return "fp16"
-    from finet2i.dedup import cpu_has_fast_bf16
+    from finet2i.hardware import cpu_has_fast_bf16
 
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
