@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -127,6 +128,12 @@ class LocalDemo:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--configfile", DEMO_CONFIG,
                  "--cores", "2"], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        atexit.register(self._stop)  # a session that fails before wait() leaves no demo running behind it
+
+    def _stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def wait(self, timeout: float = 3000) -> Path:
         """The finished workdir; fails with the log's tail if the run failed."""
