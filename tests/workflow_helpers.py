@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -127,12 +128,12 @@ class LocalDemo:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--configfile", DEMO_CONFIG,
-                 "--cores", "2"], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+                 "--cores", "2"], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         atexit.register(self._stop)  # a session that fails before wait() leaves no demo running behind it
 
     def _stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)  # Snakemake and the jobs it started
             self.proc.wait()
 
     def wait(self, timeout: float = 3000) -> Path:
@@ -141,8 +142,7 @@ class LocalDemo:
             try:
                 self.proc.wait(timeout=max(1.0, timeout - (time.monotonic() - self.started)))
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self._stop()
             if self.seconds is None:
                 self.seconds = time.monotonic() - self.started
                 print(f"\nshared demo run (local executor): {self.seconds:.0f} s")
