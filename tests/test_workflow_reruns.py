@@ -24,6 +24,7 @@ that the rerun resumes from the chunk checkpoint and ends with the uninterrupted
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -68,10 +69,12 @@ def chain_from(first: str, shards: tuple[str, ...] = SHARDS, until: str | None =
 
 
 def demo_config() -> dict:
-    return yaml.safe_load((ROOT / CONFIG).read_text())
+    return copy.deepcopy(DEMO)
 
 
-def write_config(workdir: Path, config: dict, name: str = CONFIG) -> str:
+def write_changed_config(workdir: Path, config: dict) -> str:
+    """config beside the demo's (never over it: the finished run is shared), as a --configfile path."""
+    name = "config/changed.yaml"
     (workdir / name).write_text(yaml.safe_dump(config, sort_keys=False))
     return name
 
@@ -123,7 +126,7 @@ def test_changed_threshold_reruns_the_stage_and_downstream(finished, section, ke
     config = demo_config()
     assert config[section][key] != value
     config[section][key] = value
-    planned = plan(finished, write_config(finished, config, "config/changed.yaml"))
+    planned = plan(finished, write_changed_config(finished, config))
     assert_plan(planned, chain_from(stage) | FINAL)
     assert_reason(planned, stage, "Params have changed")
 
@@ -136,7 +139,7 @@ def test_changed_model_reruns_the_stage_and_downstream(finished):
     config = demo_config()
     assert config["models"]["judge"] == config["models"]["verifier"]  # the same folder: only judge changes
     config["models"]["judge"] = {"path": "resources/judge-copy"}
-    planned = plan(finished, write_config(finished, config, "config/changed.yaml"))
+    planned = plan(finished, write_changed_config(finished, config))
     assert_plan(planned, chain_from("pair_filter") | FINAL)
     assert_reason(planned, "pair_filter", "Params have changed")
 
@@ -224,7 +227,7 @@ def test_changed_chunk_size_plans_nothing(finished):
     """A chunk size only sets how often a job checkpoints; outputs do not depend on it (RUNTIME_ONLY_KEYS)."""
     config = demo_config()
     config["guard"]["chunk_size"] = 3
-    assert_plan(plan(finished, write_config(finished, config, "config/changed.yaml")), set())
+    assert_plan(plan(finished, write_changed_config(finished, config)), set())
 
 
 def test_changed_subset_list_does_not_regenerate_other_subsets(finished):
@@ -232,7 +235,7 @@ def test_changed_subset_list_does_not_regenerate_other_subsets(finished):
     which other subsets exist. (pair_filter is one job per shard over the listed subsets, so it reruns.)"""
     config = demo_config()
     config["generate"]["subsets"] = [s for s in SUBSETS if s != "po_as"]
-    planned = plan(finished, write_config(finished, config, "config/changed.yaml"))
+    planned = plan(finished, write_changed_config(finished, config))
     regenerated = sorted(j for j in planned if j.startswith(("generate[", "guard[", "enhance[")))
     assert not regenerated, {j: planned[j] for j in regenerated}
 
