@@ -245,6 +245,26 @@ def biggest_shard(ref: DemoRun) -> tuple[str, str]:
     return subset, name.removeprefix("train-").removesuffix(".tar")
 
 
+ACTIVE = ("RUNNING", "PENDING", "COMPLETING")
+
+
+def active_jobs(uuid: str) -> list[dict[str, str]]:
+    return [j for j in squeue(uuid) if j["state"] in ACTIVE]
+
+
+def resumed_from(wd: Path, subset: str, shard: str) -> re.Match[str] | None:
+    """The generate log's 'resumed from checkpoint: k of n chunks' line (groups: k, n)."""
+    text = (wd / f"logs/generate/{subset}/{shard}.log").read_text()
+    return re.search(r"resumed from checkpoint: (\d+) of (\d+) chunks were already done", text)
+
+
+def assert_same_tar(ref: DemoRun, wd: Path, target: str) -> None:
+    """The resumed run's tar equals the uninterrupted run's: same ids, prompts, image bytes, metadata."""
+    only = [target.removeprefix("results/dataset/")]
+    diff = digest_diff(dataset_digest(ref.workdir / "results", only), dataset_digest(wd / "results", only))
+    assert not diff, diff
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Fast checks of the profile (no cluster)
 # ----------------------------------------------------------------------------------------------------------
@@ -354,14 +374,11 @@ def test_scancel_gpu_job_is_retried_and_resumes_from_checkpoint(demo_runs, slurm
     assert [(j["state"], j["Partition"], j["gpus"]) for j in generate] == [
         ("CANCELLED", "gpu", 1), ("COMPLETED", "gpu", 1)], generate
     assert generate[1]["mem_mb"] == 2 * generate[0]["mem_mb"], "retry did not get attempt-scaled memory"
-    text = (wd / f"logs/generate/{subset}/{shard}.log").read_text()
-    m = re.search(r"resumed from checkpoint: (\d+) of (\d+) chunks were already done", text)
-    assert m and int(m.group(1)) >= done_at_kill >= 1, text[-3000:]
+    m = resumed_from(wd, subset, shard)
+    assert m and int(m.group(1)) >= done_at_kill >= 1, (wd / f"logs/generate/{subset}/{shard}.log").read_text()[-3000:]
     assert int(m.group(1)) < int(m.group(2)), "the job was cancelled after its last chunk: nothing to resume"
     assert not image_table.with_name(image_table.name + ".chunks").exists()
-    diff = digest_diff(dataset_digest(ref.workdir / "results", [target.removeprefix("results/dataset/")]),
-                       dataset_digest(wd / "results", [target.removeprefix("results/dataset/")]))
-    assert not diff, diff
+    assert_same_tar(ref, wd, target)
     print(f"\nscancel'ed generate {job['id']} after {done_at_kill} chunks; retry: {m.group(0)}")
 
 
@@ -384,8 +401,7 @@ def test_sigint_and_sigkill_to_snakemake_then_cleanup_and_rerun(demo_runs, slurm
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
     assert proc.returncode != 0
-    wait_for("run 1's jobs to be cancelled by Snakemake",
-             lambda: not [j for j in squeue(uuid1) if j["state"] in ("RUNNING", "PENDING", "COMPLETING")], 60)
+    wait_for("run 1's jobs to be cancelled by Snakemake", lambda: not active_jobs(uuid1), 60)
     chunks_after_sigint = len(chunk_files(image_table))
 
     # 2. SIGKILL: nothing cleans up; the job keeps running on the cluster and the lock stays.
@@ -401,19 +417,16 @@ def test_sigint_and_sigkill_to_snakemake_then_cleanup_and_rerun(demo_runs, slurm
     assert list((wd / ".snakemake" / "locks").iterdir()), "a SIGKILLed Snakemake leaves its lock behind"
     # The cleanup a user does (README): cancel the killed run's jobs, unlock, rerun.
     cancel_jobs(uuid2)
-    wait_for("run 2's jobs to end", lambda: not [j for j in squeue(uuid2)
-                                                if j["state"] in ("RUNNING", "PENDING", "COMPLETING")], 60)
+    wait_for("run 2's jobs to end", lambda: not active_jobs(uuid2), 60)
     chunks_at_kill = len(chunk_files(image_table))
     run_snakemake_slurm(wd, *args, "--unlock", timeout=300)
 
     # 3. The rerun finishes the job from its checkpoint and the tar equals the uninterrupted run's.
     final = run_snakemake_slurm(wd, target, *args, timeout=900)
-    text = (wd / f"logs/generate/{subset}/{shard}.log").read_text()
-    m = re.search(r"resumed from checkpoint: (\d+) of (\d+) chunks were already done", text)
-    assert m and int(m.group(1)) >= chunks_at_kill, (chunks_at_kill, text[-3000:], final.stdout[-2000:])
-    only = [target.removeprefix("results/dataset/")]
-    diff = digest_diff(dataset_digest(ref.workdir / "results", only), dataset_digest(wd / "results", only))
-    assert not diff, diff
+    m = resumed_from(wd, subset, shard)
+    log = (wd / f"logs/generate/{subset}/{shard}.log").read_text()
+    assert m and int(m.group(1)) >= chunks_at_kill, (chunks_at_kill, log[-3000:], final.stdout[-2000:])
+    assert_same_tar(ref, wd, target)
     print(f"\nSIGINT after {chunks_after_sigint} chunks, SIGKILL after {chunks_at_kill}; rerun: {m.group(0)}")
 
 
@@ -458,6 +471,4 @@ def test_job_failing_once_succeeds_on_retry(demo_runs, slurm_cluster, tmp_path) 
                   key=lambda j: int(j["JobIDRaw"]))
     assert [(j["state"], j["Partition"]) for j in jobs] == [("FAILED", "cpu"), ("COMPLETED", "cpu")], jobs
     assert [j["mem_mb"] for j in jobs] == [8000, 16000], "memory is not scaled by attempt"
-    only = [target.removeprefix("results/dataset/")]
-    diff = digest_diff(dataset_digest(ref.workdir / "results", only), dataset_digest(wd / "results", only))
-    assert not diff, diff
+    assert_same_tar(ref, wd, target)
