@@ -11,7 +11,7 @@ import pytest
 
 from finet2i import shards
 from finet2i.backends import TextEmbedder
-from finet2i.backends.embedder import load_embedder
+from finet2i.backends.embedder import load_embedder, padded_batch
 from finet2i.dedup import DedupSettings, dedup_vectors, exact_cosines
 from finet2i.demo.minilm import install_minilm
 from finet2i.models import ModelSpec
@@ -55,6 +55,26 @@ def test_embeddings_are_unit_384d_and_order_independent(embedder):
     alone = embedder.embed([texts[7]])[0]
     assert float(alone @ v[7]) > 0.995
     assert float(v[0] @ v[1]) < 0.9  # different prompts, different vectors
+
+
+def test_padded_batch_gathers_each_rows_tokens():
+    runs = [[101, 7, 8, 102], [101, 9, 102], [101, 102], [101, 5, 6, 4, 3, 102]]
+    flat = np.array([t for r in runs for t in r])
+    lengths = np.array([len(r) for r in runs])
+    starts = np.cumsum(lengths) - lengths
+    pick = np.array([3, 0, 2])  # any subset, any order
+    ids, mask = padded_batch(flat, starts[pick], lengths[pick], pad=0)
+    assert ids.tolist() == [[101, 5, 6, 4, 3, 102], [101, 7, 8, 102, 0, 0], [101, 102, 0, 0, 0, 0]]
+    assert mask.tolist() == [[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4]
+
+
+def test_batched_embedding_matches_one_at_a_time(minilm):
+    """Padding to each batch's longest prompt (and the vectorised padding) changes no vector."""
+    texts = parti(20)
+    emb = load_embedder(minilm, dtype="fp32", batch_size=8)
+    batched = emb.embed(texts)
+    alone = np.stack([emb.embed([t])[0] for t in texts])
+    assert (batched * alone).sum(axis=1).min() > 0.99999
 
 
 def test_low_precision_matches_fp32(minilm, embedder):

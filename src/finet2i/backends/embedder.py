@@ -11,6 +11,7 @@ configured batch size: measured on the 2-core build machine (bfloat16, 800 promp
 from __future__ import annotations
 
 import logging
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -75,19 +76,18 @@ class SentenceTransformerEmbedder:
         enc = tok(texts, add_special_tokens=True, truncation=True, max_length=self.model.max_seq_length,
                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         lengths = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(texts))
+        flat = np.fromiter(chain.from_iterable(enc), dtype=np.int64, count=int(lengths.sum()))
+        starts = np.cumsum(lengths) - lengths
         order = np.argsort(-lengths, kind="stable")
+        pad = tok.pad_token_id or 0
         torch = self.torch
         step = self.batch_size if str(self.device).startswith("cuda") else min(self.batch_size, CPU_BATCH)
         with torch.inference_mode():
             for i in range(0, len(texts), step):
                 idx = order[i:i + step]
-                width = int(lengths[idx[0]])  # longest first
-                ids = torch.full((len(idx), width), tok.pad_token_id or 0, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, j in enumerate(idx.tolist()):
-                    ids[r, :lengths[j]] = torch.as_tensor(enc[j])
-                    mask[r, :lengths[j]] = 1
-                features = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+                ids, mask = padded_batch(flat, starts[idx], lengths[idx], pad)
+                features = {"input_ids": torch.from_numpy(ids).to(self.device),
+                            "attention_mask": torch.from_numpy(mask).to(self.device)}
                 if "token_type_ids" in tok.model_input_names:  # BERT: one segment, all zeros
                     features["token_type_ids"] = torch.zeros_like(features["input_ids"])
                 emb = self.model.forward(features)["sentence_embedding"].float()
@@ -96,6 +96,20 @@ class SentenceTransformerEmbedder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
         return out / norms
+
+
+def padded_batch(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(input ids, attention mask), both int64 (rows, longest length), of the token runs
+    ``flat[starts[r]:starts[r] + lengths[r]]``, right-padded with ``pad``; no Python loop over rows (a
+    per-row copy cost ~10 us a prompt, seconds per million on a GPU that embeds them faster)."""
+    width = int(lengths.max()) if len(lengths) else 0
+    mask = np.arange(width) < lengths[:, None]
+    ids = np.full((len(lengths), width), pad, np.int64)
+    total = int(lengths.sum())
+    # Row-major boolean assignment fills row 0's tokens, then row 1's...: gather the runs in that order.
+    ids[mask] = flat[np.arange(total) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)]
+    return ids, mask.astype(np.int64)
 
 
 def load_embedder(spec: ModelSpec, *, dtype: str = "auto", batch_size: int = 256,
