@@ -105,6 +105,25 @@ def test_resurrection_is_handled():
         assert res.kept.tolist() == [True, False, True]
 
 
+def test_cross_pass_checks_what_dropped_a_stored_neighbour_first():
+    """g (group x), then r, p, q (group y, in that order) on a circle: r drops p and q in their group; the
+    cross pass drops r by g, so p and q lost their evidence. p is above the threshold with g (dropped by it
+    without a product against the kept set), q is not (compared by vector, and comes back)."""
+    e = normalise(np.random.default_rng(5).standard_normal((2, 384)))
+    deg = np.radians([0, 30, 20, 60])  # cosines: g.r 0.87, r.p 0.98, r.q 0.87, g.p 0.94, g.q 0.5, p.q 0.77
+    v = normalise(np.cos(deg)[:, None] * e[0] + np.sin(deg)[:, None] * e[1]).astype(np.float16)
+    assert greedy_reference(v, T).tolist() == [True, False, False, True]
+    keys = np.array(["x", "y", "y", "y"])
+    for block, inherited in ((1, 1), (256, 0)):  # in one block, g is not yet in the kept set of earlier blocks
+        res = dedup_vectors(v, DedupSettings(threshold=T, groups=64, partition="hash", block_size=block),
+                            keys=keys)
+        assert res.group[0] != res.group[1]
+        assert res.kept.tolist() == [True, False, False, True]
+        assert res.duplicate_of.tolist() == [-1, 0, 0, -1]
+        assert res.similarity[2] == pytest.approx(float(exact_cosines(v[2:3], v[0:1])[0]))
+        assert res.stats["inherited"] == inherited and res.stats["resurrected"] == 1
+
+
 def test_long_keep_drop_chain_is_decided_exactly():
     """A random walk whose neighbours are duplicates (cosine 0.86) but whose second neighbours are not
     (0.78): the greedy alternates keep, drop, keep... so a block needs one decision round per kept prompt."""
