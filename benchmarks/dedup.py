@@ -136,7 +136,7 @@ def baseline(v: np.ndarray, threshold: float) -> dict:
             "load": load()}
 
 
-def ours(v: np.ndarray, threshold: float, groups: int) -> dict:
+def ours(v: np.ndarray, threshold: float, groups: int, device: str = "auto") -> dict:
     from finet2i.dedup import DedupSettings, dedup_vectors
 
     t0, c0 = time.monotonic(), cpu_s()
@@ -145,7 +145,7 @@ def ours(v: np.ndarray, threshold: float, groups: int) -> dict:
     res = dedup_vectors(
         v,
         DedupSettings(threshold=threshold, groups=groups, kmeans_sample=min(len(v), 256 * groups),
-                      kmeans_iters=10, block_size=4096),
+                      kmeans_iters=10, block_size=4096, device=device),
     )
     return {"kept": res.kept, "seconds": time.monotonic() - t0, "peak_mb": peak_mb(), "stats": res.stats,
             "cpu_s": cpu_s() - c0,
@@ -204,6 +204,9 @@ def main() -> None:
     ap.add_argument("--scale", default="", help="comma-separated sizes for ours-only rows and a fitted "
                     "scaling exponent (e.g. 100000,200000,400000,1000000)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda: embedder and our dedup")
+    ap.add_argument("--model-dir", default=None,
+                    help="a sentence-transformers folder of all-MiniLM-L6-v2 (default: the packaged one)")
     a = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows in a redirected log
 
@@ -218,8 +221,9 @@ def main() -> None:
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     prompts = make_prompts(a.n, a.dup_frac, a.seed)
-    model_dir = install_minilm(Path(tempfile.mkdtemp()) / "all-MiniLM-L6-v2")
-    emb = load_embedder(ModelSpec(key="bench", path=str(model_dir)), dtype="auto", batch_size=128)
+    model_dir = a.model_dir or install_minilm(Path(tempfile.mkdtemp()) / "all-MiniLM-L6-v2")
+    device = None if a.device == "auto" else a.device
+    emb = load_embedder(ModelSpec(key="bench", path=str(model_dir)), dtype="auto", batch_size=128, device=device)
     if a.embed_compare:
         compare_embedding(emb, str(model_dir), prompts[: a.embed_compare], a.embed_rounds, threads)
 
@@ -242,7 +246,7 @@ def main() -> None:
     if not a.skip_baseline:
         b = isolated(baseline, v, a.threshold)
         rows.append(("faiss exact all-pairs range search + greedy", b))
-    o = isolated(ours, v, a.threshold, a.groups)
+    o = isolated(ours, v, a.threshold, a.groups, a.device)
     rows.append((f"finet2i grouped ({a.groups} groups) + exact cross pass", o))
     print(f"  {'method':<52} {'wall s':>8} {'CPU s':>8} {'peak MB':>8} {'kept':>8} {'residual':>8}  load")
     for name, r in rows:
@@ -269,7 +273,7 @@ def compare_embedding(emb, model_dir: str, sub: list[str], rounds: int, threads:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    plain = SentenceTransformer(model_dir, device="cpu")
+    plain = SentenceTransformer(model_dir, device=emb.device, local_files_only=True).float()
     # Alternate the two a few times and keep each one's best: the machine is shared, and one slow stretch
     # should not decide the ratio. CPU seconds (process_time) are printed too.
     # plain encode at its default batch size (32) and at 256: the default is the faster of the two here.
@@ -318,7 +322,7 @@ def scaling(embedded: np.ndarray, sizes: list[int], a: argparse.Namespace) -> No
     for n in sizes:
         copies = max(0, round(n / len(embedded)) - 1)
         v = augment(embedded, copies, a.seed, a.noise) if copies else embedded
-        o = isolated(ours, v, a.threshold, a.groups)
+        o = isolated(ours, v, a.threshold, a.groups, a.device)
         k = int(o["kept"].sum())
         print(f"  {len(v):9d} {o['seconds']:8.1f} {o['cpu_s']:8.1f} {o['peak_mb']:8.0f} {k:8d} "
               f"{100 * k / len(v):6.1f}% "
