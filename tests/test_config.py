@@ -76,3 +76,13 @@ def test_missing_curated_source_names_the_key(demo_config):
     demo_config["curated"]["sources"] = ["no/such/folder"]
     with pytest.raises(ConfigError, match=r"curated\.sources\[0\]: no/such/folder does not exist"):
         validate_config(copy.deepcopy(demo_config), base_dir=ROOT)
+
+
+def test_schema_ships_inside_the_package():
+    """A non-editable install (pip install .) has no config/ folder: the schema must come with the package."""
+    from importlib import resources
+
+    from finet2i.config import SCHEMA_PATH
+
+    shipped = resources.files("finet2i") / "schema" / "config.schema.yaml"
+    assert shipped.is_file() and Path(str(shipped)).resolve() == SCHEMA_PATH

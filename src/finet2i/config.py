@@ -1,8 +1,8 @@
 """Validate a workflow config before anything is planned or submitted.
 
 Three layers, each failing with the offending key in the message and what to do:
-1. JSON Schema (``config/schema/config.schema.yaml``): unknown or misspelled keys, wrong types, out-of-range
-   values; defaults are filled in.
+1. JSON Schema (``src/finet2i/schema/config.schema.yaml``, shipped as package data): unknown or misspelled
+   keys, wrong types, out-of-range values; defaults are filled in.
 2. Semantic checks the schema cannot express: generator weights that do not add up to something positive,
    candidate ranges, referenced files (taxonomy, resolution table) that must exist and parse.
 3. Inputs: curated sources must exist; every model ``{path: ...}`` must exist and every
@@ -27,7 +27,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "config.schema.yaml"  # shipped in the package
 
 
 class ConfigError(ValueError):
