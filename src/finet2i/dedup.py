@@ -22,9 +22,11 @@ How the grouped pipeline gets the exact answer cheaply
    group's globally kept prompts, except for rare "resurrections" (below). For each prompt it drops it stores
    up to ``max_neighbors`` earlier survivors above the threshold (the evidence the cross pass reuses).
 3. Cross-group pass: the greedy sweep over all prompts in rank order, where only the group survivors (and
-   the few prompts whose stored neighbours were all dropped, whose vectors are fetched on demand) are
+   the prompts whose stored neighbours were all dropped, whose vectors are fetched on demand) are
    compared, in blocks, against the kept set so far. A prompt dropped in its group is dropped for good as
    soon as one of its stored neighbours is kept: that neighbour is earlier, kept and above the threshold.
+   When all its stored neighbours were dropped, the kept prompts that dropped them are checked first (in
+   dense clusters they nearly always drop it too); only if none is above the threshold is it compared.
    The pass is exact: every kept prompt was compared with every earlier kept prompt.
 
 Similarities: products run in bfloat16 on CPUs with AVX-512/AMX, float16 on GPUs (the stored vectors are
