@@ -201,11 +201,9 @@ def test_changed_workflow_script_reruns_the_stage_and_downstream(work):
 
 
 def _shadow_package(tmp_path: Path, edit: str) -> dict[str, str]:
-    """A copy of the package with `edit` appended to stages/guard.py, first on the path (the package finds
-    its schema at ../../config)."""
+    """A copy of the package (schema included) with `edit` appended to stages/guard.py, first on the path."""
     shadow = tmp_path / "shadow"
     shutil.copytree(ROOT / "src" / "finet2i", shadow / "src" / "finet2i")
-    shutil.copytree(ROOT / "config" / "schema", shadow / "config" / "schema")
     module = shadow / "src" / "finet2i" / "stages" / "guard.py"
     module.write_text(module.read_text() + edit)
     return {"PYTHONPATH": f"{shadow / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
