@@ -162,10 +162,15 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float, proc: s
 
 def start_snakemake(wd: Path, args: list[str], log: Path,
                     env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Snakemake in the background, output to `log` (so the run uuid can be read while it runs)."""
+    """Snakemake in the background, output to `log` (so the run uuid can be read while it runs).
+
+    SIGINT is reset to its default in the child: a suite started in the background (`pytest ... &` from a
+    script) inherits SIGINT ignored, and a Python started that way never raises KeyboardInterrupt, so the
+    Ctrl-C test would watch Snakemake run to the end (seen once, session 3)."""
     out = log.open("w")
     return subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=wd, stdout=out,
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def log_uuid(log: Path) -> str | None:
