@@ -65,6 +65,14 @@ def _write_input(tmp_path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _run(in_path: Path, out_path: Path, **overrides: Any) -> shards.StageStats:
+    """run_generate with this file's defaults (shard 00001, subset pe_ar, SETTINGS, seed 7); backends and
+    anything else the test cares about come as keyword arguments."""
+    kwargs: dict[str, Any] = dict(shard="00001", subset="pe_ar", settings=SETTINGS, models={},
+                                  aesthetic_encoder=None, aesthetic_head=None, seed=7, jpeg_quality=90)
+    return g.run_generate(in_path, out_path, **{**kwargs, **overrides})
+
+
 class Counting:
     """Wraps a real generator and counts the images it renders (and can fail on one prompt)."""
 
@@ -188,20 +196,7 @@ def test_run_generate_renders_the_subset(subset: str, tmp_path: Path, tiny_gener
     rows.append({**_enhanced_rows(6)[5], "kept": False, "drop_reason": "unsafe"})  # dropped upstream
     in_path = _write_input(tmp_path, rows)
     out_path = tmp_path / "results" / "images" / subset / "00001.parquet"
-    stats = g.run_generate(
-        in_path,
-        out_path,
-        shard="00001",
-        subset=subset,
-        settings=SETTINGS,
-        models={},
-        aesthetic_encoder=None,
-        aesthetic_head=None,
-        seed=7,
-        jpeg_quality=90,
-        generators=tiny_generators,
-        scorer=tiny_scorer,
-    )
+    stats = _run(in_path, out_path, subset=subset, generators=tiny_generators, scorer=tiny_scorer)
     out = pq.read_table(out_path).to_pylist()
     assert [r["id"] for r in out] == [r["id"] for r in rows[:5]]  # input order, upstream drops not rendered
     assert stats.records_in == 5 and stats.kept == 5 and stats.extra["subset"] == subset
@@ -233,7 +228,6 @@ def test_rerun_reproduces_bytes_and_resume_skips_done_chunks(
     in_path = _write_input(tmp_path, _enhanced_rows(4))
     counted = {k: Counting(v) for k, v in tiny_generators.items()}
     kwargs = dict(
-        shard="00001",
         subset="pe_as",
         # Flux.2 alone (the cheaper tiny pipeline) and at most 2 candidates keep three full runs fast.
         settings={
@@ -242,21 +236,16 @@ def test_rerun_reproduces_bytes_and_resume_skips_done_chunks(
             "candidates": {"min": 1, "max": 2},
             "generators": {"z_image": {"weight": 0, "steps": 2}, "flux2": {"weight": 1, "steps": 2}},
         },
-        models={},
-        aesthetic_encoder=None,
-        aesthetic_head=None,
-        seed=7,
-        jpeg_quality=90,
         scorer=tiny_scorer,
     )
     first = tmp_path / "a.parquet"
-    g.run_generate(in_path, first, generators=counted, **kwargs)
+    _run(in_path, first, generators=counted, **kwargs)
     rendered = sum(c.images for c in counted.values())
     assert rendered == sum(len(r["candidate_seeds"]) for r in pq.read_table(first).to_pylist())
 
     # A fresh run elsewhere reproduces every image byte for byte.
     second = tmp_path / "b.parquet"
-    g.run_generate(in_path, second, generators=tiny_generators, **kwargs)
+    _run(in_path, second, generators=tiny_generators, **kwargs)
     a, b = pq.read_table(first).to_pylist(), pq.read_table(second).to_pylist()
     assert [r["image"] for r in a] == [r["image"] for r in b]
 
@@ -279,11 +268,11 @@ def test_rerun_reproduces_bytes_and_resume_skips_done_chunks(
     shards.ChunkCheckpoint.run = run_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
-            g.run_generate(in_path, third, generators=counted2, **kwargs)
+            _run(in_path, third, generators=counted2, **kwargs)
     finally:
         shards.ChunkCheckpoint.run = original_run
     counted3 = {k: Counting(v) for k, v in tiny_generators.items()}
-    stats = g.run_generate(in_path, third, generators=counted3, **kwargs)
+    stats = _run(in_path, third, generators=counted3, **kwargs)
     assert stats.extra["resumed_chunks"] == 1
     c = pq.read_table(third).to_pylist()
     assert [r["image"] for r in c] == [r["image"] for r in a]
@@ -297,20 +286,7 @@ def test_one_failed_prompt_is_dropped_not_fatal(tmp_path: Path, tiny_generators,
     in_path = _write_input(tmp_path, rows)
     failing = {k: Counting(v, fail_on="POISON") for k, v in tiny_generators.items()}
     out_path = tmp_path / "out.parquet"
-    stats = g.run_generate(
-        in_path,
-        out_path,
-        shard="00001",
-        subset="pe_ar",
-        settings=SETTINGS,
-        models={},
-        aesthetic_encoder=None,
-        aesthetic_head=None,
-        seed=7,
-        jpeg_quality=90,
-        generators=failing,
-        scorer=tiny_scorer,
-    )
+    stats = _run(in_path, out_path, generators=failing, scorer=tiny_scorer)
     out = {r["id"]: r for r in pq.read_table(out_path).to_pylist()}
     bad = out[rows[2]["id"]]
     assert bad["kept"] is False and bad["drop_reason"] == g.GENERATION_FAILED
@@ -322,36 +298,20 @@ def test_one_failed_prompt_is_dropped_not_fatal(tmp_path: Path, tiny_generators,
 def test_missing_generator_model_is_a_config_error(tmp_path: Path, tiny_scorer) -> None:
     in_path = _write_input(tmp_path, _enhanced_rows(1))
     with pytest.raises(ValueError, match="models.z_image"):
-        g.run_generate(
-            in_path,
-            tmp_path / "o.parquet",
-            shard="00001",
-            subset="pe_ar",
-            settings=SETTINGS,
-            models={},
-            aesthetic_encoder=None,
-            aesthetic_head=None,
-            seed=7,
-            jpeg_quality=90,
-            scorer=tiny_scorer,
-        )
+        _run(in_path, tmp_path / "o.parquet", scorer=tiny_scorer)
 
 
 def test_production_path_loads_models_from_specs(tmp_path: Path, tiny_models) -> None:
     """No backends given: the stage loads the generators and the scorer from their ModelSpecs itself."""
     in_path = _write_input(tmp_path, _enhanced_rows(3))
     out_path = tmp_path / "out.parquet"
-    stats = g.run_generate(
+    stats = _run(
         in_path,
         out_path,
-        shard="00001",
         subset="po_ar",
-        settings=SETTINGS,
         models={"z_image": tiny_models.spec("z_image"), "flux2": tiny_models.spec("flux2")},
         aesthetic_encoder=tiny_models.spec("siglip"),
         aesthetic_head=tiny_models.spec("head"),
-        seed=7,
-        jpeg_quality=90,
     )
     assert stats.kept == 3
     assert not out_path.with_name(out_path.name + ".chunks").exists()  # checkpoint removed once complete
@@ -364,16 +324,5 @@ def test_scorer_that_does_not_load_fails_the_job(tmp_path: Path, tiny_generators
     in_path = _write_input(tmp_path, _enhanced_rows(2))
     nowhere = ModelSpec(key="models.aesthetic_encoder", path=str(tmp_path / "no-siglip"))
     with pytest.raises(ModelNotAvailable, match="models.aesthetic_encoder"):
-        g.run_generate(
-            in_path,
-            tmp_path / "o.parquet",
-            shard="00001",
-            subset="pe_ar",
-            settings=SETTINGS,
-            models={},
-            aesthetic_encoder=nowhere,
-            aesthetic_head=nowhere,
-            seed=7,
-            jpeg_quality=90,
-            generators=tiny_generators,
-        )
+        _run(in_path, tmp_path / "o.parquet", aesthetic_encoder=nowhere, aesthetic_head=nowhere,
+             generators=tiny_generators)
