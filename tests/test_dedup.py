@@ -109,7 +109,7 @@ def test_cross_pass_checks_what_dropped_a_stored_neighbour_first():
     """g (group x), then r, p, q (group y, in that order) on a circle: r drops p and q in their group; the
     cross pass drops r by g, so p and q lost their evidence. p is above the threshold with g (dropped by it
     without a product against the kept set), q is not (compared by vector, and comes back)."""
-    e = normalise(np.random.default_rng(5).standard_normal((2, 384)))
+    e = np.linalg.qr(np.random.default_rng(5).standard_normal((384, 2)))[0].T  # two orthonormal directions
     deg = np.radians([0, 30, 20, 60])  # cosines: g.r 0.87, r.p 0.98, r.q 0.87, g.p 0.94, g.q 0.5, p.q 0.77
     v = normalise(np.cos(deg)[:, None] * e[0] + np.sin(deg)[:, None] * e[1]).astype(np.float16)
     assert greedy_reference(v, T).tolist() == [True, False, False, True]
