@@ -2,7 +2,7 @@
 
 - Placement: every job of a rule that declares `gpu=1` ran in partition `gpu` with one GPU, every other job
   in `cpu` (checked with sacct), and the dataset equals a local-executor run's byte for byte (ids, prompts,
-  JPEGs, metadata in every tar).
+  JPEGs, metadata in every tar; the tiny VLMs' free-text reasons only for presence, see MODEL_PROSE).
 - Resume: a GPU job scancel'ed mid-shard is retried and resumes from its chunk checkpoint; Snakemake killed by
   SIGINT and by SIGKILL is cleaned up and rerun; a job that fails once succeeds on its retry with more memory.
   Each ends with tars identical to the uninterrupted run's.
@@ -358,7 +358,7 @@ def test_demo_on_slurm_places_jobs_and_matches_local(demo_runs: dict[str, DemoRu
     assert grouped, [j["Comment"] for j in other]
     cpu_rules = set(local.counts) - GPU_RULES - {"all", "dedup_manifest"}  # dedup_manifest is a localrule
     assert len(other) < sum(local.counts[r] for r in cpu_rules), (len(other), local.counts)
-    # Same dataset as the local executor's, byte for byte.
+    # Same dataset as the local executor's, byte for byte (model prose: see MODEL_PROSE).
     assert sum(len(samples) for samples in local.digest.values()) > 0, "the local run packaged nothing"
     diff = digest_diff(local.digest, slurm.digest)
     assert not diff, "Slurm and local datasets differ:\n" + diff
