@@ -136,17 +136,21 @@ def baseline(v: np.ndarray, threshold: float) -> dict:
             "load": load()}
 
 
+def bench_settings(n: int, threshold: float, groups: int, device: str = "auto"):
+    """Our settings in every benchmark (this file and dedup_gpu.py): 256 sampled vectors per centroid and 10
+    k-means iterations; the partition only decides how much work the group passes save, never a verdict, and
+    a 100k-sample 20-iteration k-means cost ~10 s here."""
+    from finet2i.dedup import DedupSettings
+
+    return DedupSettings(threshold=threshold, groups=groups, kmeans_sample=min(n, 256 * groups),
+                         kmeans_iters=10, block_size=4096, device=device)
+
+
 def ours(v: np.ndarray, threshold: float, groups: int, device: str = "auto") -> dict:
-    from finet2i.dedup import DedupSettings, dedup_vectors
+    from finet2i.dedup import dedup_vectors
 
     t0, c0 = time.monotonic(), cpu_s()
-    # 256 sampled vectors per centroid and 10 iterations: the partition only decides how much work the
-    # group passes save, never a verdict, and a 100k-sample 20-iteration k-means cost ~10 s here.
-    res = dedup_vectors(
-        v,
-        DedupSettings(threshold=threshold, groups=groups, kmeans_sample=min(len(v), 256 * groups),
-                      kmeans_iters=10, block_size=4096, device=device),
-    )
+    res = dedup_vectors(v, bench_settings(len(v), threshold, groups, device))
     return {"kept": res.kept, "seconds": time.monotonic() - t0, "peak_mb": peak_mb(), "stats": res.stats,
             "cpu_s": cpu_s() - c0,
             "load": load()}

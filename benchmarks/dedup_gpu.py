@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dedup import make_prompts  # noqa: E402  (benchmarks/dedup.py)
+from dedup import bench_settings, make_prompts  # noqa: E402  (benchmarks/dedup.py)
 
 CHUNK = 250_000
 T0 = time.monotonic()
@@ -86,10 +86,12 @@ def compare_embedding(model_dir: str, emb, sub: list[str], rounds: int, batches:
     from sentence_transformers import SentenceTransformer
 
     plain = SentenceTransformer(model_dir, device=emb.device, local_files_only=True).float().eval()
-    runs = {"plain fp32 encode, batch 32": lambda: plain.encode(sub, batch_size=32, normalize_embeddings=True),
+    fp32_name = "plain fp32 encode, batch 32"
+    ours_name = f"finet2i embedder ({emb.dtype}, batch {emb.batch_size})"
+    runs = {fp32_name: lambda: plain.encode(sub, batch_size=32, normalize_embeddings=True),
             "plain fp32 encode, batch 512": lambda: plain.encode(sub, batch_size=512,
                                                                  normalize_embeddings=True),
-            f"finet2i embedder ({emb.dtype}, batch {emb.batch_size})": lambda: emb.embed(sub)}
+            ours_name: lambda: emb.embed(sub)}
     for b in batches:
         runs[f"finet2i embedder ({emb.dtype}, batch {b})"] = lambda b=b: embed_with_batch(emb, sub, b)
     plain.encode(sub[:2048], batch_size=512)  # warm-up: CUDA context, kernels, tokenizer
@@ -103,12 +105,12 @@ def compare_embedding(model_dir: str, emb, sub: list[str], rounds: int, batches:
             out[name] = np.asarray(fn())
             sync()
             best[name] = min(best[name], time.monotonic() - t)
-    ours_name = list(runs)[2]
-    cos = (out[list(runs)[0]] * out[ours_name]).sum(axis=1)
+    cos = (out[fp32_name] * out[ours_name]).sum(axis=1)
     res = {name: {"prompts_per_s": len(sub) / w, "seconds": w, "ours_speedup": w / best[ours_name]}
            for name, w in best.items()}
     res["cosine_to_fp32"] = {"min": float(cos.min()), "mean": float(cos.mean())}
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return res
 
 
@@ -200,14 +202,11 @@ def brute_greedy(v16: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
 
 
 def ours(v16: np.ndarray, threshold: float, groups: int, device: str):
-    from finet2i.dedup import DedupSettings, dedup_vectors
+    from finet2i.dedup import dedup_vectors
 
     sync()
     t = time.monotonic()
-    # Same settings as benchmarks/dedup.py: 256 sampled vectors per centroid, 10 k-means iterations.
-    res = dedup_vectors(v16, DedupSettings(threshold=threshold, groups=groups, device=device,
-                                           kmeans_sample=min(len(v16), 256 * groups), kmeans_iters=10,
-                                           block_size=4096))
+    res = dedup_vectors(v16, bench_settings(len(v16), threshold, groups, device))
     sync()
     return res, time.monotonic() - t
 
@@ -299,7 +298,8 @@ def main() -> None:
                  f"{len(v16) / t_emb:,.0f} prompts/s")
     say(table[-1])
     del prompts, emb
-    torch.cuda.empty_cache() if dev == "cuda" else None
+    if dev == "cuda":
+        torch.cuda.empty_cache()
 
     if a.check_n:
         sub16 = np.ascontiguousarray(v16[: a.check_n])
