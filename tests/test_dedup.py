@@ -20,7 +20,7 @@ from finet2i.dedup import (
     residual_pairs,
 )
 from finet2i.stages import dedup as stage
-from finet2i.stages.embed import write_embeddings
+from finet2i.embeddings import write_embeddings
 
 T = 0.8
 

@@ -39,7 +39,7 @@ from finet2i.dedup import (
     similarity_histogram,
     train_centroids,
 )
-from finet2i.stages.embed import read_embeddings
+from finet2i.embeddings import read_embeddings
 
 log = logging.getLogger(__name__)
 

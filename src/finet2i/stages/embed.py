@@ -21,29 +21,12 @@ import numpy as np
 
 from finet2i import shards
 from finet2i.backends import TextEmbedder
+from finet2i.embeddings import write_embeddings
 from finet2i.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
 STAGE = "embed"
-
-
-def write_embeddings(path: str | os.PathLike[str], ids: list[str], vectors: np.ndarray, *, model: str,
-                     fingerprint: str) -> None:
-    with shards.atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez(f, ids=np.asarray(ids, dtype=str) if ids else np.zeros(0, "<U1"),
-                     vectors=np.ascontiguousarray(vectors, dtype=np.float16), model=np.asarray(model),
-                     fingerprint=np.asarray(fingerprint))
-
-
-def read_embeddings(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, float16 vectors) of an embeddings file."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: embeddings not found; run the embed stage first")
-    with np.load(p, allow_pickle=False) as z:
-        return z["ids"], z["vectors"]
 
 
 def embed_fingerprint(ids: list[str], prompts: list[str], model: ModelSpec | str) -> str:
