@@ -16,11 +16,14 @@ from finet2i.dedup import (
     dedup_vectors,
     exact_cosines,
     greedy_reference,
+    make_rank,
     normalise,
+    rank_row,
+    rank_shard,
     residual_pairs,
 )
-from finet2i.stages import dedup as stage
 from finet2i.embeddings import write_embeddings
+from finet2i.stages import dedup as stage
 
 T = 0.8
 
@@ -187,6 +190,22 @@ def test_bad_vectors_are_named():
     v[3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         dedup_vectors(v, DedupSettings(groups=2))
+
+
+def test_rank_round_trips_through_shard_and_row():
+    rows = np.array([0, 1, 39_999, 2**32 - 1], np.uint32)
+    for shard in (0, 7, 2**31 - 1):
+        rank = make_rank(shard, rows)
+        assert rank.dtype == np.int64
+        assert (rank_shard(rank) == shard).all() and (rank_row(rank) == rows).all()
+        assert rank_shard(rank).dtype == np.int64 and rank_row(rank).dtype == np.int64
+    assert make_rank(1, np.array([0]))[0] > make_rank(0, np.array([2**32 - 1]))[0]  # shard first, then row
+    # One row (a 0-d array): the first rank of a shard, which bounds a keep job's slice of the verdicts.
+    assert make_rank(3, 0) == make_rank(3, np.array([0]))[0]
+    assert int(rank_shard(make_rank(3, 0))) == 3 and int(rank_row(make_rank(3, 0))) == 0
+    ranks = np.concatenate([make_rank(s, np.arange(5)) for s in range(4)])
+    lo, hi = np.searchsorted(ranks, [make_rank(2, 0), make_rank(3, 0)])
+    assert (hi - lo, set(rank_shard(ranks[lo:hi]).tolist())) == (5, {2})
 
 
 # ------------------------------------------------------------------------------------- file-level jobs

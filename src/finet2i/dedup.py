@@ -140,9 +140,22 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return v / n
 
 
-def make_rank(shard_no: int, rows: np.ndarray) -> np.ndarray:
-    """Global order of a prompt: shard number, then row; fits 2^31 shards x 2^32 rows."""
-    return (np.int64(shard_no) << np.int64(32)) | rows.astype(np.int64)
+def make_rank(shard_no: int, rows: np.ndarray | int) -> np.ndarray:
+    """Global order of a prompt: shard number, then row; fits 2^31 shards x 2^32 rows.
+
+    ``rows`` may be one int (a 0-d array comes back): ``make_rank(s, 0)`` is the first rank of shard ``s``.
+    The bit layout stays here and in ``rank_shard`` / ``rank_row``."""
+    return np.asarray((np.int64(shard_no) << np.int64(32)) | np.asarray(rows).astype(np.int64))
+
+
+def rank_shard(rank: np.ndarray) -> np.ndarray:
+    """Shard number of each rank (int64), the inverse of ``make_rank``'s first argument."""
+    return np.asarray(rank, dtype=np.int64) >> np.int64(32)
+
+
+def rank_row(rank: np.ndarray) -> np.ndarray:
+    """Row in its shard of each rank (int64), the inverse of ``make_rank``'s second argument."""
+    return np.asarray(rank, dtype=np.int64) & np.int64(0xFFFFFFFF)
 
 
 # -------------------------------------------------------------------------------------------- partition
@@ -653,9 +666,8 @@ def cross_pass(ci: CrossInput, get_vectors: Callable[[np.ndarray], np.ndarray], 
     rank = ci.rank[order]
     if len(rank) > 1 and (np.diff(rank) == 0).any():
         dup = rank[1:][np.diff(rank) == 0][0]
-        raise ValueError(f"dedup cross pass: rank {dup} (shard {dup >> 32}, row {dup & 0xFFFFFFFF}) "
-                         f"appears in "
-                         f"two groups; rebuild the dedup/assign and dedup/group outputs")
+        raise ValueError(f"dedup cross pass: rank {dup} (shard {int(rank_shard(dup))}, row {int(rank_row(dup))})"
+                         f" appears in two groups; rebuild the dedup/assign and dedup/group outputs")
     n = len(rank)
     # Stored neighbours: reorder the CSR to sorted positions and turn ranks into positions.
     owner, flat = csr_flat(ci.nbr_ptr, order)

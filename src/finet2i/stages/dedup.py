@@ -26,6 +26,7 @@ import numpy as np
 
 from finet2i import shards
 from finet2i.dedup import (
+    DIM,
     NO_DUP,
     CrossInput,
     DedupSettings,
@@ -36,6 +37,8 @@ from finet2i.dedup import (
     cross_pass,
     greedy_sweep,
     make_rank,
+    rank_row,
+    rank_shard,
     similarity_histogram,
     train_centroids,
 )
@@ -74,18 +77,18 @@ def run_dedup_centroids(embedding_paths: Sequence[PathLike], centroids_path: Pat
     parts = []
     for p in embedding_paths:
         _, vec = read_embeddings(p)
-        check_vectors(vec, str(p), dim=vec.shape[1] if vec.ndim == 2 and len(vec) else 384)
+        check_vectors(vec, str(p), dim=vec.shape[1] if vec.ndim == 2 and len(vec) else DIM)
         rng = np.random.default_rng([settings.seed, shard_no(p)])
         take = min(per_shard, len(vec))
         parts.append(vec[np.sort(rng.choice(len(vec), size=take, replace=False))])
-    sample = np.concatenate(parts) if parts else np.zeros((0, 384), np.float16)
+    sample = np.concatenate(parts) if parts else np.zeros((0, DIM), np.float16)
     if settings.partition == "kmeans" and settings.groups > 1:
         if len(sample) < settings.groups:
             raise ValueError(f"dedup: only {len(sample)} prompts in all shards, fewer than dedup.groups="
                              f"{settings.groups}; lower dedup.groups")
         centroids = train_centroids(sample, settings.groups, seed=settings.seed, iters=settings.kmeans_iters)
     else:
-        centroids = np.zeros((0, sample.shape[1] if sample.ndim == 2 else 384), np.float32)
+        centroids = np.zeros((0, sample.shape[1] if sample.ndim == 2 else DIM), np.float32)
     _save_npy(centroids_path, centroids.astype(np.float32))
     hist = similarity_histogram(sample, threshold=settings.threshold, seed=settings.seed)
     hist["note"] = "cosine similarity of all pairs of a random prompt subset (paper Fig. 3)"
@@ -102,7 +105,7 @@ def run_dedup_assign(embeddings_path: PathLike, centroids_path: PathLike, vector
                      index_out: PathLike, *, settings: DedupSettings) -> None:
     """Sort a shard's vectors by group so that a group job reads one contiguous slice of it."""
     ids, vec = read_embeddings(embeddings_path)
-    dim = vec.shape[1] if vec.ndim == 2 else 384
+    dim = vec.shape[1] if vec.ndim == 2 else DIM
     if len(vec):
         check_vectors(vec, str(embeddings_path), dim=dim)
     centroids = np.load(centroids_path)
@@ -163,7 +166,7 @@ def run_dedup_group(index_paths: Sequence[PathLike], vector_paths: Sequence[Path
         locs.append(np.arange(a, b, dtype=np.int32))
     rank = np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
     loc = np.concatenate(locs) if locs else np.zeros(0, np.int32)
-    vectors = np.concatenate(vecs) if vecs else np.zeros((0, 384), np.float16)
+    vectors = np.concatenate(vecs) if vecs else np.zeros((0, DIM), np.float16)
     # Shards are read in order and rows within a shard slice are ascending, so rank is already sorted.
     assert len(rank) < 2 or (np.diff(rank) > 0).all()
     matcher = matcher or Matcher(settings.threshold, device=settings.device, precision=settings.precision)
@@ -203,14 +206,14 @@ def run_dedup_cross(group_paths: Sequence[PathLike], index_paths: Sequence[PathL
     vec_by_shard = {shard_no(p): p for p in vector_paths}
     idx_by_shard = {shard_no(p): p for p in index_paths}
     maps: dict[int, np.ndarray] = {}
-    dim = 384
+    dim = DIM
     for p in vector_paths:
         dim = int(np.load(p, mmap_mode="r").shape[1])
         break
 
     def get_vectors(rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), dim), np.float16)
-        sh = ci.rank[rows] >> 32
+        sh = rank_shard(ci.rank[rows])
         for s in np.unique(sh):
             sel = np.flatnonzero(sh == s)
             if s not in maps:
@@ -225,7 +228,7 @@ def run_dedup_cross(group_paths: Sequence[PathLike], index_paths: Sequence[PathL
     verdicts["dup_rank"], verdicts["similarity"] = cr.dup_rank, cr.similarity
     # Ids of kept prompts, so that a keep job can name the prompt another shard's prompt duplicates.
     kept_rows = cr.source[cr.kept]
-    kept_shard = ci.rank[kept_rows] >> 32
+    kept_shard = rank_shard(ci.rank[kept_rows])
     id_parts = []
     for s in np.unique(kept_shard):
         sel = kept_rows[kept_shard == s]
@@ -257,12 +260,12 @@ def run_dedup_keep(prompts_path: PathLike, embeddings_path: PathLike, index_path
                          f"shard {shard}")
     s = int(shard)
     verdicts = np.load(verdicts_path, mmap_mode="r")
-    lo, hi = np.searchsorted(verdicts["rank"], [np.int64(s) << 32, np.int64(s + 1) << 32])
+    lo, hi = np.searchsorted(verdicts["rank"], [make_rank(s, 0), make_rank(s + 1, 0)])
     mine = np.asarray(verdicts[lo:hi])
     if len(mine) != len(records):
         raise ValueError(f"{verdicts_path} holds {len(mine)} verdicts for shard {shard}, its prompts table "
                          f"{len(records)}; rerun the dedup jobs")
-    row = (mine["rank"] & 0xFFFFFFFF).astype(np.int64)
+    row = rank_row(mine["rank"])
     assert (row == np.arange(len(records))).all()
     with np.load(index_path, allow_pickle=False) as z:
         offsets, rows_sorted = z["offsets"], z["rows"]
