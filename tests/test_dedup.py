@@ -11,8 +11,14 @@ import pytest
 
 from finet2i import shards
 from finet2i.dedup import (
+    _KEPT,
     DedupSettings,
+    KeptSet,
     Matcher,
+    _Block,
+    _decide_in_rounds,
+    _Evidence,
+    _SweepCounts,
     dedup_vectors,
     exact_cosines,
     greedy_reference,
@@ -206,6 +212,39 @@ def test_rank_round_trips_through_shard_and_row():
     ranks = np.concatenate([make_rank(s, np.arange(5)) for s in range(4)])
     lo, hi = np.searchsorted(ranks, [make_rank(2, 0), make_rank(3, 0)])
     assert (hi - lo, set(rank_shard(ranks[lo:hi]).tolist())) == (5, {2})
+
+
+def test_kept_set_grows_and_finds_its_members():
+    m = Matcher(T, device="cpu", precision="fp32")
+    x = clustered(2500, seed=5)
+    ks = KeptSet(m, x.shape[1])
+    for b0 in range(0, len(x), 700):  # 1,250 kept rows in all: past the first capacity (1,024)
+        block = _Block.load(np.arange(b0, min(len(x), b0 + 700)), lambda p: x[p], m)
+        ks.append_rows(block, np.arange(0, len(block), 2))
+    assert len(ks) == 1250 and (ks.pos == np.arange(0, len(x), 2)).all()
+    assert ks.host.numpy().tobytes() == x[ks.pos].tobytes()
+    assert ks.slots(np.array([0, 1000, 2498])).tolist() == [0, 500, 1249]
+    with pytest.raises(AssertionError, match="not in the kept set"):
+        ks.slots(np.array([3]))
+    r, c = ks.candidates(m.to_device(x[[0, 1000]]))
+    assert {(0, 0), (1, 500)} <= set(zip(r.tolist(), c.tolist(), strict=True))  # each finds itself
+
+
+def test_one_block_decided_in_rounds_is_the_greedy(hard):
+    x, ref = hard
+    m = Matcher(T, device="cpu", precision="fp32")
+    block = _Block.load(np.arange(len(x)), lambda p: x[p], m)
+    state = np.zeros(len(block), np.int8)
+    ev, counts = _Evidence(), _SweepCounts()
+    _decide_in_rounds(block, m, state, ev, counts)
+    assert np.array_equal(state == _KEPT, ref)
+    assert counts.rounds > 1 and counts.pair_products == len(x) * (len(x) - 1) // 2
+    # Evidence: only dropped prompts own some, each pair joins an earlier kept prompt above the threshold,
+    # and its cosine is the exact float64 one.
+    own, nb, sim = ev.by_owner()
+    assert set(own.tolist()) == set(np.flatnonzero(~ref).tolist())
+    assert (nb < own).all() and ref[nb].all() and (sim > T).all()
+    assert np.array_equal(sim, exact_cosines(x[own], x[nb]))
 
 
 # ------------------------------------------------------------------------------------- file-level jobs

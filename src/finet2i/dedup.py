@@ -33,7 +33,7 @@ Similarities: products run in bfloat16 on CPUs with AVX-512/AMX, float16 on GPUs
 float16, so GPU inputs are exact) or float32, and only select *candidates* above ``threshold - margin``,
 where the margin bounds the rounding error of that precision; a candidate pair whose earlier prompt is kept
 is then recomputed in float64 from the stored float16 vectors (exact in any summation order, see
-``_exact_pairs``), and a block is decided in vectorised rounds (see ``_greedy_sweep``); pairs between two
+``_exact_pairs``), and a block is decided in vectorised rounds (see ``_decide_in_rounds``); pairs between two
 dropped prompts are never looked at. Decisions therefore never depend on the hardware or on blocking.
 
 Memory plan at production scale (44.8M prompts = 1,120 shards x 40k, 384-d float16 = 768 B per prompt;
@@ -385,36 +385,6 @@ def _best_per_owner(owner: np.ndarray, nb: np.ndarray, sim: np.ndarray, n: int) 
     return best, best_nb
 
 
-def _inherit(fetch: np.ndarray, stored: Neighbors, dup_of: np.ndarray, sim_out: np.ndarray,
-             get_vectors: Callable[[np.ndarray], np.ndarray], m_pos: np.ndarray, m_host: Any, t: float
-             ) -> np.ndarray:
-    """Drop the prompts ``fetch`` that are above ``t`` with a kept prompt that dropped one of their stored
-    neighbours (``dup_of`` of a decided prompt is always kept and earlier); mask of those dropped.
-
-    Same verdicts as comparing them with the whole kept set (a kept earlier prompt above the threshold is
-    all the rule asks for); ``duplicate_of`` is the most similar of those kept prompts."""
-    owner, flat = csr_flat(stored.ptr, fetch)
-    heir = dup_of[stored.idx[flat]]
-    ok = heir >= 0
-    got = np.zeros(len(fetch), bool)
-    if not ok.any():
-        return got
-    pairs = np.unique(np.stack([owner[ok], heir[ok]], axis=1), axis=0)
-    slot = np.searchsorted(m_pos, pairs[:, 1])  # m_pos: positions of the kept set, ascending
-    if (slot >= len(m_pos)).any() or (m_pos[np.minimum(slot, len(m_pos) - 1)] != pairs[:, 1]).any():
-        raise AssertionError("dedup sweep: a duplicate_of target is not in the kept set")
-    who = np.unique(pairs[:, 0])
-    torch = __import__("torch")
-    p64 = torch.from_numpy(np.ascontiguousarray(get_vectors(fetch[who]), dtype=np.float16))
-    s = _exact_pairs(p64, np.searchsorted(who, pairs[:, 0]), m_host, slot)
-    hit = s > t
-    best, best_heir = _best_per_owner(pairs[hit, 0], pairs[hit, 1], s[hit], len(fetch))
-    got = best > -np.inf
-    dup_of[fetch[got]] = best_heir[got]
-    sim_out[fetch[got]] = best[got]
-    return got
-
-
 # ----------------------------------------------------------------------------------------------- sweep
 
 
@@ -460,150 +430,294 @@ def greedy_sweep(n: int, get_vectors: Callable[[np.ndarray], np.ndarray], matche
 def _greedy_sweep(n: int, get_vectors: Callable[[np.ndarray], np.ndarray], matcher: Matcher, *,
                   live: np.ndarray | None, stored: Neighbors | None, block_size: int, max_neighbors: int,
                   label: str, dim: int) -> SweepResult:
+    """Blocks of positions in order; each is settled from stored evidence where it can be, then compared
+    with the kept set of earlier blocks, decided inside in rounds, and its kept prompts join the kept set."""
     t0 = time.monotonic()
-    torch = matcher.torch
-    t = matcher.threshold
     live = np.ones(n, bool) if live is None else live
     stored = stored if stored is not None else Neighbors.empty(n)
     kept = np.zeros(n, bool)
     dup_of = np.full(n, NO_DUP, np.int64)
     sim_out = np.full(n, np.nan, np.float32)
     nb_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (owner position, neighbour, cosine)
-    # Kept set so far: float16 host copy (exact checks) + device copy (candidate products), grown by doubling.
-    m_pos = np.zeros(0, np.int64)
-    m_host = torch.zeros((0, dim), dtype=torch.float16)
-    m_dev = matcher.to_device(np.zeros((0, dim), np.float16))
-    m_n = 0
-    compared = fetched = inherited = 0
-    pair_products = 0
-    rounds = 0
+    kept_set = KeptSet(matcher, dim)
+    counts = _SweepCounts()
     for b0 in range(0, n, block_size):
         b1 = min(n, b0 + block_size)
         pos = np.arange(b0, b1)
         # 1. Prompts that are not live: dropped by a stored neighbour kept in an earlier block.
-        nl = pos[~live[b0:b1]]
-        fetch = np.zeros(0, np.int64)
-        if len(nl):
-            owner, flat = csr_flat(stored.ptr, nl)
-            nb = stored.idx[flat]
-            hit = kept[nb]  # kept[] is False for undecided prompts
-            best, best_nb = _best_per_owner(owner[hit], nb[hit], stored.sim[flat][hit], len(nl))
-            resolved = best > -np.inf
-            dup_of[nl[resolved]] = best_nb[resolved]
-            sim_out[nl[resolved]] = best[resolved]
-            fetch = nl[~resolved]
-        if len(fetch) and m_n:
+        fetch = _drop_by_stored(pos[~live[b0:b1]], stored, kept, dup_of, sim_out)
+        if len(fetch) and len(kept_set):
             # 1b. The rest had all their stored neighbours dropped (by kept prompts of other groups). In dense
             # clusters they are nearly always duplicates of what dropped those neighbours: check those kept
             # prompts in float64 before comparing the prompt with the whole kept set. On the 5M-prompt GPU
             # run this was 907k of the 2.4M prompts the cross pass compared by vector.
-            got = _inherit(fetch, stored, dup_of, sim_out, get_vectors, m_pos[:m_n], m_host, t)
-            inherited += int(got.sum())
+            got = _inherit(fetch, stored, dup_of, sim_out, get_vectors, kept_set, matcher.threshold)
+            counts.inherited += int(got.sum())
             fetch = fetch[~got]
-        fetched += len(fetch)
+        counts.fetched += len(fetch)
         cmp_pos = np.sort(np.concatenate([pos[live[b0:b1]], fetch]))
         if len(cmp_pos) == 0:
             continue
-        q_host = torch.from_numpy(np.ascontiguousarray(get_vectors(cmp_pos), dtype=np.float16))
-        compared += len(cmp_pos)
-        q_dev = matcher.to_device(q_host.numpy())
-        q64 = q_host.double()
-        nq = len(cmp_pos)
-        # Evidence: (prompt in the block, earlier kept prompt, float64 cosine > threshold).
-        ev_own: list[np.ndarray] = []
-        ev_nb: list[np.ndarray] = []
-        ev_sim: list[np.ndarray] = []
-        state = np.zeros(nq, np.int8)  # 0 undecided, 1 kept, 2 dropped
-        # 2. Against the kept set of earlier blocks: every pair found there is evidence.
-        if m_n:
-            r, c = matcher.candidates(q_dev, m_dev[:m_n])
-            pair_products += nq * m_n
-            if len(r):
-                s = _exact_pairs(q64, r, m_host, c)
-                sel = s > t
-                ev_own.append(r[sel])
-                ev_nb.append(m_pos[c[sel]])
-                ev_sim.append(s[sel])
-                state[r[sel]] = _DROPPED
-        # 3. Inside the block, decided in rounds instead of one prompt at a time: a prompt is kept as soon as
-        # none of its earlier candidates is undecided and no kept one is above the threshold (an earlier
-        # dropped prompt never matters); it is dropped as soon as a kept earlier one is above the threshold.
-        # Each round decides at least the earliest undecided prompt, so this is the same greedy in rank order;
-        # rounds track the longest keep/drop chain (a few), and only pairs whose earlier prompt is kept are
-        # ever checked in float64: in dense clusters nearly all pairs join two dropped prompts and are skipped.
-        r, c = matcher.candidates(q_dev, q_dev, upper=True)
-        pair_products += nq * (nq - 1) // 2
-        while True:
-            rounds += 1
-            pending = np.zeros(nq, bool)
-            pending[c] = True  # every remaining pair's earlier prompt is undecided
-            new = (state == _UNDECIDED) & ~pending
-            if not new.any():
-                break  # all decided: the earliest undecided prompt would have no pending pair
-            state[new] = _KEPT
-            sel = new[r]
-            er, ec = r[sel], c[sel]
-            if len(er):
-                s = _exact_pairs(q64, er, q64, ec)
-                hit = s > t
-                ev_own.append(ec[hit])
-                ev_nb.append(cmp_pos[er[hit]])
-                ev_sim.append(s[hit])
-                dropped = ec[hit]
-                state[dropped[state[dropped] == _UNDECIDED]] = _DROPPED
-                r, c = r[~sel], c[~sel]
-            live_pair = state[r] == _UNDECIDED
-            r, c = r[live_pair], c[live_pair]
-        # 4. Outcomes: the best evidence per dropped prompt (highest cosine, then earliest), the top few stored.
+        block = _Block.load(cmp_pos, get_vectors, matcher)
+        counts.compared += len(block)
+        ev = _Evidence()
+        state = np.zeros(len(block), np.int8)  # _UNDECIDED, _KEPT or _DROPPED per prompt of the block
+        # 2. Against the kept set of earlier blocks, 3. inside the block.
+        _drop_by_kept_set(block, kept_set, matcher.threshold, state, ev, counts)
+        _decide_in_rounds(block, matcher, state, ev, counts)
+        # 4. Outcomes: verdicts and the evidence to store; the kept prompts join the kept set.
         new_kept = np.flatnonzero(state == _KEPT)
-        kept[cmp_pos[new_kept]] = True
-        own = np.concatenate(ev_own) if ev_own else np.zeros(0, np.int64)
-        if len(own):
-            nbp = np.concatenate(ev_nb)
-            sim = np.concatenate(ev_sim)
-            order = np.lexsort((nbp, -sim, own))
-            own, nbp, sim = own[order], nbp[order], sim[order]
-            head = np.r_[True, own[1:] != own[:-1]]
-            dup_of[cmp_pos[own[head]]] = nbp[head]
-            sim_out[cmp_pos[own[head]]] = sim[head]
-            if max_neighbors:
-                starts = np.flatnonzero(head)
-                within = np.arange(len(own)) - np.repeat(starts, np.diff(np.r_[starts, len(own)]))
-                top = within < max_neighbors
-                nb_parts.append((cmp_pos[own[top]], nbp[top], sim[top].astype(np.float32)))
+        kept[block.pos[new_kept]] = True
+        part = _record_evidence(ev, block.pos, dup_of, sim_out, max_neighbors)
+        if part is not None:
+            nb_parts.append(part)
         if len(new_kept):
-            idx = torch.from_numpy(new_kept)
-            need = m_n + len(idx)
-            if need > len(m_host):
-                cap = max(need, 2 * len(m_host), 1024)
-                grown = torch.zeros((cap, dim), dtype=torch.float16)
-                grown[:m_n] = m_host[:m_n]
-                m_host = grown
-                grown_pos = np.zeros(cap, np.int64)
-                grown_pos[:m_n] = m_pos[:m_n]
-                m_pos = grown_pos
-                new_dev = matcher.to_device(np.zeros((cap, dim), np.float16))
-                new_dev[:m_n] = m_dev[:m_n]
-                m_dev = new_dev
-            m_host[m_n:need] = q_host[idx]
-            m_pos[m_n:need] = cmp_pos[new_kept]
-            m_dev[m_n:need] = q_dev[idx.to(q_dev.device)]
-            m_n = need
-    # Blocks run in rank order and each part is sorted by owner, so the parts concatenate into CSR order.
-    nb_own = np.concatenate([p[0] for p in nb_parts]) if nb_parts else np.zeros(0, np.int64)
-    nidx = np.concatenate([p[1] for p in nb_parts]) if nb_parts else np.zeros(0, np.int64)
-    nsim = np.concatenate([p[2] for p in nb_parts]) if nb_parts else np.zeros(0, np.float32)
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(nb_own, minlength=n), out=ptr[1:])
-    res = SweepResult(kept, dup_of, sim_out, Neighbors(ptr, nidx, nsim), compared=compared, fetched=fetched,
-                      pair_products=pair_products)
-    res.stats = {"prompts": n, "kept": int(kept.sum()), "compared": compared, "fetched": fetched,
-                 "inherited": inherited,
-                 "pair_products": pair_products, "rounds": rounds, "seconds": round(time.monotonic() - t0, 3),
+            kept_set.append_rows(block, new_kept)
+    res = SweepResult(kept, dup_of, sim_out, _neighbors_csr(nb_parts, n), compared=counts.compared,
+                      fetched=counts.fetched, pair_products=counts.pair_products)
+    res.stats = {"prompts": n, "kept": int(kept.sum()), "compared": counts.compared, "fetched": counts.fetched,
+                 "inherited": counts.inherited, "pair_products": counts.pair_products, "rounds": counts.rounds,
+                 "seconds": round(time.monotonic() - t0, 3),
                  "precision": matcher.precision, "device": str(matcher.device)}
     log.info("%s: %d prompts, %d kept, %d compared by vector (%d fetched), %.2e pair products, %.1f s", label,
-             n, res.stats["kept"], compared, fetched, pair_products, res.stats["seconds"])
+             n, res.stats["kept"], counts.compared, counts.fetched, counts.pair_products, res.stats["seconds"])
     return res
+
+
+@dataclass
+class _SweepCounts:
+    compared: int = 0  # prompts that went through products
+    fetched: int = 0  # not-live prompts compared by vector (their stored evidence ran out)
+    inherited: int = 0  # not-live prompts dropped by what dropped their stored neighbours (step 1b)
+    pair_products: int = 0
+    rounds: int = 0  # rounds of _decide_in_rounds, over all blocks
+
+
+@dataclass
+class _Block:
+    """The prompts of one block that are compared by vector: sweep positions (ascending) and their vectors as
+    float16 on the host, on the matcher's device (candidate products) and as float64 (exact checks)."""
+
+    pos: np.ndarray  # int64 (nq,)
+    host: Any  # torch float16 (nq, dim)
+    dev: Any  # torch, matcher's device and precision
+    f64: Any  # torch float64
+
+    @classmethod
+    def load(cls, pos: np.ndarray, get_vectors: Callable[[np.ndarray], np.ndarray], matcher: Matcher) -> _Block:
+        host = matcher.torch.from_numpy(np.ascontiguousarray(get_vectors(pos), dtype=np.float16))
+        return cls(pos, host, matcher.to_device(host.numpy()), host.double())
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+
+class KeptSet:
+    """The prompts kept so far in a sweep, in the order they were kept (ascending position): their positions,
+    a float16 host copy (exact float64 checks) and a device copy in the matcher's precision (candidate
+    products). Storage grows by doubling, so appending costs amortised time proportional to what is added."""
+
+    def __init__(self, matcher: Matcher, dim: int) -> None:
+        self._matcher = matcher
+        self._dim = dim
+        self._n = 0
+        self._pos = np.zeros(0, np.int64)
+        self._host = matcher.torch.zeros((0, dim), dtype=matcher.torch.float16)
+        self._dev = matcher.to_device(np.zeros((0, dim), np.float16))
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def pos(self) -> np.ndarray:
+        """Sweep positions of the kept prompts, ascending; a kept prompt's slot is its index here."""
+        return self._pos[:self._n]
+
+    @property
+    def host(self) -> Any:
+        """float16 vectors (torch, on the host), one row per slot."""
+        return self._host[:self._n]
+
+    def candidates(self, q_dev: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(row of ``q_dev``, slot) of the pairs whose low-precision cosine may be above the threshold."""
+        return self._matcher.candidates(q_dev, self._dev[:self._n])
+
+    def slots(self, positions: np.ndarray) -> np.ndarray:
+        """Slot of each of ``positions``; AssertionError when one of them is not kept."""
+        pos = self.pos
+        slot = np.searchsorted(pos, positions)
+        if (slot >= len(pos)).any() or (pos[np.minimum(slot, len(pos) - 1)] != positions).any():
+            raise AssertionError("dedup sweep: a duplicate_of target is not in the kept set")
+        return slot
+
+    def append_rows(self, block: _Block, rows: np.ndarray) -> None:
+        """Add the prompts ``block.pos[rows]``, which come after every prompt already kept."""
+        need = self._n + len(rows)
+        if need > len(self._host):
+            self._grow(max(need, 2 * len(self._host), 1024))
+        idx = self._matcher.torch.from_numpy(rows)
+        self._host[self._n:need] = block.host[idx]
+        self._pos[self._n:need] = block.pos[rows]
+        self._dev[self._n:need] = block.dev[idx.to(block.dev.device)]
+        self._n = need
+
+    def _grow(self, cap: int) -> None:
+        n = self._n
+        host = self._matcher.torch.zeros((cap, self._dim), dtype=self._matcher.torch.float16)
+        host[:n] = self._host[:n]
+        pos = np.zeros(cap, np.int64)
+        pos[:n] = self._pos[:n]
+        dev = self._matcher.to_device(np.zeros((cap, self._dim), np.float16))
+        dev[:n] = self._dev[:n]
+        self._host, self._pos, self._dev = host, pos, dev
+
+
+class _Evidence:
+    """Pairs found while deciding one block: (prompt of the block, sweep position of an earlier kept prompt,
+    float64 cosine > threshold)."""
+
+    def __init__(self) -> None:
+        self._own: list[np.ndarray] = []
+        self._nb: list[np.ndarray] = []
+        self._sim: list[np.ndarray] = []
+
+    def add(self, own: np.ndarray, nb: np.ndarray, sim: np.ndarray) -> None:
+        self._own.append(own)
+        self._nb.append(nb)
+        self._sim.append(sim)
+
+    def by_owner(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(own, nb, sim) sorted by owner, then highest cosine, then earliest neighbour: the best comes first."""
+        if not self._own:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+        own, nb, sim = np.concatenate(self._own), np.concatenate(self._nb), np.concatenate(self._sim)
+        order = np.lexsort((nb, -sim, own))
+        return own[order], nb[order], sim[order]
+
+
+def _drop_by_stored(nl: np.ndarray, stored: Neighbors, kept: np.ndarray, dup_of: np.ndarray,
+                    sim_out: np.ndarray) -> np.ndarray:
+    """Drop the not-live prompts ``nl`` that have a stored neighbour already kept, with the most similar such
+    neighbour as ``dup_of``; the others (to be fetched and compared), in the order of ``nl``."""
+    if not len(nl):
+        return np.zeros(0, np.int64)
+    owner, flat = csr_flat(stored.ptr, nl)
+    nb = stored.idx[flat]
+    hit = kept[nb]  # kept[] is False for undecided prompts
+    best, best_nb = _best_per_owner(owner[hit], nb[hit], stored.sim[flat][hit], len(nl))
+    resolved = best > -np.inf
+    dup_of[nl[resolved]] = best_nb[resolved]
+    sim_out[nl[resolved]] = best[resolved]
+    return nl[~resolved]
+
+
+def _inherit(fetch: np.ndarray, stored: Neighbors, dup_of: np.ndarray, sim_out: np.ndarray,
+             get_vectors: Callable[[np.ndarray], np.ndarray], kept_set: KeptSet, t: float) -> np.ndarray:
+    """Drop the prompts ``fetch`` that are above ``t`` with a kept prompt that dropped one of their stored
+    neighbours (``dup_of`` of a decided prompt is always kept and earlier); mask of those dropped.
+
+    Same verdicts as comparing them with the whole kept set (a kept earlier prompt above the threshold is
+    all the rule asks for); ``duplicate_of`` is the most similar of those kept prompts."""
+    owner, flat = csr_flat(stored.ptr, fetch)
+    heir = dup_of[stored.idx[flat]]
+    ok = heir >= 0
+    got = np.zeros(len(fetch), bool)
+    if not ok.any():
+        return got
+    pairs = np.unique(np.stack([owner[ok], heir[ok]], axis=1), axis=0)
+    slot = kept_set.slots(pairs[:, 1])
+    who = np.unique(pairs[:, 0])
+    torch = __import__("torch")
+    p64 = torch.from_numpy(np.ascontiguousarray(get_vectors(fetch[who]), dtype=np.float16))
+    s = _exact_pairs(p64, np.searchsorted(who, pairs[:, 0]), kept_set.host, slot)
+    hit = s > t
+    best, best_heir = _best_per_owner(pairs[hit, 0], pairs[hit, 1], s[hit], len(fetch))
+    got = best > -np.inf
+    dup_of[fetch[got]] = best_heir[got]
+    sim_out[fetch[got]] = best[got]
+    return got
+
+
+def _drop_by_kept_set(block: _Block, kept_set: KeptSet, t: float, state: np.ndarray, ev: _Evidence,
+                      counts: _SweepCounts) -> None:
+    """Step 2: drop the prompts of the block above ``t`` with a prompt kept in an earlier block; every such
+    pair found is evidence."""
+    if not len(kept_set):
+        return
+    r, c = kept_set.candidates(block.dev)
+    counts.pair_products += len(block) * len(kept_set)
+    if len(r):
+        s = _exact_pairs(block.f64, r, kept_set.host, c)
+        sel = s > t
+        ev.add(r[sel], kept_set.pos[c[sel]], s[sel])
+        state[r[sel]] = _DROPPED
+
+
+def _decide_in_rounds(block: _Block, matcher: Matcher, state: np.ndarray, ev: _Evidence,
+                      counts: _SweepCounts) -> None:
+    """Step 3: decide every undecided prompt of the block against the earlier prompts of the block.
+
+    Decided in rounds instead of one prompt at a time: a prompt is kept as soon as none of its earlier
+    candidates is undecided and no kept one is above the threshold (an earlier dropped prompt never matters);
+    it is dropped as soon as a kept earlier one is above the threshold. Each round decides at least the
+    earliest undecided prompt, so this is the same greedy in rank order; rounds track the longest keep/drop
+    chain (a few), and only pairs whose earlier prompt is kept are ever checked in float64: in dense clusters
+    nearly all pairs join two dropped prompts and are skipped.
+    """
+    t = matcher.threshold
+    nq = len(block)
+    r, c = matcher.candidates(block.dev, block.dev, upper=True)
+    counts.pair_products += nq * (nq - 1) // 2
+    while True:
+        counts.rounds += 1
+        pending = np.zeros(nq, bool)
+        pending[c] = True  # every remaining pair's earlier prompt is undecided
+        new = (state == _UNDECIDED) & ~pending
+        if not new.any():
+            break  # all decided: the earliest undecided prompt would have no pending pair
+        state[new] = _KEPT
+        sel = new[r]
+        er, ec = r[sel], c[sel]
+        if len(er):
+            s = _exact_pairs(block.f64, er, block.f64, ec)
+            hit = s > t
+            ev.add(ec[hit], block.pos[er[hit]], s[hit])
+            dropped = ec[hit]
+            state[dropped[state[dropped] == _UNDECIDED]] = _DROPPED
+            r, c = r[~sel], c[~sel]
+        live_pair = state[r] == _UNDECIDED
+        r, c = r[live_pair], c[live_pair]
+
+
+def _record_evidence(ev: _Evidence, block_pos: np.ndarray, dup_of: np.ndarray, sim_out: np.ndarray,
+                     max_neighbors: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Step 4: ``dup_of`` and ``similarity`` of each dropped prompt of the block from its best evidence
+    (highest cosine, then earliest); returns the top ``max_neighbors`` pairs per prompt to store, as
+    (owner position, neighbour position, float32 cosine) sorted by owner, or None when there are none."""
+    own, nbp, sim = ev.by_owner()
+    if not len(own):
+        return None
+    head = np.r_[True, own[1:] != own[:-1]]
+    dup_of[block_pos[own[head]]] = nbp[head]
+    sim_out[block_pos[own[head]]] = sim[head]
+    if not max_neighbors:
+        return None
+    starts = np.flatnonzero(head)
+    within = np.arange(len(own)) - np.repeat(starts, np.diff(np.r_[starts, len(own)]))
+    top = within < max_neighbors
+    return block_pos[own[top]], nbp[top], sim[top].astype(np.float32)
+
+
+def _neighbors_csr(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> Neighbors:
+    """The stored evidence of all blocks as CSR over the ``n`` positions.
+
+    Blocks run in rank order and each part is sorted by owner, so the parts concatenate into CSR order."""
+    nb_own = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    nidx = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    nsim = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(nb_own, minlength=n), out=ptr[1:])
+    return Neighbors(ptr, nidx, nsim)
 
 
 # ------------------------------------------------------------------------------------ the two passes
