@@ -14,8 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from finet2i import paper
-from finet2i.stages.report import DEMO_BANNER, read_stats, resolution_label, run_report
+from finet2i import paper, pipeline
+from finet2i.reporting.distributions import resolution_label
+from finet2i.reporting.funnel import read_stats
+from finet2i.reporting.render import DEMO_BANNER, render_html
+from finet2i.reporting.tables import Table
+from finet2i.stages.report import run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSETS = ["pe_ar", "pe_as", "po_ar", "po_as"]
@@ -41,16 +45,16 @@ def run_dir(tmp_path):
         stats.append(_stats(r / "specs" / f"{shard}.stats.json", "specs", shard, 10, 10, {}))
         stats.append(_stats(r / "prompts" / f"{shard}.stats.json", "prompts", shard, 10, 8, {"too_short": 2},
                             model="prompt-llm"))
-        stats.append(_stats(r / "dedup" / "keep" / f"{shard}.stats.json", "dedup", shard, 8, 4,
+        stats.append(_stats(r / "dedup" / f"{shard}.stats.json", "dedup", shard, 8, 4,
                             {"duplicate": 4}))
         stats.append(_stats(r / "guard" / f"{shard}.stats.json", "guard", shard, 4, 4, {}))
         for subset in SUBSETS:
-            stats.append(_stats(r / "images" / subset / f"{shard}.stats.json", "generate", shard, 4, 4, {}))
-            stats.append(_stats(r / "pairs" / subset / f"{shard}.stats.json", "pair_filter", shard, 4, 2,
+            stats.append(_stats(r / "generate" / subset / f"{shard}.stats.json", "generate", shard, 4, 4, {}))
+            stats.append(_stats(r / "pair_filter" / subset / f"{shard}.stats.json", "pair_filter", shard, 4, 2,
                                 {"aesthetic": 1, "judge": 1}, model="judge"))
     # A broken shard: 5 in, 3 kept, 1 dropped.
     stats.append(_stats(r / "attributes" / "00000.stats.json", "attributes", "00000", 5, 3, {"style": 1}))
-    stats.append(_stats(r / "curated" / "score" / "00000.stats.json", "curated_score", "00000", 6, 3,
+    stats.append(_stats(r / "curated_score" / "00000.stats.json", "curated_score", "00000", 6, 3,
                         {"aesthetic": 3}))
 
     styles = list(paper.STYLE_TABLE)
@@ -106,6 +110,61 @@ def test_funnel_sums_shards_and_splits_subsets(run_dir):
     assert cmp["pair_filter [pe_ar]"]["ours_retention"] == pytest.approx(0.5)
     assert cmp["real images"]["ours_kept"] == 3 and cmp["real images"]["paper_kept"] == 168_424
     assert funnel["samples"] == {"pe_ar": 6, "pe_as": 6, "po_ar": 6, "po_as": 6, "real": 3}
+
+
+def test_funnel_order_follows_the_pipeline(tmp_path, monkeypatch):
+    """Rows come in finet2i.pipeline's order whatever order the files are given in; a stage the pipeline
+    does not declare comes last; per-subset stages take their subset from the path, package_real from extra."""
+    r = tmp_path / "results"
+    stats = [_stats(r / "old_stage" / "00000.stats.json", "old_stage", "00000", 1, 1, {})]
+    for s in reversed(pipeline.STAGES):
+        if s.name == "package_real":
+            stats.append(_stats(r / "dataset" / "real" / "package_real-00000.stats.json", s.name, "00000", 2, 2,
+                                {}, subset="real"))
+        elif s.per_subset:
+            stats += [_stats(tmp_path / s.results / sub / "00000.stats.json", s.name, "00000", 2, 2, {})
+                      for sub in reversed(SUBSETS)]
+        else:
+            stats.append(_stats(tmp_path / s.results / "00000.stats.json", s.name, "00000", 2, 2, {}))
+    labels = [row.label for row in read_stats(stats, [*SUBSETS, "real"])]
+    expected = []
+    for s in pipeline.STAGES:
+        if s.per_subset:
+            expected += [f"{s.name} [{sub}]" for sub in sorted(SUBSETS)]
+        else:
+            expected.append(f"{s.name} [real]" if s.name == "package_real" else s.name)
+    assert labels == [*expected, "old_stage"]
+    # The order is read from finet2i.pipeline, not a copy of it.
+    backwards = tuple(reversed(pipeline.stage_order()))
+    monkeypatch.setattr(pipeline, "stage_order", lambda: backwards)
+    stages = [row.stage for row in read_stats(stats, [*SUBSETS, "real"])]
+    assert list(dict.fromkeys(stages)) == [*backwards, "old_stage"]
+
+
+def test_real_images_row_reads_package_real(run_dir):
+    tmp, stats, indexes, sim = run_dir
+    real = _stats(tmp / "results" / "dataset" / "real" / "00000.stats.json", "package_real", "00000", 3, 2,
+                  {"too_small": 1}, subset="real")
+    funnel = run_report([*stats, real], indexes, sim, str(tmp / "report"), demo=False, config=CONFIG)
+    cmp = {c["step"]: c for c in funnel["paper_comparison"]}
+    assert cmp["real images"]["ours_kept"] == 2  # not curated_score's 3
+    assert [s["label"] for s in funnel["stages"]][-1] == "package_real [real]"
+
+
+def test_html_escapes_prompts_and_stage_names(tmp_path):
+    evil = "<script>alert('x')</script>"
+    stats = [_stats(tmp_path / "x" / "00000.stats.json", evil, "00000", 3, 2, {f"judge said {evil}": 1},
+                    model=evil)]
+    funnel = run_report(stats, [], None, str(tmp_path / "report"), demo=False, config=CONFIG)
+    assert funnel["stages"][0]["stage"] == evil
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    table = Table(f"title {evil}", [evil], [[f"a prompt: {evil}"], ["FLAG: <b>bold</b>"]], note=evil,
+                  footer=evil)
+    page = render_html([table], {}, [evil], {"seed": evil}, demo=True)
+    assert "<script" not in page.lower() and "<b>" not in page
+    assert page.count("&lt;script&gt;") == 7 and "FLAG: &lt;b&gt;bold&lt;/b&gt;" in page
 
 
 def test_inconsistent_stats_are_flagged(run_dir):

@@ -1,0 +1,78 @@
+"""The report's tables and figures as Markdown (figures linked from ``figures/``) and as one self-contained
+HTML page (``templates/report.html.j2``, its CSS inlined from ``templates/report.css``, figures embedded as
+base64 PNG).
+
+The HTML is rendered with autoescape on: stage names, drop reasons, labels and paths are text, so a prompt
+or a model's answer that reaches the report is shown, never interpreted as markup. jinja2 is imported only
+when rendering.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from finet2i.reporting.tables import Table, fmt
+
+TITLE = "Fine-T2I pipeline report"
+DEMO_BANNER = ("DEMO OUTPUT IS NOT A DATASET: this run used tiny random-weight models and demo thresholds; "
+               "its numbers only show that the pipeline runs end to end.")
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+HTML_TEMPLATE = "report.html.j2"
+
+
+def _meta_line(meta: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {fmt(v)}" for k, v in meta.items())
+
+
+def render_markdown(tables: list[Table], figures: dict[str, tuple[str, bytes]], flags: list[str],
+                    meta: dict[str, Any], demo: bool) -> str:
+    lines = [f"# {TITLE}", ""]
+    if demo:
+        lines += [f"> **{DEMO_BANNER}**", ""]
+    lines += [_meta_line(meta), ""]
+    lines += ["## Flags", ""] + ([f"- {f}" for f in flags] or ["- none"]) + [""]
+    for t in tables:
+        lines += [f"## {t.title}", ""]
+        if t.note:
+            lines += [f"_{t.note}_", ""]
+        lines.append("| " + " | ".join(t.headers) + " |")
+        lines.append("|" + "---|" * len(t.headers))
+        for r in t.rows:
+            lines.append("| " + " | ".join(fmt(v).replace("|", "\\|") for v in r) + " |")
+        lines.append("")
+        if t.footer:
+            lines += [f"_{t.footer}_", ""]
+    for key, (caption, _) in figures.items():
+        lines += [f"## {caption}", "", f"![{caption}](figures/{key}.png)", ""]
+    return "\n".join(lines)
+
+
+def _environment() -> Any:
+    import jinja2
+
+    # autoescape=True, not select_autoescape(): the template's name ends in .j2, which select_autoescape's
+    # extension list would not match, leaving the page unescaped.
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
+
+
+def render_html(tables: list[Table], figures: dict[str, tuple[str, bytes]], flags: list[str],
+                meta: dict[str, Any], demo: bool) -> str:
+    context = {
+        "title": TITLE,
+        "demo": demo,
+        "banner": DEMO_BANNER,
+        "meta": _meta_line(meta),
+        "flags": flags,
+        "tables": [{
+            "title": t.title, "note": t.note, "footer": t.footer, "headers": t.headers,
+            "rows": [[{"text": fmt(v), "flag": isinstance(v, str) and v.startswith("FLAG")} for v in r]
+                     for r in t.rows],
+        } for t in tables],
+        "figures": [{"caption": caption, "png_base64": base64.b64encode(png).decode("ascii")}
+                    for caption, png in figures.values()],
+    }
+    return str(_environment().get_template(HTML_TEMPLATE).render(context))
