@@ -38,6 +38,10 @@ INFRASTRUCTURE = frozenset({
     "finet2i.config",
     "finet2i.workflow",
     "finet2i.codehash",
+    "finet2i.runner",
+    "finet2i.settings",
+    "finet2i.pipeline",
+    "finet2i.embeddings",
 })
 
 _SKIPPED_TOKENS = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}

@@ -13,6 +13,8 @@ import numpy as np
 
 from finet2i import shards
 
+DIM = 384  # all-MiniLM-L6-v2's output size; files of another embedder carry their own width
+
 
 def write_embeddings(path: str | os.PathLike[str], ids: list[str], vectors: np.ndarray, *, model: str,
                      fingerprint: str) -> None:

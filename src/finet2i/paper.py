@@ -152,5 +152,5 @@ def marginals() -> dict[str, dict[str, float]]:
 
 def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
     """Total-variation distance of two distributions over labels (missing labels count as 0)."""
-    keys = set(p) | set(q)
+    keys = sorted(set(p) | set(q))  # a fixed order: a float sum depends on it, and a report must not vary
     return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,16 @@ def read_records(path: str | os.PathLike[str], columns: Sequence[str] | None = N
     return read_table(path, columns).to_pylist()
 
 
-def read_kept(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> list[Record]:
-    """Records of an upstream shard table that its stage kept, without the verdict columns."""
-    table = read_table(path)
+def read_kept(path: str | os.PathLike[str], columns: Sequence[str] | None = None,
+              exclude: Sequence[str] = ()) -> list[Record]:
+    """Records of an upstream shard table that its stage kept, without the verdict columns.
+
+    ``exclude``: columns not to read at all (a shard's ``image`` bytes do not belong in memory at once)."""
+    if exclude:
+        names = pq.read_schema(path).names if Path(path).exists() else []
+        table = read_table(path, [c for c in names if c not in exclude] or None)
+    else:
+        table = read_table(path)
     if KEPT in table.column_names:
         mask = table.column(KEPT).fill_null(False)
         table = table.filter(mask)
@@ -162,19 +169,62 @@ def stats_path(table_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name.split(".")[0] + ".stats.json")
 
 
+def write_stats(path: str | os.PathLike[str], records: Iterable[Record], *, stage: str, shard: str,
+                started: float, model: str | None = None, **extra: Any) -> StageStats:
+    """Count a stage's verdicts (records carry ``kept``/``drop_reason``), write its stats JSON, log the counts.
+
+    The one way every stage finishes a shard, chunked or not; write it after the outputs (completion marker).
+    """
+    stats = StageStats.from_records(stage, shard, records, seconds=time.monotonic() - started, model=model,
+                                    **extra)
+    stats.write(path)
+    log.info("%s/%s: %d in, %d kept, dropped %s", stage, shard, stats.records_in, stats.kept, stats.dropped)
+    return stats
+
+
 def write_stage_output(table_path: str | os.PathLike[str], records: Sequence[Record], *, stage: str,
                        shard: str, started: float, model: str | None = None,
-                       stats_file: str | os.PathLike[str] | None = None, **extra: Any) -> StageStats:
+                       stats_file: str | os.PathLike[str] | None = None, schema: pa.Schema | None = None,
+                       **extra: Any) -> StageStats:
     """Write a stage's shard table, then its stats JSON (the completion marker)."""
     for r in records:
         if KEPT not in r:
             raise ValueError(f"{stage}/{shard}: record {r.get('id')!r} has no verdict; call shards.mark()")
-    write_table(table_path, records)
-    stats = StageStats.from_records(stage, shard, records, seconds=time.monotonic() - started,
-                                    model=model, **extra)
-    stats.write(stats_file or stats_path(table_path))
-    log.info("%s/%s: %d in, %d kept, dropped %s", stage, shard, stats.records_in, stats.kept, stats.dropped)
-    return stats
+    write_table(table_path, records, schema)
+    return write_stats(stats_file or stats_path(table_path), records, stage=stage, shard=shard, started=started,
+                       model=model, **extra)
+
+
+class StreamWriter:
+    """Parquet rows in small row groups, written atomically (temp file + rename on success)."""
+
+    def __init__(self, path: str | os.PathLike[str], schema: pa.Schema, batch: int = 32) -> None:
+        self.path, self.schema, self.batch = path, schema, batch
+        self.buffer: list[Record] = []
+
+    def __enter__(self) -> StreamWriter:
+        self._ctx = atomic_path(self.path)
+        tmp = self._ctx.__enter__()
+        self.writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+        return self
+
+    def write(self, rec: Record) -> None:
+        self.buffer.append(rec)
+        if len(self.buffer) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
+            self.buffer = []
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            self.writer.close()
+            self._ctx.__exit__(exc_type, exc, tb)
 
 
 class ChunkCheckpoint:
@@ -234,6 +284,8 @@ def fingerprint(ids: Iterable[str], *parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def known_settings(cls: type[Any], section: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of a config section that the settings dataclass cls declares (others are other code's)."""
-    return {k: section[k] for k in cls.__dataclass_fields__ if k in section}
+def record_digest(record: Record) -> str:
+    """A hash of a record's content (every column), for checkpoints that must not outlive changed inputs."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=repr).encode()).hexdigest()

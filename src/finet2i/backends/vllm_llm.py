@@ -276,6 +276,11 @@ class LazyChat:
             self._llm = None
 
 
+def lazy_chat(spec: ModelSpec, given: Any = None, **kwargs: Any) -> Any:
+    """A stage's chat backend: ``given`` (an already built one, e.g. a test's) or a :class:`LazyChat`."""
+    return given if given is not None else LazyChat(spec, seed=0, **kwargs)
+
+
 def chat_seeded(llm: Any, conversations: list[list[Message]], sampling: Sampling,
                 constraint: Constraint | None, seeds: Sequence[int]) -> list[str]:
     """``llm.chat`` with one seed per conversation, for any :class:`ChatLLM`.
