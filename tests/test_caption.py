@@ -77,7 +77,7 @@ def test_run_caption_on_tiny_qwen3_vl(tmp_path: Path, tiny_qwen3_vl: Path, tiny_
     shards.write_table(score, rows)
     out = tmp_path / "caption" / "00000.parquet"
     settings = {"temperature": 0.0, "max_tokens": 16, "chunk_size": 2}
-    stats = run_caption(score, out, shard="00000", settings=settings,
+    stats = run_caption(score, score, out, shard="00000", settings=settings,  # the score rows hold bytes here
                         model=vlm_spec(tiny_qwen3_vl, "models.captioner"),
                         stats_path=tmp_path / "caption" / "00000.stats.json", vlm=tiny_vlm)
     got = shards.read_records(out)

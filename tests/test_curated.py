@@ -19,9 +19,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from finet2i import shards
+from finet2i import images, shards
 from finet2i.models import ModelSpec
-from finet2i.stages import curated
+from finet2i.stages import curated_ingest, curated_score
 
 SETTINGS = {"aesthetic_threshold": 3.0, "max_pixels": 40_000_000, "min_side": 48, "timeout_s": 2.0,
             "retries": 1, "backoff_s": 0.01, "chunk_size": 2}
@@ -141,7 +141,7 @@ def test_url_ingest_validates_and_normalises(server, tmp_path):
         f"{base}/missing.jpg", f"http://127.0.0.1:{closed_port()}/gone.jpg", f"{base}/flaky/astronaut.jpg"]
     lst.write_text("\n".join(lines) + "\n")
     out = tmp_path / "ingest" / "00000.parquet"
-    stats = curated.run_curated_ingest([str(lst)], out, cshard="00000", n_shards=1, settings=SETTINGS,
+    stats = curated_ingest.run_curated_ingest([str(lst)], out, cshard="00000", n_shards=1, settings=SETTINGS,
                                        stats_path=shards.stats_path(out), workers=4)
     rows = shards.read_records(out)
     got = {r["locator"].removeprefix(base + "/"): r for r in rows}
@@ -173,7 +173,7 @@ def test_url_ingest_validates_and_normalises(server, tmp_path):
 def test_normalised_images_are_rgb_jpegs_with_the_right_pixels(server, tmp_path):
     _, root = server
     out = tmp_path / "00000.parquet"
-    curated.run_curated_ingest([str(root)], out, cshard="00000", n_shards=1, settings=SETTINGS,
+    curated_ingest.run_curated_ingest([str(root)], out, cshard="00000", n_shards=1, settings=SETTINGS,
                                stats_path=tmp_path / "00000.stats.json")
     got = by_locator(out)
 
@@ -198,11 +198,10 @@ def test_normalised_images_are_rgb_jpegs_with_the_right_pixels(server, tmp_path)
 
 
 def test_huge_header_is_rejected_without_decoding():
-    settings = curated.CuratedSettings.from_config({"max_pixels": 10**12, "min_side": 1})
     tracemalloc.start()
     try:
-        with pytest.raises(curated.Rejected) as e:
-            curated.normalise_image(png_header(20000, 20000), settings)
+        with pytest.raises(images.Rejected) as e:
+            images.normalise_image(png_header(20000, 20000), max_pixels=10**12, min_side=1, jpeg_quality=95)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -212,9 +211,9 @@ def test_huge_header_is_rejected_without_decoding():
 
 def test_fetch_timeout_is_unreachable(server):
     base, _ = server
-    settings = curated.CuratedSettings.from_config({**SETTINGS, "timeout_s": 0.3, "retries": 0})
+    settings = curated_ingest.IngestSettings.from_config({**SETTINGS, "timeout_s": 0.3, "retries": 0})
     t0 = time.monotonic()
-    f = curated.fetch(curated.SourceItem("x", f"{base}/slow/astronaut.jpg"), settings)
+    f = curated_ingest.fetch(curated_ingest.SourceItem("x", f"{base}/slow/astronaut.jpg"), settings)
     assert f.reason == "unreachable" and f.data is None and "timed out" in (f.error or "").lower()
     assert time.monotonic() - t0 < 1.4
 
@@ -231,10 +230,10 @@ def test_shards_are_stable_disjoint_and_complete(tmp_path):
     for k in range(n):
         cs = f"{k:05d}"
         out = tmp_path / "a" / f"{cs}.parquet"
-        curated.run_curated_ingest([str(folder)], out, cshard=cs, n_shards=n, settings=SETTINGS,
+        curated_ingest.run_curated_ingest([str(folder)], out, cshard=cs, n_shards=n, settings=SETTINGS,
                                    stats_path=shards.stats_path(out))
         again = tmp_path / "b" / f"{cs}.parquet"
-        curated.run_curated_ingest([str(folder)], again, cshard=cs, n_shards=n, settings=SETTINGS,
+        curated_ingest.run_curated_ingest([str(folder)], again, cshard=cs, n_shards=n, settings=SETTINGS,
                                    stats_path=shards.stats_path(again))
         assert pq.read_table(out).equals(pq.read_table(again))  # a rerun reproduces the shard exactly
         for r in shards.read_records(out):
@@ -249,23 +248,23 @@ def test_empty_shard_writes_empty_tables_and_loads_no_model(tmp_path):
     folder.mkdir()
     (folder / "a.jpg").write_bytes(jpeg(ASTRONAUT))
     n = 4
-    home = curated.shard_of("src/a.jpg", n)
+    home = curated_ingest.shard_of("src/a.jpg", n)
     empty = f"{(home + 1) % n:05d}"
     out = tmp_path / "ingest" / f"{empty}.parquet"
-    stats = curated.run_curated_ingest([str(folder)], out, cshard=empty, n_shards=n, settings=SETTINGS,
+    stats = curated_ingest.run_curated_ingest([str(folder)], out, cshard=empty, n_shards=n, settings=SETTINGS,
                                        stats_path=shards.stats_path(out))
     assert stats.records_in == 0 and pq.read_table(out).num_rows == 0
-    assert pq.read_table(out).schema.equals(curated.INGEST_SCHEMA)
+    assert pq.read_table(out).schema.equals(curated_ingest.INGEST_SCHEMA)
     scored = tmp_path / "score" / f"{empty}.parquet"
     nowhere = ModelSpec(key="models.aesthetic_head", path=str(tmp_path / "no-such-model"))
-    st = curated.run_curated_score(out, scored, cshard=empty, settings=SETTINGS, encoder=nowhere,
+    st = curated_score.run_curated_score(out, scored, cshard=empty, settings=SETTINGS, encoder=nowhere,
                                    head=nowhere, stats_path=shards.stats_path(scored))
     assert st.records_in == 0 and pq.read_table(scored).num_rows == 0
 
 
 def test_missing_source_names_the_config_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="curated.sources"):
-        curated.items_for_shard([str(tmp_path / "nope")], "00000", 1)
+        curated_ingest.items_for_shard([str(tmp_path / "nope")], "00000", 1)
 
 
 class ContrastScorer:
@@ -298,28 +297,30 @@ def test_score_keeps_above_threshold_and_resumes_from_chunks(tmp_path):
         jpeg(np.tile(np.linspace(110, 146, 64, dtype=np.uint8)[None, :, None], (64, 1, 3))))
     (folder / "broken.jpg").write_bytes(b"nope")
     ingest = tmp_path / "ingest" / "00000.parquet"
-    curated.run_curated_ingest([str(folder)], ingest, cshard="00000", n_shards=1, settings=SETTINGS,
+    curated_ingest.run_curated_ingest([str(folder)], ingest, cshard="00000", n_shards=1, settings=SETTINGS,
                                stats_path=shards.stats_path(ingest))
     out = tmp_path / "score" / "00000.parquet"
     spec = ModelSpec(key="models.aesthetic_encoder", path=str(tmp_path))
     # First run dies after one chunk (chunk_size 2): the finished chunk must survive.
     with pytest.raises(RuntimeError, match="job killed"):
-        curated.run_curated_score(ingest, out, cshard="00000", settings=SETTINGS, encoder=spec, head=spec,
+        curated_score.run_curated_score(ingest, out, cshard="00000", settings=SETTINGS, encoder=spec, head=spec,
                                   stats_path=shards.stats_path(out), scorer=ContrastScorer(fail_after=1))
     assert not out.exists()
     scorer = ContrastScorer()
-    stats = curated.run_curated_score(ingest, out, cshard="00000", settings=SETTINGS, encoder=spec, head=spec,
+    stats = curated_score.run_curated_score(ingest, out, cshard="00000", settings=SETTINGS, encoder=spec, head=spec,
                                       stats_path=shards.stats_path(out), scorer=scorer)
     assert scorer.images == 3  # 5 kept images, 2 already scored before the "kill"
     rows = {r["locator"]: r for r in shards.read_records(out)}
     assert set(rows) == {"astronaut.jpg", "coffee.jpg", "rocket.jpg", "flat_grey.jpg", "soft_gradient.jpg"}
+    assert "image" not in pq.read_schema(out).names  # verdicts only: the bytes stay in the ingest table
+    jpegs = images.image_bytes(ingest, "id", [r["id"] for r in rows.values()])
     for r in rows.values():
-        expect = ContrastScorer().score([Image.open(io.BytesIO(r["image"]))])[0]
+        expect = ContrastScorer().score([Image.open(io.BytesIO(jpegs[r["id"]]))])[0]
         assert r["aesthetic_predictor_v_2_5_score"] == pytest.approx(expect)
         assert r["kept"] == (expect >= SETTINGS["aesthetic_threshold"])
     assert rows["flat_grey.jpg"]["drop_reason"] == "low_aesthetic"
     assert rows["soft_gradient.jpg"]["drop_reason"] == "low_aesthetic"
-    assert rows["astronaut.jpg"]["kept"] and rows["astronaut.jpg"]["image"]
+    assert rows["astronaut.jpg"]["kept"]
     assert stats.model == "test/rms-contrast" and stats.dropped == {"low_aesthetic": 2}
     assert stats.extra["resumed_chunks"] == 1
     assert not (out.parent / (out.name + ".chunks")).exists()  # checkpoint cleaned after success
@@ -338,7 +339,7 @@ def test_score_loads_the_real_aesthetic_predictor_from_model_specs(tmp_path):
     for name in ("astronaut", "coffee", "rocket", "chelsea"):
         (folder / f"{name}.jpg").write_bytes(jpeg(small(name)))
     ingest = tmp_path / "ingest" / "00000.parquet"
-    curated.run_curated_ingest([str(folder)], ingest, cshard="00000", n_shards=1, settings=SETTINGS,
+    curated_ingest.run_curated_ingest([str(folder)], ingest, cshard="00000", n_shards=1, settings=SETTINGS,
                                stats_path=shards.stats_path(ingest))
     out = tmp_path / "score" / "00000.parquet"
     rows_in = shards.read_kept(ingest)
@@ -346,7 +347,7 @@ def test_score_loads_the_real_aesthetic_predictor_from_model_specs(tmp_path):
         [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in rows_in])
     ranked = sorted(reference)
     threshold = (ranked[1] + ranked[2]) / 2  # keep exactly the two best
-    stats = curated.run_curated_score(ingest, out, cshard="00000",
+    stats = curated_score.run_curated_score(ingest, out, cshard="00000",
                                       settings={**SETTINGS, "aesthetic_threshold": threshold},
                                       encoder=encoder, head=head, stats_path=shards.stats_path(out))
     rows = shards.read_records(out)

@@ -14,7 +14,7 @@ import webdataset as wds
 from PIL import Image
 
 from finet2i import shards
-from finet2i.stages import curated, package
+from finet2i.stages import curated_ingest, package
 
 RELEASE_KEYS = [
     "id", "prompt", "enhanced_prompt", "length", "enhanced_length", "prompt_generator", "enhancer", "style",
@@ -159,7 +159,7 @@ def test_real_subset_from_curated_tables(tmp_path):
         photo = Image.fromarray(getattr(skimage.data, name)()).resize((80, 60))
         (folder / f"{name}.jpg").write_bytes(encode(photo))
     ingest = tmp_path / "curated" / "ingest" / "00000.parquet"
-    curated.run_curated_ingest([str(folder)], ingest, cshard="00000", n_shards=1,
+    curated_ingest.run_curated_ingest([str(folder)], ingest, cshard="00000", n_shards=1,
                                settings={"min_side": 32}, stats_path=shards.stats_path(ingest))
     # What the score, caption and enhance stages add (their own tests cover them): verdicts and prompts.
     rows = shards.read_kept(ingest)

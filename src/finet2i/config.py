@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-log = logging.getLogger(__name__)
+from finet2i.settings import SCHEMA_PATH  # shipped in the package
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "config.schema.yaml"  # shipped in the package
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -166,16 +166,10 @@ def missing_models(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".
 
 
 def used_model_keys(config: dict[str, Any]) -> list[str]:
-    """The model keys the enabled stages need (a switched-off stage needs no weights)."""
-    keys = ["prompt_generator", "embedder", "guard", "enhancer", "aesthetic_encoder", "aesthetic_head"]
-    if config.get("attributes", {}).get("enabled", True):
-        keys.append("verifier")
-    keys += [k for k, g in config["generate"]["generators"].items() if float(g["weight"]) > 0]
-    if config.get("pair_filter", {}).get("judge", {}).get("enabled", True):
-        keys.append("judge")
-    if config.get("curated", {}).get("enabled", True) and config.get("curated", {}).get("sources"):
-        keys.append("captioner")
-    return keys
+    """The model keys the enabled stages need (a switched-off stage needs no weights): finet2i.pipeline."""
+    from finet2i.pipeline import model_keys
+
+    return model_keys(config)
 
 
 # Keys that set how a job runs, never what it writes: records between checkpoints, batch sizes, and
@@ -185,8 +179,18 @@ RUNTIME_ONLY_KEYS = frozenset({"chunk_size", "batch_size", "subsets"})
 
 
 def output_settings(config: dict[str, Any], section: str) -> dict[str, Any]:
-    """config[section] without RUNTIME_ONLY_KEYS: what a rule's params carry so that a change reruns it."""
-    return {k: v for k, v in config[section].items() if k not in RUNTIME_ONLY_KEYS}
+    """A config section (dotted: ``curated.caption``) without RUNTIME_ONLY_KEYS at any depth: what a rule's
+    params carry, so that a change reruns it and a change of how it runs does not."""
+    node: Any = config
+    for part in section.split("."):
+        node = node[part]
+    return _without_runtime_keys(node)
+
+
+def _without_runtime_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_runtime_keys(v) for k, v in value.items() if k not in RUNTIME_ONLY_KEYS}
+    return value
 
 
 def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] = ".",

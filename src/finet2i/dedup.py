@@ -65,33 +65,31 @@ from typing import Any
 
 import numpy as np
 
+from finet2i.embeddings import DIM
 from finet2i.hardware import cpu_has_fast_bf16
+from finet2i.settings import default, from_section
 
 log = logging.getLogger(__name__)
 
-DIM = 384
 NO_DUP = -1
 
 
 @dataclass(frozen=True)
 class DedupSettings:
-    threshold: float = 0.8
-    groups: int = 128
-    partition: str = "kmeans"  # kmeans | hash
-    kmeans_sample: int = 1_000_000
-    kmeans_iters: int = 20
-    seed: int = 0
-    max_neighbors: int = 8  # stored earlier survivors per prompt dropped inside its group
-    block_size: int = 2048  # prompts compared per product block
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (candidate products only; decisions are float64)
+    threshold: float = default("dedup.threshold")
+    groups: int = default("dedup.groups")
+    partition: str = default("dedup.partition")  # kmeans | hash
+    kmeans_sample: int = default("dedup.kmeans_sample")
+    kmeans_iters: int = default("dedup.kmeans_iters")
+    seed: int = 0  # the run's top-level `seed`, not a key of the dedup section
+    max_neighbors: int = default("dedup.max_neighbors")  # stored earlier survivors per prompt dropped in-group
+    block_size: int = default("dedup.block_size")  # prompts compared per product block
+    device: str = default("dedup.device")  # auto | cpu | cuda
+    precision: str = default("dedup.precision")  # auto | fp32 | bf16 | fp16 (candidates only; decisions float64)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], seed: int = 0) -> DedupSettings:
-        known = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in section.items() if k in known}
-        kwargs.setdefault("seed", seed)
-        s = cls(**kwargs)
+        s = from_section(cls, {**section, "seed": seed})
         s.validate()
         return s
 

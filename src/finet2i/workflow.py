@@ -29,10 +29,17 @@ class Adapter:
 
     def limit_torch_threads(self) -> None:
         """Keep torch inside the rule's `threads`: by default it takes every core, and two jobs on the same
-        node then thrash (measured 20x slower diffusion renders on a loaded 2-core machine)."""
+        node then thrash (measured 20x slower diffusion renders on a loaded 2-core machine). The environment
+        covers torch imported later (by a backend); a torch already imported is told directly."""
         os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(self.threads)
+
+    def use_torch(self) -> None:
+        """For scripts that run torch work themselves (dedup's products, embedding): import it within limits."""
+        import torch  # noqa: F401  (limit_torch_threads sets its thread count)
+
+        self.limit_torch_threads()
 
     @property
     def shard(self) -> str:

@@ -16,18 +16,18 @@ evidence. An answer that is not such an object (truncated, not JSON, a key missi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from finet2i import shards
+from finet2i import runner, shards
+from finet2i.answers import extract_json_object
 from finet2i.backends import Constraint, Message, Sampling
 from finet2i.models import ModelSpec
+from finet2i.settings import default, from_section
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
@@ -59,21 +59,19 @@ MAX_REASON_CHARS = 200
 
 @dataclass(frozen=True)
 class AttributeSettings:
-    check: tuple[str, ...] = ("style", "category")
-    chunk_size: int = 4096
-    temperature: float = 0.0
-    max_tokens: int = 256
+    check: tuple[str, ...] = default("attributes.check")
+    chunk_size: int = default("attributes.chunk_size")
+    temperature: float = default("attributes.temperature")
+    max_tokens: int = default("attributes.max_tokens")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> AttributeSettings:
-        check = tuple(section.get("check", cls.check))
-        unknown = [a for a in check if a not in ATTRIBUTES]
-        if unknown or not check:
+        s = from_section(cls, section)
+        unknown = [a for a in s.check if a not in ATTRIBUTES]
+        if unknown or not s.check:
             raise ValueError(f"attributes.check: {unknown or 'an empty list'} is not valid; choose from "
                              f"{sorted(ATTRIBUTES)}")
-        return cls(check=check, chunk_size=int(section.get("chunk_size", cls.chunk_size)),
-                   temperature=float(section.get("temperature", cls.temperature)),
-                   max_tokens=int(section.get("max_tokens", cls.max_tokens)))
+        return s
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)
@@ -99,22 +97,6 @@ def verdict_regex(check: Sequence[str]) -> str:
     fields = [rf'"{re.escape(a)}_match": (true|false)' for a in check]
     fields.append(rf'"reason": "[^"\\]{{0,{MAX_REASON_CHARS}}}"')
     return r"\{" + ", ".join(fields) + r"\}"
-
-
-def extract_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in ``text`` (tolerating code fences and chatter around it), or None."""
-    if not text:
-        return None
-    decoder = json.JSONDecoder(strict=False)  # control characters inside strings are no reason to fail
-    start = text.find("{")
-    while start != -1:
-        try:
-            obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            start = text.find("{", start + 1)
-            continue
-        return obj if isinstance(obj, dict) else None
-    return None
 
 
 def parse_verdict(text: str, check: Sequence[str]) -> AttributeVerdict | None:
@@ -181,23 +163,11 @@ def run_attributes(in_path: str | os.PathLike[str], out_path: str | os.PathLike[
     ``vlm``: an already built :class:`~finet2i.backends.VisionLLM` (tests); by default a vLLM engine for
     ``model`` starts when the first unfinished chunk needs it (text only: no image inputs are reserved).
     """
-    from finet2i.backends.vllm_llm import LazyChat
-
-    started = time.monotonic()
     s = AttributeSettings.from_config(settings)
-    records = shards.read_kept(in_path)
-    own = vlm is None
-    backend = LazyChat(model, seed=0) if own else vlm
-    model_name = getattr(backend, "model_name", None) or model.name
-    fp = shards.fingerprint((r["id"] for r in records), STAGE, dict(settings), model.label)
-    ck = shards.ChunkCheckpoint(out_path, s.chunk_size, fp)
-    try:
-        out = ck.run(records, lambda chunk: verify_chunk(chunk, backend, s))
-    finally:
-        if own:
-            backend.close()
-    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
-                                      model=model_name, stats_file=stats_path, check=list(s.check),
-                                      resumed_chunks=ck.resumed_chunks)
-    ck.cleanup()
-    return stats
+    from finet2i.backends.vllm_llm import lazy_chat
+
+    engine = lazy_chat(model, vlm)
+    stage = runner.ChunkedStage(
+        STAGE, lambda chunk: verify_chunk(chunk, engine, s), s.chunk_size, key=(dict(settings), model.label),
+        model=runner.model_name(engine, model.name), close=runner.closer(engine, vlm))
+    return runner.run_chunked(stage, in_path, out_path, shard=shard, stats_path=stats_path, check=list(s.check))

@@ -7,8 +7,7 @@ its word count, as in the release). The answer is cleaned defensively (quotes, "
 chatter after the first paragraph); an empty caption is dropped as ``empty_caption``, an unreadable image as
 ``image_unreadable``.
 
-Output rows carry no image bytes. The real-image rule ``curated_caption`` (rules/curated.smk) calls
-:func:`run_caption`.
+Output rows carry no image bytes; they come from the ``curated_ingest`` table, one chunk at a time.
 """
 
 from __future__ import annotations
@@ -16,16 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from finet2i import shards
+from finet2i import runner, shards
 from finet2i.backends import Message, Sampling
+from finet2i.images import image_bytes, load_image
 from finet2i.models import ModelSpec
+from finet2i.settings import default, from_section
 from finet2i.shards import Record, StageStats
-from finet2i.stages.pair_filter import image_bytes, load_image, read_kept_light
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +44,14 @@ _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 
 @dataclass(frozen=True)
 class CaptionSettings:
-    temperature: float = 0.0
-    max_tokens: int = 128
-    chunk_size: int = 256
-    max_image_pixels: int = 1024 * 1024  # downscaled before the captioner (token budget)
+    temperature: float = default("curated.caption.temperature")
+    max_tokens: int = default("curated.caption.max_tokens")
+    chunk_size: int = default("curated.caption.chunk_size")
+    max_image_pixels: int = default("curated.caption.max_image_pixels")  # downscaled first (token budget)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> CaptionSettings:
-        return cls(**shards.known_settings(cls, section))
+        return from_section(cls, section)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)
@@ -113,33 +112,24 @@ def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, mo
     return out
 
 
-def run_caption(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
-                settings: Mapping[str, Any], model: ModelSpec,
+def run_caption(in_path: str | os.PathLike[str], images_path: str | os.PathLike[str],
+                out_path: str | os.PathLike[str], *, shard: str, settings: Mapping[str, Any], model: ModelSpec,
                 stats_path: str | os.PathLike[str] | None = None, vlm: Any = None) -> StageStats:
-    """Caption the kept real images of one curated shard (records with ``id`` and ``image`` JPEG bytes).
+    """Caption the kept real images of one curated shard: ``curated_score`` rows, bytes from ``images_path``
+    (the ``curated_ingest`` table) by ``id``, one chunk at a time.
 
-    Output rows keep every input column except the ``image`` bytes (``package_real`` takes those from the
-    ingest table) and add ``prompt``, ``prompt_generator``, ``length`` and, for dropped rows,
-    ``caption_raw``. Bytes are read one chunk at a time. ``vlm``: an already built VisionLLM (tests).
+    Output rows keep every input column and add ``prompt``, ``prompt_generator``, ``length`` and, for dropped
+    rows, ``caption_raw``. ``vlm``: an already built VisionLLM (tests).
     """
-    from finet2i.backends.vllm_llm import LazyChat
+    from finet2i.backends.vllm_llm import lazy_chat
 
-    started = time.monotonic()
     s = CaptionSettings.from_config(settings)
-    records = read_kept_light(in_path)
-    own = vlm is None
-    backend = LazyChat(model, seed=0, limit_images=1) if own else vlm
-    model_name = getattr(backend, "model_name", None) or model.name
-    fp = shards.fingerprint((r["id"] for r in records), STAGE, dict(settings), model.label)
-    ck = shards.ChunkCheckpoint(out_path, s.chunk_size, fp)
-    try:
-        out = ck.run(records, lambda chunk: caption_chunk(
-            chunk, backend, s, model_name, image_bytes(in_path, "id", [r["id"] for r in chunk])))
-    finally:
-        if own:
-            backend.close()
-    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
-                                      model=model_name, stats_file=stats_path,
-                                      resumed_chunks=ck.resumed_chunks)
-    ck.cleanup()
-    return stats
+    engine = lazy_chat(model, vlm, limit_images=1)
+    name = runner.model_name(engine, model.name)
+
+    def caption(chunk: list[Record]) -> list[Record]:
+        return caption_chunk(chunk, engine, s, name, image_bytes(images_path, "id", [r["id"] for r in chunk]))
+
+    stage = runner.ChunkedStage(STAGE, caption, s.chunk_size, key=(dict(settings), model.label), model=name,
+                                close=runner.closer(engine, vlm))
+    return runner.run_chunked(stage, in_path, out_path, shard=shard, stats_path=stats_path)

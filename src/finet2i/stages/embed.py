@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,24 @@ import numpy as np
 
 from finet2i import shards
 from finet2i.backends import TextEmbedder
-from finet2i.embeddings import write_embeddings
+from finet2i.embeddings import DIM, write_embeddings
 from finet2i.models import ModelSpec
+from finet2i.settings import default, from_section
 
 log = logging.getLogger(__name__)
 
 STAGE = "embed"
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    batch_size: int = default("embed.batch_size")
+    dtype: str = default("embed.dtype")
+    cache: bool = default("embed.cache")
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> EmbedSettings:
+        return from_section(cls, section)
 
 
 def embed_fingerprint(ids: list[str], prompts: list[str], model: ModelSpec | str) -> str:
@@ -35,14 +49,15 @@ def embed_fingerprint(ids: list[str], prompts: list[str], model: ModelSpec | str
 
 
 def run_embed(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
-              settings: dict[str, Any], model: ModelSpec, stats_path: str | os.PathLike[str],
+              settings: Mapping[str, Any], model: ModelSpec, stats_path: str | os.PathLike[str],
               embedder: TextEmbedder | None = None) -> shards.StageStats:
     started = time.monotonic()
+    s = EmbedSettings.from_config(settings)
     records = shards.read_kept(in_path, columns=["id", "prompt"])
     ids = [str(r["id"]) for r in records]
     prompts = [r["prompt"] or "" for r in records]
     fp = embed_fingerprint(ids, prompts, model)
-    use_cache = bool(settings.get("cache", True))
+    use_cache = s.cache
     cache = Path(out_path).parent / ".cache" / f"{fp}.npz"
     cached = use_cache and cache.exists()
     if cached:
@@ -55,9 +70,8 @@ def run_embed(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
         if embedder is None:
             from finet2i.backends.embedder import load_embedder
 
-            embedder = load_embedder(model, dtype=settings.get("dtype", "auto"),
-                                     batch_size=int(settings.get("batch_size", 256)))
-        vectors = embedder.embed(prompts) if prompts else np.zeros((0, 384), np.float32)
+            embedder = load_embedder(model, dtype=s.dtype, batch_size=s.batch_size)
+        vectors = embedder.embed(prompts) if prompts else np.zeros((0, DIM), np.float32)
         if len(vectors) and not np.isfinite(vectors).all():
             raise ValueError(f"{in_path}: the embedder returned NaN/inf for shard {shard}; check the model")
         write_embeddings(out_path, ids, vectors, model=embedder.model_name, fingerprint=fp)

@@ -19,14 +19,14 @@ import hashlib
 import logging
 import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finet2i import shards
+from finet2i import runner, shards
 from finet2i.backends import Constraint, Message, Sampling
 from finet2i.models import ModelSpec
+from finet2i.settings import default, from_section
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
@@ -60,15 +60,15 @@ _TAG = re.compile(r"</?\s*(?:think|answer)\s*>", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class EnhanceSettings:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_tokens: int = 512
-    constrained: bool = False
-    chunk_size: int = 2048
+    temperature: float = default("enhance.temperature")
+    top_p: float = default("enhance.top_p")
+    max_tokens: int = default("enhance.max_tokens")
+    constrained: bool = default("enhance.constrained")
+    chunk_size: int = default("enhance.chunk_size")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> EnhanceSettings:
-        return cls(**shards.known_settings(cls, section))
+        return from_section(cls, section)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
@@ -155,32 +155,17 @@ def run_enhance(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str
 
     ``stage`` names the stats (``curated_enhance`` for the real-image branch, so the funnel keeps the two apart).
     """
-    from finet2i.backends.vllm_llm import LazyChat
+    from finet2i.backends.vllm_llm import lazy_chat
 
-    started = time.monotonic()
     s = EnhanceSettings.from_config(settings)
-    records = shards.read_kept(in_path)
+    records = runner.read_input(in_path)
     if records and prompt_column not in records[0]:
         raise KeyError(f"{in_path}: no column {prompt_column!r} to enhance (columns: {sorted(records[0])})")
-    own = llm is None
-    backend = LazyChat(model, seed=0) if own else llm
-    model_name = getattr(backend, "model_name", None) or model.name
-    ck = shards.ChunkCheckpoint(
-        out_path, s.chunk_size,
-        shards.fingerprint((r["id"] for r in records), STAGE, settings, model.label, prompt_column))
-    try:
-        out = ck.run(records, lambda chunk: enhance_chunk(chunk, backend, s, model_name, prompt_column))
-    finally:
-        if own:
-            backend.close()
-    notes: dict[str, int] = {}
-    for r in out:
-        if r.get("enhance_note"):
-            notes[r["enhance_note"]] = notes.get(r["enhance_note"], 0) + 1
-    stats = shards.write_stage_output(out_path, out, stage=stage, shard=shard, started=started,
-                                      model=model_name, stats_file=stats_path,
-                                      resumed_chunks=ck.resumed_chunks,
-                                      fallbacks=sum(1 for r in out if r.get("enhance_fallback")),
-                                      notes=dict(sorted(notes.items())))
-    ck.cleanup()
-    return stats
+    engine = lazy_chat(model, llm)
+    name = runner.model_name(engine, model.name)
+    job = runner.ChunkedStage(
+        stage, lambda chunk: enhance_chunk(chunk, engine, s, name, prompt_column), s.chunk_size,
+        key=(settings, model.label, prompt_column), model=name, close=runner.closer(engine, llm),
+        summarize=lambda out: {"fallbacks": sum(1 for r in out if r.get("enhance_fallback")),
+                               "notes": runner.count(out, "enhance_note")})
+    return runner.run_chunked(job, in_path, out_path, shard=shard, stats_path=stats_path, records=records)

@@ -20,21 +20,22 @@ import logging
 import math
 import os
 import random
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from finet2i import shards
+from finet2i import runner, shards
 from finet2i.models import ModelSpec
+from finet2i.settings import default, from_section
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
 
 STAGE = "generate"
 GENERATION_FAILED = "generation_failed"
+SCORE = "aesthetic_predictor_v_2_5_score"
 MISSING_PROMPT = "missing_prompt"
 # Both Z-Image and FLUX.2 need sides divisible by 16 (8x VAE downsampling, then 2x2 latent packing);
 # every Table 8 size already is.
@@ -53,40 +54,24 @@ class Resolution:
 @dataclass(frozen=True)
 class GeneratorSettings:
     weight: float
-    steps: int
-    guidance: float
-    cpu_offload: bool = False
+    steps: int = default("generate.generators.z_image.steps")
+    guidance: float = default("generate.generators.z_image.guidance")
+    cpu_offload: bool = default("generate.generators.z_image.cpu_offload")
 
 
 @dataclass(frozen=True)
 class GenerateSettings:
     resolutions: str
     generators: dict[str, GeneratorSettings]
-    candidates_min: int = 1
-    candidates_max: int = 3
-    max_side: int | None = None
-    chunk_size: int = 64
+    candidates_min: int = field(default=default("generate.candidates.min"), metadata={"key": "candidates.min"})
+    candidates_max: int = field(default=default("generate.candidates.max"), metadata={"key": "candidates.max"})
+    max_side: int | None = default("generate.max_side")
+    chunk_size: int = default("generate.chunk_size")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> GenerateSettings:
-        gens = {
-            kind: GeneratorSettings(
-                weight=float(g.get("weight", 0.0)),
-                steps=int(g["steps"]),
-                guidance=float(g.get("guidance", 0.0)),
-                cpu_offload=bool(g.get("cpu_offload", False)),
-            )
-            for kind, g in dict(section["generators"]).items()
-        }
-        cand = dict(section.get("candidates") or {})
-        s = cls(
-            resolutions=str(section["resolutions"]),
-            generators=gens,
-            candidates_min=int(cand.get("min", 1)),
-            candidates_max=int(cand.get("max", 3)),
-            max_side=section.get("max_side"),
-            chunk_size=int(section.get("chunk_size", 64)),
-        )
+        gens = {kind: from_section(GeneratorSettings, g) for kind, g in dict(section["generators"]).items()}
+        s = replace(from_section(cls, {**section, "generators": {}}), generators=gens)
         if not 1 <= s.candidates_min <= s.candidates_max:
             raise ValueError(
                 f"generate.candidates: need 1 <= min <= max, got min={s.candidates_min} "
@@ -311,7 +296,6 @@ def run_generate(
     ``models``: generator kind ("z_image", "flux2") -> ModelSpec, for every kind with a weight > 0.
     ``generators`` / ``scorer``: already built backends (tests); by default they load when first needed.
     """
-    started = time.monotonic()
     s = GenerateSettings.from_config(settings)
     prompt_kind, _ = parse_subset(subset)
     sizes = sizes_for_subset(subset, load_resolutions(s.resolutions))
@@ -324,11 +308,12 @@ def run_generate(
             f"or give generate.generators.{missing[0]}.weight: 0"
         )
 
-    records = shards.read_kept(in_path)
+    records = runner.read_input(in_path)
     plans = {r["id"]: plan_record(r, subset, seed, s, sizes, kinds) for r in records}
-    # Grouped by generator so each pipeline loads once; chunks then rarely mix two generators.
-    order = sorted(range(len(records)), key=lambda i: (kinds.index(plans[records[i]["id"]].kind), i))
-    grouped = [records[i] for i in order]
+
+    def by_generator(rows: list[Record]) -> list[Record]:
+        # Grouped by generator so each pipeline loads once; chunks then rarely mix two generators.
+        return sorted(rows, key=lambda r: kinds.index(plans[r["id"]].kind))  # stable: input order within
 
     pool = _GeneratorPool(s, models, generators)
     lazy_scorer = _LazyScorer(aesthetic_encoder, aesthetic_head, scorer)
@@ -344,45 +329,17 @@ def run_generate(
             out.append(render_record(rec, plan, subset, gen, lazy_scorer, jpeg_quality))
         return out
 
-    model_labels = {k: (available[k].model_name if k in available else models[k].label) for k in kinds}
-    ck = shards.ChunkCheckpoint(
-        out_path,
-        s.chunk_size,
-        shards.fingerprint(
-            (r["id"] for r in grouped),
-            STAGE,
-            subset,
-            settings,
-            seed,
-            jpeg_quality,
-            model_labels,
-            [vars(r) for r in sizes],
-            aesthetic_encoder.label if aesthetic_encoder else None,
-            aesthetic_head.label if aesthetic_head else None,
-        ),
-    )
-    try:
-        done = ck.run(grouped, render_chunk)
-    finally:
-        pool.close()
-    by_id = {r["id"]: r for r in done}
-    out = [by_id[r["id"]] for r in records]  # back to input order
+    def summarize(out: list[Record]) -> dict[str, Any]:
+        kept_scores = [r[SCORE] for r in out if r.get(shards.KEPT)]
+        return {"images_by_generator": dict(Counter(r["image_generator"] for r in out if r.get(shards.KEPT))),
+                "mean_aesthetic": round(sum(kept_scores) / len(kept_scores), 4) if kept_scores else None}
 
-    kept_scores = [r["aesthetic_predictor_v_2_5_score"] for r in out if r.get("kept")]
-    stats = shards.write_stage_output(
-        out_path,
-        out,
-        stage=STAGE,
-        shard=shard,
-        started=started,
-        model=", ".join(sorted({r["image_generator"] for r in out if r.get("image_generator")})) or None,
-        stats_file=stats_path,
-        subset=subset,
-        prompt_column=SUBSET_PROMPT_COLUMN[prompt_kind],
-        images_by_generator=dict(Counter(r["image_generator"] for r in out if r.get("kept"))),
-        candidates=sum(len(p.seeds) for p in plans.values()),
-        resumed_chunks=ck.resumed_chunks,
-        mean_aesthetic=round(sum(kept_scores) / len(kept_scores), 4) if kept_scores else None,
-    )
-    ck.cleanup()
-    return stats
+    model_labels = {k: (available[k].model_name if k in available else models[k].label) for k in kinds}
+    stage = runner.ChunkedStage(
+        STAGE, render_chunk, s.chunk_size, order=by_generator, close=pool.close, summarize=summarize,
+        key=(subset, settings, seed, jpeg_quality, model_labels, [vars(r) for r in sizes],
+             aesthetic_encoder.label if aesthetic_encoder else None, aesthetic_head.label if aesthetic_head else None),
+        model=lambda out: ", ".join(sorted({r["image_generator"] for r in out if r.get("image_generator")})) or None)
+    return runner.run_chunked(stage, in_path, out_path, shard=shard, stats_path=stats_path, records=records,
+                              subset=subset, prompt_column=SUBSET_PROMPT_COLUMN[prompt_kind],
+                              candidates=sum(len(p.seeds) for p in plans.values()))

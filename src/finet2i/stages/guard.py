@@ -19,14 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from finet2i import shards
+from finet2i import runner, shards
 from finet2i.backends import Constraint, Sampling
 from finet2i.models import ModelSpec
+from finet2i.settings import default, from_section
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
@@ -42,20 +42,21 @@ _CODE = r"S(?:[1-9]|1[0-4])"
 ANSWER_REGEX = rf"(safe|unsafe\n{_CODE}(,{_CODE})*)"
 
 
+# "unsafe\nS1,S2,...,S14" is about 40 characters at worst: 24 tokens is ample for any answer of the grammar.
+MAX_TOKENS = 24
+
+
 @dataclass(frozen=True)
 class GuardSettings:
-    blocked_categories: tuple[str, ...] = HAZARD_CODES
-    max_words: int = 150
-    constrained: bool = True
-    chunk_size: int = 4096
-    max_tokens: int = 24  # "unsafe\nS1,S2,...,S14" is about 40 characters at worst; 24 tokens is ample
+    blocked_categories: tuple[str, ...] = default("guard.blocked_categories")
+    max_words: int = default("guard.max_words")
+    constrained: bool = default("guard.constrained")
+    chunk_size: int = default("guard.chunk_size")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> GuardSettings:
-        known = shards.known_settings(cls, section)
-        if "blocked_categories" in known:
-            known["blocked_categories"] = tuple(str(c).upper() for c in known["blocked_categories"])
-        return cls(**known)
+        s = from_section(cls, section)
+        return replace(s, blocked_categories=tuple(str(c).upper() for c in s.blocked_categories))
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def guard_chunk(records: Sequence[Record], llm: Any, settings: GuardSettings) ->
             to_check.append(r)
     if to_check:
         constraint = Constraint(regex=ANSWER_REGEX) if settings.constrained else None
-        sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=settings.max_tokens, seed=0)
+        sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, seed=0)
         conversations = [guard_conversation(r.get("prompt") or "") for r in to_check]
         answers = llm.chat(conversations, sampling, constraint)
         for r, raw in zip(to_check, answers, strict=True):
@@ -151,29 +152,13 @@ def guard_chunk(records: Sequence[Record], llm: Any, settings: GuardSettings) ->
 def run_guard(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
               settings: Mapping[str, Any], model: ModelSpec, stats_path: str | os.PathLike[str] | None = None,
               llm: Any = None) -> StageStats:
-    """Guard one shard: ``results/dedup/keep/{shard}.parquet`` -> ``results/guard/{shard}.parquet``."""
-    from finet2i.backends.vllm_llm import LazyChat
-
-    started = time.monotonic()
+    """Guard one shard: ``results/dedup/{shard}.parquet`` -> ``results/guard/{shard}.parquet``."""
     s = GuardSettings.from_config(settings)
-    records = shards.read_kept(in_path)
-    own = llm is None
-    backend = LazyChat(model, seed=0) if own else llm
-    model_name = getattr(backend, "model_name", None) or model.name
-    ck = shards.ChunkCheckpoint(out_path, s.chunk_size,
-                                shards.fingerprint((r["id"] for r in records), STAGE, settings, model.label))
-    try:
-        out = ck.run(records, lambda chunk: guard_chunk(chunk, backend, s))
-    finally:
-        if own:
-            backend.close()
-    flagged: dict[str, int] = {}
-    for r in out:
-        for c in r.get("guard_categories") or []:
-            flagged[c] = flagged.get(c, 0) + 1
-    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
-                                      model=model_name, stats_file=stats_path,
-                                      resumed_chunks=ck.resumed_chunks,
-                                      flagged_categories=dict(sorted(flagged.items())))
-    ck.cleanup()
-    return stats
+    from finet2i.backends.vllm_llm import lazy_chat
+
+    engine = lazy_chat(model, llm)
+    stage = runner.ChunkedStage(
+        STAGE, lambda chunk: guard_chunk(chunk, engine, s), s.chunk_size, key=(settings, model.label),
+        model=runner.model_name(engine, model.name), close=runner.closer(engine, llm),
+        summarize=lambda out: {"flagged_categories": runner.count(out, "guard_categories")})
+    return runner.run_chunked(stage, in_path, out_path, shard=shard, stats_path=stats_path)

@@ -35,10 +35,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from finet2i import shards
+from finet2i.answers import word_count
+from finet2i.images import image_bytes
+from finet2i.settings import default, from_section
 
 log = logging.getLogger(__name__)
 
 STAGE = "package"
+STAGE_REAL = "package_real"
 REAL = "real"
 TAR_MTIME = 1_767_225_600  # 2026-01-01T00:00:00Z: a fixed date, so reruns produce identical bytes
 
@@ -85,12 +89,11 @@ BAD_ID = "bad_id"
 
 @dataclass(frozen=True)
 class PackageSettings:
-    jpeg_quality: int = 95
+    jpeg_quality: int = default("package.jpeg_quality")
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> PackageSettings:
-        section = section or {}
-        return cls(jpeg_quality=int(section.get("jpeg_quality", 95)))
+        return from_section(cls, section)
 
 
 @dataclass
@@ -103,10 +106,6 @@ class Sample:
 
 # ----------------------------------------------------------------------------------------------------------
 # Field helpers
-
-
-def word_count(text: str | None) -> int:
-    return len(text.split()) if text else 0
 
 
 def aspect_ratio(width: int, height: int) -> str:
@@ -271,7 +270,7 @@ def index_rows(samples: Sequence[Sample], members: Sequence[list[str]],
 def package_rows(rows: Iterable[dict[str, Any]], images: dict[str, bytes | None], *, subset: str, shard: str,
                  tar_path: str | os.PathLike[str], index_path: str | os.PathLike[str],
                  stats_path: str | os.PathLike[str], settings: dict[str, Any] | None,
-                 started: float | None = None) -> shards.StageStats:
+                 started: float | None = None, stage: str = STAGE) -> shards.StageStats:
     """Package already-kept rows; ``images`` maps a row's sample id to its image bytes."""
     started = time.monotonic() if started is None else started
     cfg = PackageSettings.from_config(settings)
@@ -293,22 +292,9 @@ def package_rows(rows: Iterable[dict[str, Any]], images: dict[str, bytes | None]
     members = write_tar(tar_path, samples)
     shards.write_table(index_path, index_rows(samples, members, tar_name), schema=INDEX_SCHEMA)
     dropped_ids = sorted(v["id"] for v in verdicts if not v[shards.KEPT])
-    stats = shards.StageStats.from_records(
-        STAGE, shard, verdicts, seconds=time.monotonic() - started, subset=subset, tar=tar_name,
-        tar_bytes=os.path.getsize(tar_path), image_bytes=sum(len(s.jpg) for s in samples),
-        not_packaged=dropped_ids[:1000])
-    stats.write(stats_path)
-    log.info("%s/%s: %d samples in %s (%d bytes), not packaged %s", subset, shard, stats.kept, tar_name,
-             stats.extra["tar_bytes"], stats.dropped)
-    return stats
-
-
-def _images_by_key(path: str | os.PathLike[str], key_column: str, keys: set[str]) -> dict[str, bytes | None]:
-    """Only the bytes of the rows we package: an images table also holds the rows the pair filter dropped."""
-    if not keys:
-        return {}
-    t = pq.read_table(path, columns=[key_column, "image"], filters=[(key_column, "in", sorted(keys))])
-    return dict(zip(t.column(key_column).to_pylist(), t.column("image").to_pylist(), strict=True))
+    return shards.write_stats(stats_path, verdicts, stage=stage, shard=shard, started=started, subset=subset,
+                              tar=tar_name, tar_bytes=os.path.getsize(tar_path),
+                              image_bytes=sum(len(s.jpg) for s in samples), not_packaged=dropped_ids[:1000])
 
 
 def run_package(pairs_path: str | os.PathLike[str], images_path: str | os.PathLike[str],
@@ -331,7 +317,7 @@ def run_package(pairs_path: str | os.PathLike[str], images_path: str | os.PathLi
     else:
         by_key = {}
     rows = [{**by_key.get(r.get("sample_id"), {}), **r} for r in kept]
-    images = _images_by_key(images_path, "sample_id", keys)
+    images = image_bytes(images_path, "sample_id", sorted(keys))
     return package_rows(rows, images, subset=subset, shard=shard, tar_path=tar_path, index_path=index_path,
                         stats_path=stats_path, settings=settings, started=started)
 
@@ -340,18 +326,9 @@ def run_package_real(enhanced_path: str | os.PathLike[str], ingest_path: str | o
                      tar_path: str | os.PathLike[str], index_path: str | os.PathLike[str], *, cshard: str,
                      settings: dict[str, Any] | None,
                      stats_path: str | os.PathLike[str]) -> shards.StageStats:
-    """Package one curated shard: kept enhanced rows; bytes from the row, else from the ingest table by id."""
+    """Package one curated shard: kept ``curated_enhance`` rows, image bytes from the ingest table by id."""
     started = time.monotonic()
-    kept = shards.read_kept(enhanced_path)
-    images: dict[str, bytes | None] = {}
-    missing = set()
-    for r in kept:
-        if r.get("image"):
-            images[r["id"]] = r.pop("image")
-        else:
-            r.pop("image", None)
-            missing.add(r["id"])
-    if missing:
-        images.update(_images_by_key(ingest_path, "id", missing))
+    kept = shards.read_kept(enhanced_path, exclude=("image",))
+    images = image_bytes(ingest_path, "id", [r["id"] for r in kept])
     return package_rows(kept, images, subset=REAL, shard=cshard, tar_path=tar_path, index_path=index_path,
-                        stats_path=stats_path, settings=settings, started=started)
+                        stats_path=stats_path, settings=settings, started=started, stage=STAGE_REAL)

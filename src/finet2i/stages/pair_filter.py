@@ -27,21 +27,21 @@ Stats: one ``pair_filter`` stats JSON per subset, shard label = the shard, ``ext
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
-import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from finet2i import shards
+from finet2i import runner, shards
+from finet2i.answers import extract_json_object
 from finet2i.backends import Constraint, Message, Sampling
+from finet2i.images import image_bytes, load_image
 from finet2i.models import ModelSpec
+from finet2i.settings import default, from_section
 from finet2i.shards import Record, StageStats
-from finet2i.stages.attributes import extract_json_object
 
 log = logging.getLogger(__name__)
 
@@ -110,34 +110,29 @@ SYSTEM_PROMPT = (
 )
 
 
+def _judge(key: str) -> Any:
+    """A field for the key ``judge.<key>`` of the pair_filter section, with the schema's default."""
+    return field(default=default(f"pair_filter.judge.{key}"), metadata={"key": f"judge.{key}"})
+
+
 @dataclass(frozen=True)
 class PairFilterSettings:
-    aesthetic_threshold: float = 5.5
-    judge_enabled: bool = True
-    temperature: float = 0.0
-    max_tokens: int = 2048
-    constrained: bool = True
+    aesthetic_threshold: float = default("pair_filter.aesthetic_threshold")
+    judge_enabled: bool = _judge("enabled")
+    temperature: float = _judge("temperature")
+    max_tokens: int = _judge("max_tokens")
+    constrained: bool = _judge("constrained")
     # Longest reasoning the constraint allows, in characters. Default: 3 characters per token of what is
     # left after a verdict's worth of tokens (VERDICT_TOKENS), so a real model's reasoning is bounded by
     # max_tokens first; with a tiny budget (the demo's 128 tokens) the reasoning is empty and the verdict
     # always fits.
-    max_reasoning_chars: int | None = None
-    max_image_pixels: int = 1024 * 1024  # images are downscaled to this before the judge (token budget)
-    chunk_size: int = 256
+    max_reasoning_chars: int | None = _judge("max_reasoning_chars")
+    max_image_pixels: int = _judge("max_image_pixels")  # images are downscaled to this before the judge
+    chunk_size: int = default("pair_filter.chunk_size")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> PairFilterSettings:
-        judge = dict(section.get("judge") or {})
-        return cls(
-            aesthetic_threshold=float(section.get("aesthetic_threshold", cls.aesthetic_threshold)),
-            judge_enabled=bool(judge.get("enabled", cls.judge_enabled)),
-            temperature=float(judge.get("temperature", cls.temperature)),
-            max_tokens=int(judge.get("max_tokens", cls.max_tokens)),
-            constrained=bool(judge.get("constrained", cls.constrained)),
-            max_reasoning_chars=judge.get("max_reasoning_chars"),
-            max_image_pixels=int(judge.get("max_image_pixels", cls.max_image_pixels)),
-            chunk_size=int(section.get("chunk_size", cls.chunk_size)),
-        )
+        return from_section(cls, section)
 
     @property
     def reasoning_chars(self) -> int:
@@ -191,39 +186,6 @@ def parse_judge(text: str) -> JudgeVerdict:
     violations = list(dict.fromkeys(v.strip() for v in violations if v.strip()))  # unique, in order
     violations = violations or ([] if passed else ["unspecified"])
     return JudgeVerdict(reasoning=reasoning, violations=violations, passed=passed)
-
-
-def read_kept_light(path: str | os.PathLike[str]) -> list[Record]:
-    """The kept rows of an image table without the ``image`` bytes (a shard's images do not fit in memory)."""
-    import pyarrow.parquet as pq
-
-    names = pq.read_schema(path).names
-    table = shards.read_table(path, [c for c in names if c != "image"])
-    if shards.KEPT in table.column_names:
-        table = table.filter(table.column(shards.KEPT).fill_null(False))
-        table = table.drop_columns([c for c in (shards.KEPT, shards.DROP_REASON) if c in table.column_names])
-    return table.to_pylist()
-
-
-def image_bytes(path: str | os.PathLike[str], key: str, values: Sequence[str]) -> dict[str, bytes | None]:
-    """``image`` bytes of the rows whose ``key`` column is in ``values`` (one chunk), read with a filter."""
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path, columns=[key, "image"], filters=[(key, "in", list(values))])
-    return dict(zip(t.column(key).to_pylist(), t.column("image").to_pylist(), strict=True))
-
-
-def load_image(data: bytes, max_pixels: int) -> Any:
-    """JPEG/PNG bytes -> RGB PIL image, downscaled (aspect kept) to at most ``max_pixels``."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-    w, h = im.size
-    if w * h > max_pixels:
-        scale = (max_pixels / (w * h)) ** 0.5
-        im = im.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BICUBIC)
-    return im
 
 
 def build_messages(image: Any, prompt: str) -> list[Message]:
@@ -304,47 +266,41 @@ def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
                     out_tables: Mapping[str, str | os.PathLike[str]],
                     stats_paths: Mapping[str, str | os.PathLike[str]], *, shard: str,
                     settings: Mapping[str, Any], model: ModelSpec, vlm: Any = None) -> dict[str, StageStats]:
-    """Filter one shard of every subset: ``images/{subset}/{shard}`` -> ``pairs/{subset}/{shard}`` (+ stats).
+    """Filter one shard of every subset: ``generate/{subset}/{shard}`` -> ``pair_filter/{subset}/{shard}``.
 
     The three mappings are keyed by subset. One judge engine serves all subsets; it starts only when a chunk
     needs it (a resumed shard, or ``judge.enabled: false``, never starts it). ``vlm``: an already built
     :class:`~finet2i.backends.VisionLLM` (tests).
     """
-    from finet2i.backends.vllm_llm import LazyChat
+    from finet2i.backends.vllm_llm import lazy_chat
 
     s = PairFilterSettings.from_config(settings)
     missing = sorted(set(image_tables) ^ set(out_tables) | set(image_tables) ^ set(stats_paths))
     if missing:
         raise ValueError(f"pair_filter/{shard}: subsets {missing} lack an images table, an output or a stats "
                          f"path; pass the same subsets in all three")
-    own = vlm is None
-    backend = LazyChat(model, seed=0, limit_images=1, max_model_len=8192) if own else vlm
-    model_name = (getattr(backend, "model_name", None) or model.name) if s.judge_enabled else None
+    engine = lazy_chat(model, vlm, limit_images=1, max_model_len=8192)
+    name = runner.model_name(engine, model.name) if s.judge_enabled else None
     result: dict[str, StageStats] = {}
     try:
         for subset in sorted(image_tables):
-            started = time.monotonic()
             path = image_tables[subset]
-            records = read_kept_light(path)
-            ids = [r.get("sample_id") for r in records]
-            if any(i is None for i in ids):
+            records = runner.read_input(path)
+            if any(r.get("sample_id") is None for r in records):
                 raise ValueError(f"{path}: every row needs a `sample_id` (packaging joins the images by it)")
-            ck = shards.ChunkCheckpoint(out_tables[subset], s.chunk_size,
-                                        shards.fingerprint(ids, STAGE, subset, dict(settings), model.label))
 
             def run_chunk(chunk: list[Record], path: str | os.PathLike[str] = path) -> list[Record]:
                 # Only rows that pass the aesthetic threshold are worth reading the bytes of.
                 wanted = [r["sample_id"] for r in chunk if (r.get(SCORE) or 0.0) > s.aesthetic_threshold]
-                images = image_bytes(path, "sample_id", wanted) if wanted and s.judge_enabled else {}
-                return filter_chunk(chunk, backend, s, images)
+                images = image_bytes(path, "sample_id", wanted) if s.judge_enabled else {}
+                return filter_chunk(chunk, engine, s, images)
 
-            out = ck.run(records, run_chunk)
-            result[subset] = shards.write_stage_output(
-                out_tables[subset], out, stage=STAGE, shard=shard, started=started, model=model_name,
-                stats_file=stats_paths[subset], subset=subset, judge_enabled=s.judge_enabled,
-                aesthetic_threshold=s.aesthetic_threshold, resumed_chunks=ck.resumed_chunks)
-            ck.cleanup()
+            stage = runner.ChunkedStage(STAGE, run_chunk, s.chunk_size, key=(subset, dict(settings), model.label),
+                                        model=name)
+            result[subset] = runner.run_chunked(
+                stage, path, out_tables[subset], shard=shard, stats_path=stats_paths[subset], records=records,
+                subset=subset, judge_enabled=s.judge_enabled, aesthetic_threshold=s.aesthetic_threshold)
     finally:
-        if own:
-            backend.close()
+        if vlm is None:
+            engine.close()
     return result

@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finet2i import shards
+from finet2i import runner, shards
+from finet2i.answers import word_count
 from finet2i.backends import Message, Sampling
 from finet2i.models import ModelSpec
+from finet2i.settings import default, from_section
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
@@ -37,22 +38,18 @@ EMPTY = "empty_generation"
 
 @dataclass(frozen=True)
 class PromptSettings:
-    temperature: float = 1.4
-    top_p: float = 0.8
-    max_tokens: int = 200
-    min_words: int = 5
-    chunk_size: int = 2048
+    temperature: float = default("prompts.temperature")
+    top_p: float = default("prompts.top_p")
+    max_tokens: int = default("prompts.max_tokens")
+    min_words: int = default("prompts.min_words")
+    chunk_size: int = default("prompts.chunk_size")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> PromptSettings:
-        return cls(**shards.known_settings(cls, section))
+        return from_section(cls, section)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
-
-
-def word_count(text: str | None) -> int:
-    return len(text.split()) if text else 0
 
 
 def _length_phrase(spec: Mapping[str, Any]) -> str:
@@ -195,24 +192,13 @@ def run_prompts(specs_path: str | os.PathLike[str], out_path: str | os.PathLike[
     ``model`` starts when the first unfinished chunk needs it. ``taxonomy``: a path or ``Taxonomy`` whose
     descriptions enrich the instruction (optional).
     """
-    from finet2i.backends.vllm_llm import LazyChat
+    from finet2i.backends.vllm_llm import lazy_chat
 
-    started = time.monotonic()
     s = PromptSettings.from_config(settings)
-    records = shards.read_kept(specs_path)
-    own = llm is None
-    backend = LazyChat(model, seed=0) if own else llm
-    model_name = getattr(backend, "model_name", None) or model.name
+    engine = lazy_chat(model, llm)
+    name = runner.model_name(engine, model.name)
     context = _taxonomy_context(taxonomy)
-    ck = shards.ChunkCheckpoint(out_path, s.chunk_size,
-                                shards.fingerprint((r["id"] for r in records), STAGE, settings, model.label))
-    try:
-        out = ck.run(records, lambda chunk: generate_chunk(chunk, backend, s, model_name, context))
-    finally:
-        if own:
-            backend.close()
-    stats = shards.write_stage_output(out_path, out, stage=STAGE, shard=shard, started=started,
-                                      model=model_name, stats_file=stats_path,
-                                      resumed_chunks=ck.resumed_chunks)
-    ck.cleanup()
-    return stats
+    stage = runner.ChunkedStage(
+        STAGE, lambda chunk: generate_chunk(chunk, engine, s, name, context), s.chunk_size,
+        key=(settings, model.label), model=name, close=runner.closer(engine, llm))
+    return runner.run_chunked(stage, specs_path, out_path, shard=shard, stats_path=stats_path)

@@ -19,6 +19,8 @@ from finet2i.taxonomy import load_taxonomy, sample_specs
 
 log = logging.getLogger(__name__)
 
+STAGE = "specs"
+
 SPEC_SCHEMA = pa.schema([
     ("id", pa.string()), ("shard", pa.string()), ("index", pa.int64()),
     ("category", pa.string()), ("subcategory", pa.string()), ("style", pa.string()),
@@ -36,10 +38,8 @@ def run_specs(taxonomy_path: str | os.PathLike[str], table_path: str | os.PathLi
     started = time.monotonic()
     taxonomy = load_taxonomy(taxonomy_path)
     records = [shards.mark(r, None) for r in sample_specs(taxonomy, shard, n, seed)]
-    shards.write_table(table_path, shards.to_table(records, SPEC_SCHEMA))
     digest = hashlib.sha256(Path(taxonomy_path).read_bytes()).hexdigest()[:16]
-    stats = shards.StageStats.from_records("specs", shard, records, seconds=time.monotonic() - started,
-                                           taxonomy=str(taxonomy_path), taxonomy_sha256=digest, seed=seed)
-    stats.write(stats_path or shards.stats_path(table_path))
     log.info("specs/%s: %d specs from %s (sha256 %s)", shard, len(records), taxonomy_path, digest)
-    return stats
+    return shards.write_stage_output(table_path, records, stage=STAGE, shard=shard, started=started,
+                                     stats_file=stats_path, schema=SPEC_SCHEMA, taxonomy=str(taxonomy_path),
+                                     taxonomy_sha256=digest, seed=seed)
