@@ -20,6 +20,7 @@ report: "report/workflow.rst"
 # Config mistakes fail here, while parsing, naming the key. Models and curated sources are checked when a
 # run starts (onstart: after planning, before the first job), so that -n, --dag and --summary work on a
 # login node without weights.
+from finet2i import pipeline
 from finet2i.config import check_available, validate_config
 
 validate_config(config, base_dir=".", check_models=False)
@@ -30,17 +31,14 @@ onstart:
 
 
 include: "rules/common.smk"
-include: "rules/specs.smk"
-include: "rules/prompts.smk"
-include: "rules/embed.smk"
-include: "rules/dedup.smk"
-include: "rules/guard.smk"
-include: "rules/attributes.smk"
-include: "rules/enhance.smk"
-include: "rules/generate.smk"
-include: "rules/pair_filter.smk"
-include: "rules/curated.smk"
-include: "rules/package.smk"
+
+
+# One rule file per stage, named for it, in the order finet2i.pipeline declares.
+for stage in pipeline.STAGES:
+
+    include: f"rules/{stage.name}.smk"
+
+
 include: "rules/report.smk"
 
 

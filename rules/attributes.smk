@@ -1,12 +1,12 @@
 # 3.1.3 "Filtering based on attributes": a VLM (Qwen3-VL-8B-Instruct, text input only) judges whether each
-# prompt that passed the guard matches its target style and category; a JSON-schema constraint shapes the
+# prompt that passed the guard matches its target style and category; a regex constraint shapes the
 # verdict, a mismatch or an unreadable verdict drops the prompt. `attributes.enabled: false` skips the stage
-# (enhance then reads the guard's table, see prompts_for_enhance in common.smk).
+# (the next stage then reads the guard's table: finet2i.pipeline.upstream).
 
 
 rule attributes:
     input:
-        table="results/guard/{shard}.parquet",
+        table=upstream_table("attributes"),
     output:
         table="results/attributes/{shard}.parquet",
         stats="results/attributes/{shard}.stats.json",

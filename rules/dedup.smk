@@ -1,12 +1,12 @@
 # 3.1.2: semantic dedup, exact (no kept pair above dedup.threshold), as fixed-count file-level jobs:
-# centroids (1) -> assign (per shard) -> manifest (1) -> group (per group) -> cross (1) -> keep (per shard).
+# centroids (1) -> assign (per shard) -> manifest (1) -> group (per group) -> cross (1) -> dedup (per shard).
 # A group job reads only its slice of each shard's group-sorted vectors (memory-mapped), so no job holds all
 # vectors. See finet2i.dedup for the keep rule and README "Dedup memory plan" for sizes at production.
 
 
 rule dedup_centroids:
     input:
-        vectors=expand("results/embeddings/{shard}.npz", shard=SHARDS),
+        vectors=expand("results/embed/{shard}.npz", shard=SHARDS),
     output:
         centroids="results/dedup/centroids.npy",
         histogram="results/dedup/similarity_histogram.json",
@@ -30,7 +30,7 @@ rule dedup_centroids:
 
 rule dedup_assign:
     input:
-        vectors="results/embeddings/{shard}.npz",
+        vectors="results/embed/{shard}.npz",
         centroids="results/dedup/centroids.npy",
     output:
         vectors="results/dedup/assign/{shard}.npy",
@@ -127,18 +127,21 @@ rule dedup_cross:
         "../workflow_scripts/dedup_cross.py"
 
 
-rule dedup_keep:
+# The stage's per-shard output: every prompt of the shard with its verdict (rule name = stage name = folder).
+
+
+rule dedup:
     input:
-        table="results/prompts/{shard}.parquet",
-        vectors="results/embeddings/{shard}.npz",
+        table=upstream_table("dedup"),
+        vectors="results/embed/{shard}.npz",
         index="results/dedup/assign/{shard}.npz",
         verdicts="results/dedup/verdicts.npy",
         kept_ids="results/dedup/kept_ids.npy",
     output:
-        table="results/dedup/keep/{shard}.parquet",
-        stats="results/dedup/keep/{shard}.stats.json",
+        table="results/dedup/{shard}.parquet",
+        stats="results/dedup/{shard}.stats.json",
     log:
-        "logs/dedup_keep/{shard}.log",
+        "logs/dedup/{shard}.log",
     conda:
         "../envs/cpu.yaml"
     threads: 1
@@ -148,6 +151,6 @@ rule dedup_keep:
     params:
         settings=output_settings(config, "dedup"),
         seed=config["seed"],
-        code=script_code("workflow_scripts/dedup_keep.py"),
+        code=script_code("workflow_scripts/dedup.py"),
     script:
-        "../workflow_scripts/dedup_keep.py"
+        "../workflow_scripts/dedup.py"

@@ -4,10 +4,10 @@
 
 rule embed:
     input:
-        table="results/prompts/{shard}.parquet",
+        table=upstream_table("embed"),
     output:
-        vectors="results/embeddings/{shard}.npz",
-        stats="results/embeddings/{shard}.stats.json",
+        vectors="results/embed/{shard}.npz",
+        stats="results/embed/{shard}.stats.json",
     log:
         "logs/embed/{shard}.log",
     benchmark:

@@ -5,10 +5,10 @@
 
 rule enhance:
     input:
-        table=prompts_for_enhance,
+        table=upstream_table("enhance"),
     output:
-        table="results/enhanced/{shard}.parquet",
-        stats="results/enhanced/{shard}.stats.json",
+        table="results/enhance/{shard}.parquet",
+        stats="results/enhance/{shard}.stats.json",
     log:
         "logs/enhance/{shard}.log",
     benchmark:

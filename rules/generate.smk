@@ -7,11 +7,11 @@
 
 rule generate:
     input:
-        table="results/enhanced/{shard}.parquet",
+        table=upstream_table("generate"),
         resolutions=config["generate"]["resolutions"],
     output:
-        table="results/images/{subset}/{shard}.parquet",
-        stats="results/images/{subset}/{shard}.stats.json",
+        table="results/generate/{subset}/{shard}.parquet",
+        stats="results/generate/{subset}/{shard}.stats.json",
     log:
         "logs/generate/{subset}/{shard}.log",
     benchmark:

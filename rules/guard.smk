@@ -5,7 +5,7 @@
 
 rule guard:
     input:
-        table="results/dedup/keep/{shard}.parquet",
+        table=upstream_table("guard"),
     output:
         table="results/guard/{shard}.parquet",
         stats="results/guard/{shard}.stats.json",

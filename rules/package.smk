@@ -5,8 +5,8 @@
 
 rule package:
     input:
-        pairs="results/pairs/{subset}/{shard}.parquet",
-        images="results/images/{subset}/{shard}.parquet",
+        pairs=upstream_table("package"),
+        images="results/generate/{subset}/{shard}.parquet",
     output:
         tar="results/dataset/{subset}/train-{shard}.tar",
         index="results/dataset/{subset}/train-{shard}.parquet",
@@ -16,29 +16,6 @@ rule package:
     wildcard_constraints:
         # the synthetic subsets only: "real" is packaged by package_real from the curated shards
         subset="|".join(SUBSETS),
-    conda:
-        "../envs/cpu.yaml"
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    params:
-        settings=output_settings(config, "package"),
-        code=script_code("workflow_scripts/package.py"),
-    script:
-        "../workflow_scripts/package.py"
-
-
-rule package_real:
-    input:
-        enhanced="results/curated/enhanced/{cshard}.parquet",
-        ingest="results/curated/ingest/{cshard}.parquet",
-    output:
-        tar="results/dataset/real/train-{cshard}.tar",
-        index="results/dataset/real/train-{cshard}.parquet",
-        stats="results/dataset/real/train-{cshard}.stats.json",
-    log:
-        "logs/package_real/{cshard}.log",
     conda:
         "../envs/cpu.yaml"
     threads: 1

@@ -6,10 +6,10 @@
 
 rule pair_filter:
     input:
-        images=expand("results/images/{subset}/{{shard}}.parquet", subset=SUBSETS),
+        images=upstream_table("pair_filter"),  # one table per subset, in SUBSETS order
     output:
-        tables=expand("results/pairs/{subset}/{{shard}}.parquet", subset=SUBSETS),
-        stats=expand("results/pairs/{subset}/{{shard}}.stats.json", subset=SUBSETS),
+        tables=expand("results/pair_filter/{subset}/{{shard}}.parquet", subset=SUBSETS),
+        stats=expand("results/pair_filter/{subset}/{{shard}}.stats.json", subset=SUBSETS),
     log:
         "logs/pair_filter/{shard}.log",
     benchmark:

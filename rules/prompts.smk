@@ -5,7 +5,7 @@
 
 rule prompts:
     input:
-        table="results/specs/{shard}.parquet",
+        table=upstream_table("prompts"),
         taxonomy=config["taxonomy"],
     output:
         table="results/prompts/{shard}.parquet",

@@ -249,7 +249,7 @@ def resume_copy(ref: DemoRun, dest: Path, subset: str, shard: str) -> tuple[Path
     removed; returns (workdir, target tar)."""
     shutil.copytree(ref.workdir, dest, symlinks=True)
     shutil.rmtree(dest / ".snakemake" / "slurm_logs", ignore_errors=True)
-    for pattern in (f"results/images/{subset}/{shard}.*", f"results/pairs/{subset}/{shard}.*",
+    for pattern in (f"results/generate/{subset}/{shard}.*", f"results/pair_filter/{subset}/{shard}.*",
                     f"results/dataset/{subset}/train-{shard}.*"):
         for path in dest.glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -374,7 +374,7 @@ def test_scancel_gpu_job_is_retried_and_resumes_from_checkpoint(demo_runs, slurm
     wd, target = resume_copy(ref, tmp_path / "wd", subset, shard)
     args = slurm_args(write_test_profile(wd, slurm_cluster))
     assert_planned(wd, args, target, {"generate": 1, "pair_filter": 1, "package": 1})
-    image_table = wd / f"results/images/{subset}/{shard}.parquet"
+    image_table = wd / f"results/generate/{subset}/{shard}.parquet"
 
     log = tmp_path / "snakemake.log"
     since = datetime.now()
@@ -413,7 +413,7 @@ def test_sigint_and_sigkill_to_snakemake_then_cleanup_and_rerun(demo_runs, slurm
     subset, shard = biggest_shard(ref)
     wd, target = resume_copy(ref, tmp_path / "wd", subset, shard)
     args = slurm_args(write_test_profile(wd, slurm_cluster))
-    image_table = wd / f"results/images/{subset}/{shard}.parquet"
+    image_table = wd / f"results/generate/{subset}/{shard}.parquet"
 
     # 1. Ctrl-C while generate runs: Snakemake cancels its own Slurm jobs and releases its lock.
     log1 = tmp_path / "run1.log"
@@ -475,7 +475,7 @@ def test_job_failing_once_succeeds_on_retry(demo_runs, slurm_cluster, tmp_path) 
     subset, shard = biggest_shard(ref)
     wd, target = resume_copy(ref, tmp_path / "wd", subset, shard)
     # Only the packaging is redone: restore generate's and pair_filter's outputs from the reference.
-    for stage in ("images", "pairs"):
+    for stage in ("generate", "pair_filter"):
         for path in (ref.workdir / "results" / stage / subset).glob(f"{shard}.*"):
             shutil.copy2(path, wd / "results" / stage / subset / path.name)
     args = slurm_args(write_test_profile(wd, slurm_cluster))

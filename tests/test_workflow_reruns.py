@@ -6,10 +6,10 @@ change must plan EXACTLY the jobs that the change can affect:
 
 * a threshold or a model: that stage and everything downstream of it, in every shard; nothing upstream;
 * a changed shard: its own chain, and the aggregations after it. Dedup reads every shard (centroids, groups,
-  cross), so one `snakemake` run also replans every other shard from dedup_keep on: Snakemake cannot know
+  cross), so one `snakemake` run also replans every other shard from dedup on: Snakemake cannot know
   before running that the other shards' keep tables come out identical (the keep rule lets the earliest
   prompt survive, so a change in shard k never flips a verdict in an earlier shard). Running the dedup part
-  first (`--until dedup_keep`) lets Snakemake's input checksums see those identical tables, and the rest
+  first (`--until dedup`) lets Snakemake's input checksums see those identical tables, and the rest
   of the plan is then the changed shard's chain only; both are asserted;
 * a touched file whose bytes did not change: nothing (Snakemake compares recorded input checksums);
 * a changed workflow script: that stage and downstream (Snakemake's `code` trigger);
@@ -39,6 +39,8 @@ import pytest
 import yaml
 from workflow_helpers import DEMO_CONFIG, ROOT, copy_workdir, local_demo, planned_jobs, snakemake
 
+from finet2i import pipeline
+
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 CONFIG = DEMO_CONFIG
@@ -47,10 +49,12 @@ SHARDS = tuple(f"{i:05d}" for i in range(DEMO["shards"]["count"]))
 SUBSETS = tuple(DEMO["generate"]["subsets"])
 SUBSET = "pe_as"  # the subset whose generate job the resume test kills
 GROUPS = tuple(f"{g:03d}" for g in range(DEMO["dedup"]["groups"]))
-# The per-shard chain in pipeline order; the curated branch is independent of every change made here.
-SHARD_CHAIN = ["specs", "prompts", "embed", "dedup_assign", "dedup_keep", "guard", "attributes", "enhance",
-               "generate", "pair_filter", "package"]
-PER_SUBSET = {"generate", "package"}
+# The per-shard chain in pipeline order (finet2i.pipeline), with dedup's per-shard assign job before its keep
+# job; the curated branch is independent of every change made here.
+SHARD_CHAIN = [s.name for s in pipeline.enabled_stages(DEMO) if s.branch == pipeline.SYNTHETIC]
+SHARD_CHAIN.insert(SHARD_CHAIN.index("dedup"), "dedup_assign")
+# Stages with one job per (subset, shard); pair_filter writes per subset too, but judges all subsets in one job.
+PER_SUBSET = {s.name for s in pipeline.STAGES if s.per_subset} - {"pair_filter"}
 FINAL = {"report", "all"}
 DEDUP_AGGREGATES = {"dedup_centroids", "dedup_manifest", "dedup_cross"} | {
     f"dedup_group[group={g}]" for g in GROUPS}
@@ -161,7 +165,7 @@ def _rewrite_shard(path: Path, stage: str) -> None:
 @pytest.mark.parametrize("stage", ["specs", "prompts"])
 def test_changed_shard_reruns_its_chain_and_the_aggregations(work, stage):
     """One `snakemake` run after shard 00001 changed. Shard 00000's specs, prompts and embeddings are kept;
-    dedup reads every shard, so its aggregations rerun and, after them, every shard's dedup_keep and
+    dedup reads every shard, so its aggregations rerun and, after them, every shard's dedup and
     whatever is downstream of it (Snakemake cannot tell before running that shard 00000's keep table will
     come out identical; see the two-step test)."""
     _rewrite_shard(work / f"results/{stage}/00001.parquet", stage)
@@ -172,16 +176,16 @@ def test_changed_shard_reruns_its_chain_and_the_aggregations(work, stage):
 
 
 def test_changed_shard_after_dedup_reruns_only_its_chain(work):
-    """The cheap dedup part first (`--until dedup_keep`), then the plan: shard 00000's keep table is
+    """The cheap dedup part first (`--until dedup`), then the plan: shard 00000's keep table is
     rewritten with the same bytes (the earliest prompt survives, so a change in a later shard cannot flip
     its verdicts) and its recorded input checksum keeps its GPU stages from rerunning."""
     _rewrite_shard(work / "results/prompts/00001.parquet", "prompts")
-    keep0 = (work / "results/dedup/keep/00000.parquet").read_bytes()
-    mtime0 = (work / "results/dedup/keep/00000.parquet").stat().st_mtime_ns
+    keep0 = (work / "results/dedup/00000.parquet").read_bytes()
+    mtime0 = (work / "results/dedup/00000.parquet").stat().st_mtime_ns
     snakemake(work, "--profile", "profiles/local", "--configfile", CONFIG, "--cores", "2",
-              "--until", "dedup_keep", timeout=900)
-    keep = work / "results/dedup/keep/00000.parquet"
-    assert keep.stat().st_mtime_ns != mtime0, "dedup_keep 00000 did not run"
+              "--until", "dedup", timeout=900)
+    keep = work / "results/dedup/00000.parquet"
+    assert keep.stat().st_mtime_ns != mtime0, "dedup 00000 did not run"
     assert keep.read_bytes() == keep0, "a change in shard 00001 changed shard 00000's dedup verdicts"
     assert_plan(plan(work), chain_from("guard", ("00001",)) | FINAL)
 
@@ -257,11 +261,11 @@ def test_killed_generate_job_resumes_from_its_checkpoint(finished, tmp_path):
     from finet2i import shards
 
     wd = copy_workdir(finished, tmp_path / "wd").resolve()
-    kept = {s: len(shards.read_kept(wd / f"results/enhanced/{s}.parquet")) for s in SHARDS}
+    kept = {s: len(shards.read_kept(wd / f"results/enhance/{s}.parquet")) for s in SHARDS}
     # the smaller shard that still has two chunks to kill between
     shard = min((s for s in SHARDS if kept[s] >= 2), key=kept.get, default=None)
     assert shard, f"need two chunks to kill between, enhanced shards hold {kept}"
-    table = wd / f"results/images/{SUBSET}/{shard}.parquet"
+    table = wd / f"results/generate/{SUBSET}/{shard}.parquet"
     stats = table.with_name(f"{shard}.stats.json")
     reference = pq.read_table(table)
     table.unlink()

@@ -4,7 +4,7 @@ from finet2i.workflow import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_caption(smk.input.table, smk.output.table, shard=run.shard,
+    run_caption(smk.input.table, smk.input.images, smk.output.table, shard=run.shard,
                 settings=run.section("curated")["caption"], model=run.model("captioner"),
                 stats_path=smk.output.stats)
 

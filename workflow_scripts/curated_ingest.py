@@ -1,4 +1,4 @@
-from finet2i.stages.curated import run_curated_ingest
+from finet2i.stages.curated_ingest import run_curated_ingest
 from finet2i.workflow import adapter
 
 

@@ -1,4 +1,4 @@
-from finet2i.stages.curated import run_curated_score
+from finet2i.stages.curated_score import run_curated_score
 from finet2i.workflow import adapter
 
 

@@ -5,9 +5,7 @@ from finet2i.workflow import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    import torch
-
-    torch.set_num_threads(run.threads)
+    run.use_torch()
     settings = DedupSettings.from_config(run.section("dedup"), seed=int(smk.params.seed))
     index, vectors = read_assign_manifest(smk.input.manifest)
     run_dedup_cross(list(smk.input.groups), index, vectors, smk.output.verdicts, smk.output.kept_ids,

@@ -4,9 +4,7 @@ from finet2i.workflow import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    import torch
-
-    torch.set_num_threads(run.threads)
+    run.use_torch()
     run_embed(smk.input.table, smk.output.vectors, shard=run.shard, settings=run.section("embed"),
               model=run.model("embedder"), stats_path=smk.output.stats)
 

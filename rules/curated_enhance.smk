@@ -1,0 +1,26 @@
+# 3.2: the captions rewritten by the same prompt enhancer as the synthetic prompts.
+
+
+rule curated_enhance:
+    input:
+        table=upstream_table("curated_enhance"),
+    output:
+        table="results/curated_enhance/{cshard}.parquet",
+        stats="results/curated_enhance/{cshard}.stats.json",
+    log:
+        "logs/curated_enhance/{cshard}.log",
+    benchmark:
+        "results/benchmarks/curated_enhance/{cshard}.tsv"
+    conda:
+        "../envs/llm.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=240,
+    params:
+        settings=output_settings(config, "enhance"),
+        model=config["models"]["enhancer"],
+        code=script_code("workflow_scripts/curated_enhance.py"),
+    script:
+        "../workflow_scripts/curated_enhance.py"

@@ -1,0 +1,137 @@
+"""The pipeline, declared once: which stages there are, in which order, what each reads and where it writes.
+
+Everything that needs the pipeline's shape reads it from here: the rule files' input functions and the report's
+inputs (``rules/common.smk``), the report's funnel order, the models a run needs (``finet2i.config``), and the
+tests. The names are one name each: **stage name = rule name = results folder** (``results/<stage>/...``)
+and the ``stage`` field of its stats JSONs. The packaged dataset is the exception: it is the product, not an
+intermediate, so it sits in ``results/dataset/`` (rules ``package`` and ``package_real``).
+
+A stage reads the kept rows of the stage before it in its branch that writes a record table, skipping stages
+that the config switches off: insert a stage into the tuple and the stage after it reads from the new one.
+Pure data and standard library: the Snakefile reads this while planning, so it must stay light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SYNTHETIC = "synthetic"
+CURATED = "curated"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    branch: str = SYNTHETIC
+    per_subset: bool = False  # one output per (subset, shard): results/<stage>/<subset>/<shard>.parquet
+    table: bool = True  # writes a record table (kept + drop_reason) that the next stage reads
+    reads: str | None = None  # the record table it reads, when not simply the previous stage's
+    switch: str | None = None  # dotted config key that switches the stage off when false
+    models: tuple[str, ...] = ()  # keys of config["models"] it loads
+    folder: str | None = None  # results folder when it is not the stage's name (the dataset only)
+
+    @property
+    def results(self) -> str:
+        return f"results/{self.folder or self.name}"
+
+
+# In pipeline order. `reads` is given only where a stage does not read the table just above it.
+STAGES: tuple[Stage, ...] = (
+    Stage("specs"),
+    Stage("prompts", models=("prompt_generator",)),
+    Stage("embed", table=False, models=("embedder",)),
+    Stage("dedup", reads="prompts"),
+    Stage("guard", models=("guard",)),
+    Stage("attributes", switch="attributes.enabled", models=("verifier",)),
+    Stage("enhance", models=("enhancer",)),
+    Stage("generate", per_subset=True, models=("z_image", "flux2", "aesthetic_encoder", "aesthetic_head")),
+    Stage("pair_filter", per_subset=True, models=("judge",)),
+    Stage("package", per_subset=True, table=False, folder="dataset"),
+    Stage("curated_ingest", branch=CURATED, switch="curated.enabled"),
+    Stage("curated_score", branch=CURATED, switch="curated.enabled",
+          models=("aesthetic_encoder", "aesthetic_head")),
+    Stage("curated_caption", branch=CURATED, switch="curated.enabled", models=("captioner",)),
+    Stage("curated_enhance", branch=CURATED, switch="curated.enabled", models=("enhancer",)),
+    Stage("package_real", branch=CURATED, switch="curated.enabled", table=False, folder="dataset"),
+)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+
+
+def stage(name: str) -> Stage:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no stage {name!r} in finet2i.pipeline.STAGES ({', '.join(BY_NAME)})") from None
+
+
+def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return True  # a switch that is not in the config leaves the stage on (the schema's default)
+        node = node[part]
+    return node
+
+
+def enabled(name: str, config: Mapping[str, Any]) -> bool:
+    """Whether the config runs the stage. The curated branch also needs at least one source."""
+    s = stage(name)
+    if s.switch is not None and not bool(_lookup(config, s.switch)):
+        return False
+    if s.branch == CURATED and not (config.get("curated") or {}).get("sources"):
+        return False
+    return True
+
+
+def enabled_stages(config: Mapping[str, Any]) -> list[Stage]:
+    return [s for s in STAGES if enabled(s.name, config)]
+
+
+def upstream(name: str, config: Mapping[str, Any]) -> Stage | None:
+    """The stage whose kept rows ``name`` reads under this config (None for a branch's first stage)."""
+    me = stage(name)
+    if me.reads is not None:
+        return stage(me.reads)
+    before = STAGES[: STAGES.index(me)]
+    for s in reversed(before):
+        if s.branch == me.branch and s.table and enabled(s.name, config):
+            return s
+    return None
+
+
+def table_path(name: str, shard: str, subset: str | None = None) -> str:
+    """``results/<stage>/[<subset>/]<shard>.parquet``: the record table of one shard of a stage."""
+    s = stage(name)
+    if s.per_subset and subset is None:
+        raise ValueError(f"stage {name} writes one table per subset; give the subset")
+    return f"{s.results}/{subset}/{shard}.parquet" if s.per_subset else f"{s.results}/{shard}.parquet"
+
+
+def stats_path(name: str, shard: str, subset: str | None = None) -> str:
+    return table_path(name, shard, subset).removesuffix(".parquet") + ".stats.json"
+
+
+def model_keys(config: Mapping[str, Any]) -> list[str]:
+    """The ``models`` keys that the enabled stages load, in pipeline order, each once.
+
+    A generator with weight 0 renders nothing and needs no weights; without the judge, pair_filter loads none.
+    """
+    keys: list[str] = []
+    generators = (config.get("generate") or {}).get("generators") or {}
+    judge_on = bool(((config.get("pair_filter") or {}).get("judge") or {}).get("enabled", True))
+    for s in enabled_stages(config):
+        for key in s.models:
+            if key in generators and float(generators[key].get("weight", 0)) <= 0:
+                continue
+            if s.name == "pair_filter" and not judge_on:
+                continue
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def stage_order() -> tuple[str, ...]:
+    """Stage names in pipeline order (the report's funnel order)."""
+    return tuple(s.name for s in STAGES)

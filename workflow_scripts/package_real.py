@@ -1,0 +1,12 @@
+from finet2i.stages.package import run_package_real
+from finet2i.workflow import adapter
+
+
+def main(smk) -> None:
+    run = adapter(smk)
+    run_package_real(smk.input.enhanced, smk.input.ingest, smk.output.tar, smk.output.index, cshard=run.shard,
+                     settings=run.section("package"), stats_path=smk.output.stats)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821  (injected by Snakemake's script: directive)
