@@ -88,12 +88,12 @@ SUBSETS = {subsets!r}
 PRE = "attributes" if {attributes} else "guard"
 TARS = expand("results/dataset/{{subset}}/train-{{shard}}.tar", subset=SUBSETS, shard=SHARDS)
 TARS += expand("results/dataset/real/train-{{cshard}}.tar", cshard=CSHARDS)
-STAGES = ["specs", "prompts", "embeddings", "dedup/keep", "guard"] + (["attributes"] if {attributes} else [])
-STATS = expand("results/{{stage}}/{{shard}}.stats.json", stage=STAGES + ["enhanced"], shard=SHARDS)
-STATS += expand("results/{{stage}}/{{subset}}/{{shard}}.stats.json", stage=["images", "pairs"],
+STAGES = ["specs", "prompts", "embed", "dedup", "guard"] + (["attributes"] if {attributes} else [])
+STATS = expand("results/{{stage}}/{{shard}}.stats.json", stage=STAGES + ["enhance"], shard=SHARDS)
+STATS += expand("results/{{stage}}/{{subset}}/{{shard}}.stats.json", stage=["generate", "pair_filter"],
                 subset=SUBSETS, shard=SHARDS)
-STATS += expand("results/curated/{{stage}}/{{cshard}}.stats.json",
-                stage=["ingest", "score", "caption", "enhanced"], cshard=CSHARDS)
+STATS += expand("results/{{stage}}/{{cshard}}.stats.json",
+                stage=["curated_ingest", "curated_score", "curated_caption", "curated_enhance"], cshard=CSHARDS)
 STATS += [t.replace(".tar", ".stats.json") for t in TARS]
 ASSIGN = dict(index=expand("results/dedup/assign/{{shard}}.npz", shard=SHARDS),
               vectors=expand("results/dedup/assign/{{shard}}.npy", shard=SHARDS))
@@ -148,27 +148,27 @@ rule prompts:
 
 rule embed:
     input: "results/prompts/{shard}.parquet"
-    output: "results/embeddings/{shard}.npz", "results/embeddings/{shard}.stats.json"
+    output: "results/embed/{shard}.npz", "results/embed/{shard}.stats.json"
     shell: "touch {output}"
 
 rule dedup_centroids:
-    input: expand("results/embeddings/{shard}.npz", shard=SHARDS)
+    input: expand("results/embed/{shard}.npz", shard=SHARDS)
     output: "results/dedup/centroids.npy", "results/dedup/similarity_histogram.json"
     shell: "touch {output}"
 
 rule dedup_assign:
-    input: "results/embeddings/{shard}.npz", "results/dedup/centroids.npy"
+    input: "results/embed/{shard}.npz", "results/dedup/centroids.npy"
     output: "results/dedup/assign/{shard}.npy", "results/dedup/assign/{shard}.npz"
     shell: "touch {output}"
 %(dedup)s
-rule dedup_keep:
-    input: "results/prompts/{shard}.parquet", "results/embeddings/{shard}.npz",
+rule dedup:
+    input: "results/prompts/{shard}.parquet", "results/embed/{shard}.npz",
            "results/dedup/assign/{shard}.npz", "results/dedup/verdicts.npy", "results/dedup/kept_ids.npy"
-    output: "results/dedup/keep/{shard}.parquet", "results/dedup/keep/{shard}.stats.json"
+    output: "results/dedup/{shard}.parquet", "results/dedup/{shard}.stats.json"
     shell: "touch {output}"
 
 rule guard:
-    input: "results/dedup/keep/{shard}.parquet"
+    input: "results/dedup/{shard}.parquet"
     output: "results/guard/{shard}.parquet", "results/guard/{shard}.stats.json"
     shell: "touch {output}"
 
@@ -179,47 +179,47 @@ rule attributes:
 
 rule enhance:
     input: "results/" + PRE + "/{shard}.parquet"
-    output: "results/enhanced/{shard}.parquet", "results/enhanced/{shard}.stats.json"
+    output: "results/enhance/{shard}.parquet", "results/enhance/{shard}.stats.json"
     shell: "touch {output}"
 
 rule generate:
-    input: "results/enhanced/{shard}.parquet", "config/resolutions.yaml"
-    output: "results/images/{subset}/{shard}.parquet", "results/images/{subset}/{shard}.stats.json"
+    input: "results/enhance/{shard}.parquet", "config/resolutions.yaml"
+    output: "results/generate/{subset}/{shard}.parquet", "results/generate/{subset}/{shard}.stats.json"
     shell: "touch {output}"
 
 rule pair_filter:
-    input: expand("results/images/{subset}/{{shard}}.parquet", subset=SUBSETS)
-    output: expand("results/pairs/{subset}/{{shard}}.parquet", subset=SUBSETS),
-            expand("results/pairs/{subset}/{{shard}}.stats.json", subset=SUBSETS)
+    input: expand("results/generate/{subset}/{{shard}}.parquet", subset=SUBSETS)
+    output: expand("results/pair_filter/{subset}/{{shard}}.parquet", subset=SUBSETS),
+            expand("results/pair_filter/{subset}/{{shard}}.stats.json", subset=SUBSETS)
     shell: "touch {output}"
 
 rule package:
-    input: "results/pairs/{subset}/{shard}.parquet", "results/images/{subset}/{shard}.parquet"
+    input: "results/pair_filter/{subset}/{shard}.parquet", "results/generate/{subset}/{shard}.parquet"
     output: "results/dataset/{subset}/train-{shard}.tar", "results/dataset/{subset}/train-{shard}.parquet",
             "results/dataset/{subset}/train-{shard}.stats.json"
     shell: "touch {output}"
 
 rule curated_ingest:
-    output: "results/curated/ingest/{cshard}.parquet", "results/curated/ingest/{cshard}.stats.json"
+    output: "results/curated_ingest/{cshard}.parquet", "results/curated_ingest/{cshard}.stats.json"
     shell: "touch {output}"
 
 rule curated_score:
-    input: "results/curated/ingest/{cshard}.parquet"
-    output: "results/curated/score/{cshard}.parquet", "results/curated/score/{cshard}.stats.json"
+    input: "results/curated_ingest/{cshard}.parquet"
+    output: "results/curated_score/{cshard}.parquet", "results/curated_score/{cshard}.stats.json"
     shell: "touch {output}"
 
 rule curated_caption:
-    input: "results/curated/score/{cshard}.parquet"
-    output: "results/curated/caption/{cshard}.parquet", "results/curated/caption/{cshard}.stats.json"
+    input: "results/curated_score/{cshard}.parquet"
+    output: "results/curated_caption/{cshard}.parquet", "results/curated_caption/{cshard}.stats.json"
     shell: "touch {output}"
 
 rule curated_enhance:
-    input: "results/curated/caption/{cshard}.parquet"
-    output: "results/curated/enhanced/{cshard}.parquet", "results/curated/enhanced/{cshard}.stats.json"
+    input: "results/curated_caption/{cshard}.parquet"
+    output: "results/curated_enhance/{cshard}.parquet", "results/curated_enhance/{cshard}.stats.json"
     shell: "touch {output}"
 
 rule package_real:
-    input: "results/curated/enhanced/{cshard}.parquet", "results/curated/ingest/{cshard}.parquet"
+    input: "results/curated_enhance/{cshard}.parquet", "results/curated_ingest/{cshard}.parquet"
     output: "results/dataset/real/train-{cshard}.tar", "results/dataset/real/train-{cshard}.parquet",
             "results/dataset/real/train-{cshard}.stats.json"
     shell: "touch {output}"

@@ -50,7 +50,7 @@ all vectors as float32 would be 69 GB, as float16 34 GB; no job holds them all):
   ~70 B x 44.8M = 3.2 GB), the kept set so far (~5.6M x 768 B = 4.3 GB on the host, and the same on the GPU
   or as bfloat16 on a CPU); vectors of the prompts it compares are read on demand from the memory-mapped
   assign files: ~12 GB RAM + ~4.5 GB GPU.
-* dedup_keep (per shard): its slice of the memory-mapped verdicts and one shard: < 1 GB.
+* dedup (per shard, the keep job): its slice of the memory-mapped verdicts and one shard: < 1 GB.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
     dedup_group       per group reads only its slice of each shard's assign file (memory-mapped)
                                 -> group/{group}.npz (ranks, in-group verdicts, stored neighbours)
     dedup_cross       one job   all group outcomes + on-demand vectors -> verdicts.npy, kept_ids.npy
-    dedup_keep        per shard prompts + verdicts -> keep/{shard}.parquet (+ stats, stage "dedup")
+    dedup             per shard prompts + verdicts -> dedup/{shard}.parquet (+ stats): the stage's table
 
 Every output is written atomically, so a killed job leaves nothing behind and its rerun starts clean; all
 jobs are deterministic, so a rerun writes the same bytes.
