@@ -2,8 +2,8 @@
 
 Snakemake's code trigger covers a rule's ``script:`` file only, and our scripts are thin adapters: the logic
 lives in ``finet2i.stages.<stage>`` and the modules it imports. Each rule therefore carries
-``params: code=code_fingerprint("finet2i.stages.<stage>")``, a hash of the stage module and of every finet2i
-module it imports (transitively, imports inside functions included).
+``params: code=script_code("workflow_scripts/<stage>.py")`` (rules/common.smk), a hash of the finet2i modules
+its script imports and of every finet2i module they import (transitively, imports inside functions included).
 
 What the hash ignores, so that harmless edits do not rerun GPU stages:
 

@@ -2,7 +2,7 @@
 
 Nothing here downloads anything. ``finet2i fetch-models`` (run once on a node with network) fills the
 Hugging Face cache; at run time every model must already be local, and a missing one is an error that names
-the config key before any job is submitted (see :func:`finet2i.config.check_models`).
+the config key before any job is submitted (see :func:`finet2i.config.check_available`, the workflow's ``onstart``).
 """
 
 from __future__ import annotations
