@@ -231,8 +231,9 @@ class ChunkCheckpoint:
     """Process a shard in chunks and keep each finished chunk on disk, so a killed job redoes one chunk at most.
 
     Chunks live in ``<output>.chunks/`` next to the final output; a chunk file is written atomically and is
-    valid only for the same chunk size and the same input ids (a fingerprint in ``manifest.json``): a rerun
-    after a config change starts fresh instead of mixing stale results into the dataset.
+    valid only for the same chunk size and the same fingerprint in ``manifest.json`` (the runner's: every input
+    row's content, the settings and the models): a rerun after a change starts fresh instead of mixing stale
+    results into the dataset.
     """
 
     def __init__(self, output: str | os.PathLike[str], chunk_size: int, fingerprint: str) -> None:
