@@ -36,14 +36,17 @@ def is_enabled(stage):
 def upstream_table(stage):
     """An input function: the record table(s) that `stage` reads for the job's shard, i.e. those of the enabled
     stage before it (finet2i.pipeline). An upstream stage with one table per subset gives the job's subset, or
-    every subset's (in SUBSETS order) to a job without a subset wildcard (pair_filter)."""
+    every subset's (in SUBSETS order) to a job without a subset wildcard (pair_filter).
+    """
 
     def table(wildcards):
         up = pipeline.upstream(stage, config)
         shard = wildcards.get("shard") or wildcards.get("cshard")
         if up.per_subset and "subset" not in wildcards.keys():
             return [pipeline.table_path(up.name, shard, subset) for subset in SUBSETS]
-        return pipeline.table_path(up.name, shard, wildcards.get("subset") if up.per_subset else None)
+        return pipeline.table_path(
+            up.name, shard, wildcards.get("subset") if up.per_subset else None
+        )
 
     table.__name__ = f"{stage}_upstream_table"
     return table
@@ -70,7 +73,9 @@ def stage_stats():
             continue
         shards = CURATED_SHARDS if stage.branch == pipeline.CURATED else SHARDS
         subsets = SUBSETS if stage.per_subset else [None]
-        stats += [pipeline.stats_path(stage.name, s, sub) for sub in subsets for s in shards]
+        stats += [
+            pipeline.stats_path(stage.name, s, sub) for sub in subsets for s in shards
+        ]
     return stats
 
 

@@ -9,7 +9,9 @@ rule pair_filter:
         images=upstream_table("pair_filter"),  # one table per subset, in SUBSETS order
     output:
         tables=expand("results/pair_filter/{subset}/{{shard}}.parquet", subset=SUBSETS),
-        stats=expand("results/pair_filter/{subset}/{{shard}}.stats.json", subset=SUBSETS),
+        stats=expand(
+            "results/pair_filter/{subset}/{{shard}}.stats.json", subset=SUBSETS
+        ),
     log:
         "logs/pair_filter/{shard}.log",
     benchmark:
