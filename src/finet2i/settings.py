@@ -68,6 +68,14 @@ def _get(section: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
+class FromSection:
+    """Base of a settings dataclass: ``from_config(section)`` builds it with :func:`from_section`."""
+
+    @classmethod
+    def from_config(cls: type[T], section: Mapping[str, Any] | None) -> T:
+        return from_section(cls, section)
+
+
 def from_section(cls: type[T], section: Mapping[str, Any] | None) -> T:
     """``cls`` (a settings dataclass) from a config section: given values win, field defaults fill the rest.
 

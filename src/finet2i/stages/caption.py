@@ -23,7 +23,7 @@ from finet2i import runner, shards
 from finet2i.backends import Message, Sampling
 from finet2i.images import image_bytes, load_image
 from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
+from finet2i.settings import FromSection, default
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,11 @@ _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 
 
 @dataclass(frozen=True)
-class CaptionSettings:
+class CaptionSettings(FromSection):
     temperature: float = default("curated.caption.temperature")
     max_tokens: int = default("curated.caption.max_tokens")
     chunk_size: int = default("curated.caption.chunk_size")
     max_image_pixels: int = default("curated.caption.max_image_pixels")  # downscaled first (token budget)
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> CaptionSettings:
-        return from_section(cls, section)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)

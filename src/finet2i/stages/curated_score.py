@@ -16,7 +16,7 @@ from typing import Any
 from finet2i import runner, shards
 from finet2i.images import image_bytes, load_image
 from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
+from finet2i.settings import FromSection, default
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +26,9 @@ LOW_AESTHETIC = "low_aesthetic"
 
 
 @dataclass(frozen=True)
-class ScoreSettings:
+class ScoreSettings(FromSection):
     aesthetic_threshold: float = default("curated.aesthetic_threshold")
     chunk_size: int = default("curated.chunk_size")
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> ScoreSettings:
-        return from_section(cls, section)
 
 
 def score_chunk(records: list[shards.Record], images: Mapping[str, bytes | None], scorer: Any,

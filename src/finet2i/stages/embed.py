@@ -25,7 +25,7 @@ from finet2i import shards
 from finet2i.backends import TextEmbedder
 from finet2i.embeddings import DIM, write_embeddings
 from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
+from finet2i.settings import FromSection, default
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,10 @@ STAGE = "embed"
 
 
 @dataclass(frozen=True)
-class EmbedSettings:
+class EmbedSettings(FromSection):
     batch_size: int = default("embed.batch_size")
     dtype: str = default("embed.dtype")
     cache: bool = default("embed.cache")
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> EmbedSettings:
-        return from_section(cls, section)
 
 
 def embed_fingerprint(ids: list[str], prompts: list[str], model: ModelSpec | str) -> str:

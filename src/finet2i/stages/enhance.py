@@ -26,7 +26,7 @@ from typing import Any
 from finet2i import runner, shards
 from finet2i.backends import Constraint, Message, Sampling
 from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
+from finet2i.settings import FromSection, default
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,12 @@ _TAG = re.compile(r"</?\s*(?:think|answer)\s*>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class EnhanceSettings:
+class EnhanceSettings(FromSection):
     temperature: float = default("enhance.temperature")
     top_p: float = default("enhance.top_p")
     max_tokens: int = default("enhance.max_tokens")
     constrained: bool = default("enhance.constrained")
     chunk_size: int = default("enhance.chunk_size")
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> EnhanceSettings:
-        return from_section(cls, section)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)

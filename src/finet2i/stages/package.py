@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from finet2i import shards
 from finet2i.answers import word_count
 from finet2i.images import image_bytes
-from finet2i.settings import default, from_section
+from finet2i.settings import FromSection, default
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,8 @@ BAD_ID = "bad_id"
 
 
 @dataclass(frozen=True)
-class PackageSettings:
+class PackageSettings(FromSection):
     jpeg_quality: int = default("package.jpeg_quality")
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any] | None) -> PackageSettings:
-        return from_section(cls, section)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from finet2i.answers import extract_json_object
 from finet2i.backends import Constraint, Message, Sampling
 from finet2i.images import image_bytes, load_image
 from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
+from finet2i.settings import FromSection, default
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _judge(key: str) -> Any:
 
 
 @dataclass(frozen=True)
-class PairFilterSettings:
+class PairFilterSettings(FromSection):
     aesthetic_threshold: float = default("pair_filter.aesthetic_threshold")
     judge_enabled: bool = _judge("enabled")
     temperature: float = _judge("temperature")
@@ -129,10 +129,6 @@ class PairFilterSettings:
     max_reasoning_chars: int | None = _judge("max_reasoning_chars")
     max_image_pixels: int = _judge("max_image_pixels")  # images are downscaled to this before the judge
     chunk_size: int = default("pair_filter.chunk_size")
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> PairFilterSettings:
-        return from_section(cls, section)
 
     @property
     def reasoning_chars(self) -> int:

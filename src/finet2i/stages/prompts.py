@@ -20,7 +20,7 @@ from finet2i import runner, shards
 from finet2i.answers import word_count
 from finet2i.backends import Message, Sampling
 from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
+from finet2i.settings import FromSection, default
 from finet2i.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,12 @@ EMPTY = "empty_generation"
 
 
 @dataclass(frozen=True)
-class PromptSettings:
+class PromptSettings(FromSection):
     temperature: float = default("prompts.temperature")
     top_p: float = default("prompts.top_p")
     max_tokens: int = default("prompts.max_tokens")
     min_words: int = default("prompts.min_words")
     chunk_size: int = default("prompts.chunk_size")
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> PromptSettings:
-        return from_section(cls, section)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
