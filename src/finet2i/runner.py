@@ -12,7 +12,8 @@ every stage:
   the same input rows, chunk size and key;
 * starts nothing itself: engines are lazy (:class:`finet2i.backends.vllm_llm.LazyChat`), so a shard resumed
   with nothing left to do never loads a model; and closes the engine in ``finally``;
-* writes the table atomically, then the stats JSON (the completion marker), logs the verdict counts, and
+* writes the table atomically, carried columns with the upstream table's types (a column that is null in every
+  row of a shard keeps its type), then the stats JSON (the completion marker), logs the verdict counts, and
   removes the checkpoint.
 
 Stages that are not chunked (specs, dedup's keep tables, package) write through the same
@@ -27,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from finet2i import shards
 from finet2i.shards import Record, StageStats
@@ -80,8 +83,8 @@ def run_chunked(stage: ChunkedStage, in_path: PathLike, out_path: PathLike, *, s
     model = stage.model(out) if callable(stage.model) else stage.model
     summary = stage.summarize(out) if stage.summarize else {}
     stats = shards.write_stage_output(out_path, out, stage=stage.name, shard=shard, started=started,
-                                      model=model, stats_file=stats_path, **summary, **extra,
-                                      resumed_chunks=ck.resumed_chunks)
+                                      model=model, stats_file=stats_path, like=pq.read_schema(in_path),
+                                      **summary, **extra, resumed_chunks=ck.resumed_chunks)
     ck.cleanup()
     return stats
 

@@ -71,9 +71,13 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def write_table(path: str | os.PathLike[str], records: Sequence[Record] | pa.Table,
-                schema: pa.Schema | None = None) -> None:
-    """Write records (or a table) as parquet, atomically. An empty list still writes a valid, empty table."""
+                schema: pa.Schema | None = None, like: pa.Schema | None = None) -> None:
+    """Write records (or a table) as parquet, atomically. An empty list still writes a valid, empty table.
+
+    ``like``: the upstream table's schema; carried columns keep its types (see :func:`keep_types`)."""
     table = records if isinstance(records, pa.Table) else to_table(records, schema)
+    if like is not None:
+        table = keep_types(table, like)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
@@ -88,6 +92,22 @@ def to_table(records: Sequence[Record], schema: pa.Schema | None = None) -> pa.T
     for r in records:
         keys.update(dict.fromkeys(r))
     return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in records])
+
+
+def keep_types(table: pa.Table, like: pa.Schema) -> pa.Table:
+    """``table`` with the types of ``like``'s columns of the same name, where they differ and the values cast.
+
+    Types inferred from Python rows depend on the rows: a column that is null in every row of one shard comes
+    out as type null there and as string elsewhere, and readers that merge shards (HF datasets, pyarrow
+    datasets) then fail. The upstream table knew the type; a column the stage carries keeps it."""
+    for i, f in enumerate(table.schema):
+        if f.name in like.names and like.field(f.name).type != f.type:
+            try:
+                table = table.set_column(i, like.field(f.name).with_nullable(True),
+                                         table.column(i).cast(like.field(f.name).type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # the stage changed the column's meaning; keep what it wrote
+    return table
 
 
 def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
@@ -185,12 +205,12 @@ def write_stats(path: str | os.PathLike[str], records: Iterable[Record], *, stag
 def write_stage_output(table_path: str | os.PathLike[str], records: Sequence[Record], *, stage: str,
                        shard: str, started: float, model: str | None = None,
                        stats_file: str | os.PathLike[str] | None = None, schema: pa.Schema | None = None,
-                       **extra: Any) -> StageStats:
+                       like: pa.Schema | None = None, **extra: Any) -> StageStats:
     """Write a stage's shard table, then its stats JSON (the completion marker)."""
     for r in records:
         if KEPT not in r:
             raise ValueError(f"{stage}/{shard}: record {r.get('id')!r} has no verdict; call shards.mark()")
-    write_table(table_path, records, schema)
+    write_table(table_path, records, schema, like)
     return write_stats(stats_file or stats_path(table_path), records, stage=stage, shard=shard, started=started,
                        model=model, **extra)
 
