@@ -53,8 +53,8 @@ GROUPS = tuple(f"{g:03d}" for g in range(DEMO["dedup"]["groups"]))
 # job; the curated branch is independent of every change made here.
 SHARD_CHAIN = [s.name for s in pipeline.enabled_stages(DEMO) if s.branch == pipeline.SYNTHETIC]
 SHARD_CHAIN.insert(SHARD_CHAIN.index("dedup"), "dedup_assign")
-# Stages with one job per (subset, shard); pair_filter writes per subset too, but judges all subsets in one job.
-PER_SUBSET = {s.name for s in pipeline.STAGES if s.per_subset} - {"pair_filter"}
+# Stages with one job per (subset, shard).
+PER_SUBSET = {s.name for s in pipeline.STAGES if s.per_subset and not s.all_subsets_in_one_job}
 FINAL = {"report", "all"}
 DEDUP_AGGREGATES = {"dedup_centroids", "dedup_manifest", "dedup_cross"} | {
     f"dedup_group[group={g}]" for g in GROUPS}

@@ -26,6 +26,7 @@ class Stage:
     name: str
     branch: str = SYNTHETIC
     per_subset: bool = False  # one output per (subset, shard): results/<stage>/<subset>/<shard>.parquet
+    all_subsets_in_one_job: bool = False  # per-subset outputs, but one job per shard writes them all
     table: bool = True  # writes a record table (kept + drop_reason) that the next stage reads
     reads: str | None = None  # the record table it reads, when not simply the previous stage's
     switch: str | None = None  # dotted config key that switches the stage off when false
@@ -47,7 +48,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("attributes", switch="attributes.enabled", models=("verifier",)),
     Stage("enhance", models=("enhancer",)),
     Stage("generate", per_subset=True, models=("z_image", "flux2", "aesthetic_encoder", "aesthetic_head")),
-    Stage("pair_filter", per_subset=True, models=("judge",)),
+    Stage("pair_filter", per_subset=True, all_subsets_in_one_job=True, models=("judge",)),  # one judge load
     Stage("package", per_subset=True, table=False, folder="dataset"),
     Stage("curated_ingest", branch=CURATED, switch="curated.enabled"),
     Stage("curated_score", branch=CURATED, switch="curated.enabled",
@@ -94,11 +95,12 @@ def upstream(name: str, config: Mapping[str, Any]) -> Stage | None:
     me = stage(name)
     if me.reads is not None:
         return stage(me.reads)
-    before = STAGES[: STAGES.index(me)]
+    before = [s for s in STAGES[: STAGES.index(me)] if s.branch == me.branch and s.table]
     for s in reversed(before):
-        if s.branch == me.branch and s.table and enabled(s.name, config):
+        if enabled(s.name, config):
             return s
-    return None
+    # A switched-off branch (no curated sources): its rules are still defined, never run; name their tables.
+    return before[-1] if before else None
 
 
 def table_path(name: str, shard: str, subset: str | None = None) -> str:
