@@ -71,3 +71,22 @@ def test_chunk_checkpoint_discards_chunks_of_other_inputs(tmp_path):
     ck = shards.ChunkCheckpoint(out, 2, "fp-b")
     ck.run(recs, lambda c: [shards.mark(dict(r), "changed") for r in c])
     assert ck.resumed_chunks == 0
+
+
+def test_stream_writer_failing_at_its_last_flush_leaves_nothing_under_the_final_name(tmp_path):
+    """The last rows are written on exit; when that fails (disk full, a row that does not fit the schema),
+    no partial table may appear under the final name, and the error reaches the caller."""
+    import pyarrow as pa
+
+    out = tmp_path / "t.parquet"
+    schema = pa.schema([("id", pa.string()), ("n", pa.int64())])
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+        with shards.StreamWriter(out, schema, batch=4) as w:
+            for i in range(6):
+                w.write({"id": str(i), "n": i})  # rows 0-3 flushed as a row group
+            w.write({"id": "bad", "n": "not a number"})  # fails in the flush on exit
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind either
+    with shards.StreamWriter(out, schema, batch=4) as w:
+        w.write({"id": "ok", "n": 1})
+    assert shards.read_records(out) == [{"id": "ok", "n": 1}]

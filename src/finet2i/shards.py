@@ -49,6 +49,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         # mkstemp creates 0600 files; datasets are shared within a group, so honour the umask instead.
         os.chmod(tmp_path, 0o666 & ~_umask())
+        # On disk before it has the final name: after a node crash, a file under the final name is whole.
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -241,10 +244,14 @@ class StreamWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             if exc_type is None:
-                self.flush()
-        finally:
+                self.flush()  # the last rows: a failure here (disk full) must not leave a partial table
             self.writer.close()
-            self._ctx.__exit__(exc_type, exc, tb)
+        except BaseException as e:
+            if self.writer.is_open:
+                self.writer.close()
+            self._ctx.__exit__(type(e), e, e.__traceback__)  # removes the temp file; nothing gets the name
+            raise
+        self._ctx.__exit__(exc_type, exc, tb)
 
 
 class ChunkCheckpoint:
