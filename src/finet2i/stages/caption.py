@@ -4,8 +4,9 @@ The captioner (Qwen2.5-VL-7B-Captioner-Relaxed in the paper) describes each real
 sentence, the way a user would prompt a text-to-image model; the enhance stage later writes the long version.
 The caption becomes the record's ``prompt`` (with ``prompt_generator`` = the captioner's name and ``length`` =
 its word count, as in the release). The answer is cleaned defensively (quotes, "Caption:" lead-ins, trailing
-chatter after the first paragraph); an empty caption is dropped as ``empty_caption``, an unreadable image as
-``image_unreadable``.
+chatter after the first paragraph, think blocks, control characters); an empty caption is dropped as
+``empty_caption``, a refusal ("I'm sorry, I can't describe this image") as ``caption_refused``, an unreadable
+image as ``image_unreadable``.
 
 Output rows carry no image bytes; they come from the ``curated_ingest`` table, one chunk at a time.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finet2i import runner, shards
+from finet2i.answers import is_refusal, without_control_chars
 from finet2i.backends import Message, Sampling
 from finet2i.images import image_bytes, load_image
 from finet2i.models import ModelSpec
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "curated_caption"
 EMPTY = "empty_caption"
+REFUSED = "caption_refused"
 UNREADABLE = "image_unreadable"
 
 INSTRUCTION = (
@@ -40,6 +43,7 @@ INSTRUCTION = (
 _LEAD_IN = re.compile(r"^\s*(?:here is (?:a|the) (?:short )?(?:prompt|caption)[^:]*:|(?:short )?"
                       r"(?:prompt|caption|description)\s*:)\s*", re.IGNORECASE)
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def clean_caption(text: str | None) -> str:
     """The caption in a model answer: first paragraph, no lead-in, no surrounding quotes, single spaces."""
     if not text:
         return ""
-    text = text.strip()
+    text = without_control_chars(_THINK.sub("", text)).strip()  # a think block or NUL bytes are no caption
     text = text.split("\n\n", 1)[0]
     text = _LEAD_IN.sub("", text, count=1)
     text = " ".join(text.split())
@@ -100,11 +104,12 @@ def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, mo
             raise RuntimeError(f"captioner returned {len(answers)} answers for {len(todo)} images")
         for (r, _), answer in zip(todo, answers, strict=True):
             caption = clean_caption(answer)
-            r["prompt"] = caption or None
-            r["length"] = len(caption.split())
-            if not caption:
+            reason = REFUSED if is_refusal(caption) else None if caption else EMPTY
+            r["prompt"] = caption if reason is None else None
+            r["length"] = len(r["prompt"].split()) if r["prompt"] else 0
+            if reason is not None:
                 r["caption_raw"] = answer
-            shards.mark(r, None if caption else EMPTY)
+            shards.mark(r, reason)
     return out
 
 

@@ -8,6 +8,7 @@ in the ingest table, read one chunk at a time by id (here, and by the captioner 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 STAGE = "curated_score"
 SCORE_COLUMN = "aesthetic_predictor_v_2_5_score"
 LOW_AESTHETIC = "low_aesthetic"
+SCORE_INVALID = "score_invalid"
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,11 @@ def score_chunk(records: list[shards.Record], images: Mapping[str, bytes | None]
     out = []
     for r, score in zip(records, scores, strict=True):
         r = {**r, SCORE_COLUMN: float(score)}
-        out.append(shards.mark(r, None if r[SCORE_COLUMN] >= threshold else LOW_AESTHETIC))
+        if not math.isfinite(r[SCORE_COLUMN]):
+            reason: str | None = SCORE_INVALID  # NaN from a broken scorer: no verdict, fail closed
+        else:
+            reason = None if r[SCORE_COLUMN] >= threshold else LOW_AESTHETIC
+        out.append(shards.mark(r, reason))
     return out
 
 
@@ -60,7 +66,7 @@ class _LazyScorer:
 
 
 def _summary(out: list[shards.Record]) -> dict[str, Any]:
-    values = sorted(r[SCORE_COLUMN] for r in out)
+    values = sorted(r[SCORE_COLUMN] for r in out if math.isfinite(r[SCORE_COLUMN]))
     return {"score_min": values[0] if values else None, "score_max": values[-1] if values else None,
             "score_median": values[len(values) // 2] if values else None}
 

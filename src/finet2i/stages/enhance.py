@@ -7,8 +7,10 @@ blocks, else the original prompt. We do the same and say which case happened:
 
 - ``<answer>`` found and non-empty -> that text (``enhance_note`` null);
 - no answer tag but clean text without tags -> that text (``enhance_note = "no_answer_tag"``);
-- otherwise (empty, only a think block, cut off inside ``<think>`` or ``<answer>``) -> the original prompt,
-  ``enhance_fallback = true`` and the reason in ``enhance_note``, the raw answer in ``enhance_raw``.
+- otherwise (empty, only a think block, cut off inside ``<think>`` or ``<answer>``, a refusal such as "I'm
+  sorry, I can't help with that": ``enhance_refused``) -> the original prompt, ``enhance_fallback = true`` and
+  the reason in ``enhance_note``, the raw answer in ``enhance_raw``. A refusal never becomes a prompt.
+Control characters (NUL bytes) are removed from the answer first.
 
 The same function serves the real-image branch (``prompt_column`` names the caption column there).
 """
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finet2i import runner, shards
+from finet2i.answers import is_refusal, without_control_chars
 from finet2i.backends import Constraint, Message, Sampling
 from finet2i.models import ModelSpec
 from finet2i.settings import FromSection, default
@@ -52,6 +55,7 @@ SYSTEM_PROMPT = (
 ANSWER_REGEX = r"(<think>[^<]{0,2000}</think>\n?)?<answer>\s?[^<\s][^<]{0,4000}</answer>"
 
 NO_ANSWER_TAG = "no_answer_tag"
+REFUSED = "enhance_refused"
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -86,11 +90,16 @@ def extract_enhanced(raw: str | None) -> Extraction:
     """The rewritten prompt in a PromptEnhancer answer, or why there is none."""
     if raw is None or not raw.strip():
         return Extraction(None, "empty_output")
+    raw = without_control_chars(raw)  # a NUL byte in a prompt breaks tokenizers and tar readers downstream
+    if is_refusal(raw):
+        return Extraction(None, REFUSED)
     m = _ANSWER.search(raw)
     if m:
         text = " ".join(m.group(1).split())
         if _TAG.search(text):  # "<answer> <answer> ...": a tag inside the answer is noise, not a prompt
             return Extraction(None, "malformed_tags")
+        if is_refusal(text):
+            return Extraction(None, REFUSED)
         return Extraction(text, None) if text else Extraction(None, "empty_answer")
     rest = _THINK_BLOCK.sub("", raw)
     lowered = rest.lower()

@@ -76,8 +76,8 @@ def parse_guard_output(text: str | None) -> GuardVerdict:
     """Read a Llama-Guard-3 answer defensively.
 
     Accepts surrounding whitespace, any case, trailing punctuation, codes separated by commas and/or spaces
-    on the second line (or on the first line after ``unsafe``), and duplicate codes. Everything else is an
-    error verdict (``safe=None``) that the stage treats as unsafe.
+    on the second line (or on the first line after ``unsafe``), and duplicate codes. Everything else (a third
+    line included) is an error verdict (``safe=None``) that the stage treats as unsafe.
     """
     if text is None or not text.strip():
         return GuardVerdict(None, error="empty answer")
@@ -90,6 +90,8 @@ def parse_guard_output(text: str | None) -> GuardVerdict:
     first_word = head.split()[0] if head.split() else ""
     if first_word.rstrip(".,:") != "unsafe":
         return GuardVerdict(None, error=f"first line is neither 'safe' nor 'unsafe': {lines[0][:40]!r}")
+    if len(lines) > 2:  # Llama Guard's codes are one line; reading only part of a longer answer fails open
+        return GuardVerdict(None, error=f"{len(lines)} lines where 'unsafe' and one line of codes belong")
     rest = " ".join([lines[0][len("unsafe"):]] + lines[1:2])
     tokens = [t for t in re.split(r"[\s,;]+", rest.strip().rstrip(".")) if t]
     if not tokens:

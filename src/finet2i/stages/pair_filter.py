@@ -4,7 +4,8 @@ Per shard and subset, every row of ``results/images/{subset}/{shard}.parquet`` (
 prompt) gets a verdict in ``results/pairs/{subset}/{shard}.parquet``; the image bytes stay in the images
 table (the packager joins them back by ``sample_id``).
 
-1. ``aesthetic_predictor_v_2_5_score <= aesthetic_threshold`` (the paper keeps > 5.5) -> ``low_aesthetic``.
+1. ``aesthetic_predictor_v_2_5_score <= aesthetic_threshold`` (the paper keeps > 5.5) -> ``low_aesthetic``; a
+   missing or non-finite score -> ``score_invalid`` (whether or not the judge runs).
 2. The judge (Qwen3-VL-8B-Thinking in production) sees the image and the prompt the image was generated from
    (``prompt_used``), under a system prompt that enumerates the alignment criteria (objects, counts, colours,
    positions, text rendering, style, ...) and the artifact criteria (anatomy, extra limbs, distorted text,
@@ -28,6 +29,7 @@ Stats: one ``pair_filter`` stats JSON per subset, shard label = the shard, ``ext
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import zlib
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "pair_filter"
 LOW_AESTHETIC = "low_aesthetic"
+SCORE_INVALID = "score_invalid"
 REJECTED = "judge_rejected"
 UNPARSEABLE = "judge_unparseable"
 UNREADABLE = "image_unreadable"
@@ -215,7 +218,10 @@ def filter_chunk(records: list[Record], vlm: Any, settings: PairFilterSettings,
         r = _empty_evidence({k: v for k, v in src.items() if k not in _NOT_CARRIED})
         out.append(r)
         score = src.get(SCORE)
-        if score is None or float(score) <= settings.aesthetic_threshold:
+        if score is None or not math.isfinite(float(score)):  # NaN compares false with everything: fail closed
+            shards.mark(r, SCORE_INVALID)
+            continue
+        if float(score) <= settings.aesthetic_threshold:
             shards.mark(r, LOW_AESTHETIC)
             continue
         if not settings.judge_enabled:

@@ -4,7 +4,8 @@ Each spec (category / sub-category, style, task, template, length target, seed) 
 instruction; the paper adds the template instruction to the system prompt (Appendix A). Sampling uses a high
 temperature with a lower nucleus (T=1.4, top-p 0.8) and the spec's own seed, so a record's prompt depends on
 that record only and a rerun reproduces it. The LLM's answer is cleaned defensively (quotes, "Prompt:"
-lead-ins, chatter, several alternatives) and trivial generations (< ``min_words`` words) are dropped.
+lead-ins, chatter, several alternatives, control characters); refusals (``generation_refused``) and trivial
+generations (< ``min_words`` words) are dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finet2i import runner, shards
-from finet2i.answers import word_count
+from finet2i.answers import is_refusal, without_control_chars, word_count
 from finet2i.backends import Message, Sampling
 from finet2i.models import ModelSpec
 from finet2i.settings import FromSection, default
@@ -34,6 +35,7 @@ SYSTEM_PROMPT = (
 
 TOO_SHORT = "too_short"
 EMPTY = "empty_generation"
+REFUSED = "generation_refused"
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def clean_prompt(text: str | None) -> str:
     """
     if not text:
         return ""
-    s = _THINK.sub("", text).strip()
+    s = without_control_chars(_THINK.sub("", text)).strip()
     s = _PREAMBLE.sub("", s, count=1)
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", s) if p.strip()]
     # A lone label line ("**Prompt:**") followed by the prompt in the next paragraph.
@@ -137,6 +139,8 @@ def judge_prompt(prompt: str, min_words: int) -> str | None:
     """Drop reason for a cleaned prompt, or None to keep it."""
     if not prompt:
         return EMPTY
+    if is_refusal(prompt):  # "I'm sorry, but I can't ..." has enough words to pass as a prompt
+        return REFUSED
     if word_count(prompt) < min_words:
         return TOO_SHORT
     return None
