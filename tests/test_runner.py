@@ -110,3 +110,39 @@ def test_a_record_without_verdict_fails_the_job(tmp_path):
     with pytest.raises(ValueError, match="has no verdict"):
         runner.run_chunked(bad, src, out, shard="00000")
     assert not out.exists()
+
+
+def test_checkpoint_of_other_stage_code_is_not_reused(tmp_path, monkeypatch):
+    """Kill after one chunk, edit the stage's code (its fingerprint changes), rerun: every chunk is redone."""
+    src, out = upstream(tmp_path / "in.parquet"), tmp_path / "out.parquet"
+    monkeypatch.setattr(runner, "stage_code", lambda stage: "code-v1")
+    with pytest.raises(RuntimeError):
+        runner.run_chunked(stage(Counting(fail_at_call=2)), src, out, shard="00000")
+    monkeypatch.setattr(runner, "stage_code", lambda stage: "code-v2")
+    again = Counting()
+    stats = runner.run_chunked(stage(again), src, out, shard="00000")
+    assert len(again.seen) == 4 and stats.extra["resumed_chunks"] == 0
+
+
+def test_stage_code_is_the_stage_modules_fingerprint():
+    from finet2i import codehash
+    from finet2i.stages import guard
+
+    s = runner.ChunkedStage("guard", lambda chunk: guard.guard_chunk(chunk, None, guard.GuardSettings()), 1)
+    s.process.__module__ = "finet2i.stages.guard"
+    assert runner.stage_code(s) == codehash.code_fingerprint("finet2i.stages.guard")
+    assert runner.stage_code(stage(Counting())) is None  # a test's stage: no package module to hash
+
+
+def test_input_that_differs_from_what_upstream_kept_fails_the_job(tmp_path):
+    """Conservation across stages: a table changed after its stage wrote it (rows lost or added) does not
+    match its stats JSON, and the next stage refuses it instead of silently processing other records."""
+    src = upstream(tmp_path / "in.parquet")
+    shards.StageStats(stage="up", shard="00000", records_in=5, kept=4, dropped={"too_short": 1}).write(
+        shards.stats_path(src))
+    out = tmp_path / "out.parquet"
+    runner.run_chunked(stage(Counting()), src, out, shard="00000")  # 4 kept rows, stats say 4: fine
+    pq.write_table(pq.read_table(src).slice(0, 4), src)  # tampered: the last kept row is gone
+    with pytest.raises(shards.ConservationError, match="3 kept rows, but in.stats.json"):
+        runner.run_chunked(stage(Counting()), src, tmp_path / "again.parquet", shard="00000")
+    assert not (tmp_path / "again.parquet").exists()

@@ -8,8 +8,10 @@ every stage:
 
 * reads the kept rows of the upstream table (never the ``image`` bytes: a stage that needs them fetches one
   chunk's worth by id, see :func:`finet2i.images.image_bytes`);
+* checks that it received exactly what the upstream stage kept (its stats JSON), see
+  :func:`finet2i.shards.check_conserved`;
 * checkpoints every chunk under ``<output>.chunks/`` (a killed job redoes one chunk at most), valid only for
-  the same input rows, chunk size and key;
+  the same input rows (their content, not only their ids), chunk size, key and stage code;
 * starts nothing itself: engines are lazy (:class:`finet2i.backends.vllm_llm.LazyChat`), so a shard resumed
   with nothing left to do never loads a model; and closes the engine in ``finally``;
 * writes the table atomically, carried columns with the upstream table's types (a column that is null in every
@@ -53,6 +55,15 @@ class ChunkedStage:
     order: Callable[[list[Record]], list[Record]] | None = None  # processing order; output keeps input order
 
 
+def stage_code(stage: ChunkedStage) -> str | None:
+    """The fingerprint of the code that decides the stage's records (its module and what that imports; see
+    finet2i.codehash): a checkpoint made by other stage code is not reused. None outside the package."""
+    from finet2i import codehash
+
+    module = getattr(stage.process, "__module__", "") or ""
+    return codehash.code_fingerprint(module) if codehash.module_file(module) else None
+
+
 def read_input(path: PathLike) -> list[Record]:
     """The kept rows of an upstream table, without verdict columns and without image bytes."""
     return shards.read_kept(path, exclude=("image",))
@@ -71,7 +82,7 @@ def run_chunked(stage: ChunkedStage, in_path: PathLike, out_path: PathLike, *, s
     rows = read_input(in_path) if records is None else records
     todo = stage.order(rows) if stage.order else rows
     ck = shards.ChunkCheckpoint(out_path, stage.chunk_size, shards.fingerprint(
-        (shards.record_digest(r) for r in todo), stage.name, *stage.key))
+        (shards.record_digest(r) for r in todo), stage.name, stage_code(stage), *stage.key))
     try:
         out = ck.run(todo, stage.process)
     finally:

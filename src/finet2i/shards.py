@@ -140,7 +140,31 @@ def read_kept(path: str | os.PathLike[str], columns: Sequence[str] | None = None
         table = table.drop_columns([c for c in (KEPT, DROP_REASON) if c in table.column_names])
     if columns:
         table = table.select(list(columns))
+    check_conserved(path, table.num_rows)
     return table.to_pylist()
+
+
+class ConservationError(ValueError):
+    """A stage's input does not hold the records its upstream stage said it kept."""
+
+
+def check_conserved(table_path: str | os.PathLike[str], kept_rows: int) -> None:
+    """Fail unless ``kept_rows`` (what a job read) equals the ``kept`` of the table's own stats JSON.
+
+    The stats are written after the table and counted from the same records, so a difference means the table
+    was changed (or replaced, or truncated) after its stage finished: every record a stage receives must be
+    one its upstream stage kept, or records appear or vanish between stages without a reason. A table
+    without stats beside it (a hand-made input) is not checked.
+    """
+    stats_file = stats_path(table_path)
+    if not stats_file.exists():
+        return
+    kept = StageStats.read(stats_file).kept
+    if kept != kept_rows:
+        raise ConservationError(
+            f"{table_path}: {kept_rows} kept rows, but {stats_file.name} (written when its stage finished) "
+            f"counts {kept}: the table changed after its stage ran, so records would appear or vanish between "
+            f"stages. Rerun the stage that wrote it (snakemake --forcerun <that rule>) instead of editing it.")
 
 
 def mark(record: Record, reason: str | None) -> Record:
