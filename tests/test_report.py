@@ -176,7 +176,18 @@ def test_inconsistent_stats_are_flagged(run_dir):
     assert "FLAG: 1 shard(s) in != kept + dropped" in html
     md = (tmp / "report" / "report.md").read_text()
     assert re.search(r"\| attributes \|.*FLAG", md)
-    assert "| guard |" in md and re.search(r"\| guard \|.*\| OK \|", md)
+    assert "| guard |" in md and re.search(r"\| guard \|.*\| OK \(in = dedup kept\) \|", md)
+
+
+def test_records_lost_between_stages_are_flagged(run_dir):
+    """Conservation: attributes received 5 records on shard 00000 where the guard kept 4."""
+    tmp, stats, indexes, sim = run_dir
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), demo=False, config=CONFIG)
+    assert "attributes: records lost or added between stages, shard 00000: in 5 != guard kept 4" in funnel["flags"]
+    row = next(r for r in funnel["stages"] if r["stage"] == "attributes")
+    assert row["upstream"] == "guard" and len(row["breaks"]) == 1
+    pair = next(r for r in funnel["stages"] if r["label"] == "pair_filter [pe_ar]")
+    assert pair["upstream"] == "generate [pe_ar]" and pair["breaks"] == []  # per subset, 4 in = 4 kept
 
 
 def test_tables_and_figures(run_dir):

@@ -29,6 +29,9 @@ class FunnelRow:
     seconds: float = 0.0
     models: list[str] = field(default_factory=list)
     inconsistent: list[str] = field(default_factory=list)  # shards whose records_in != kept + dropped
+    per_shard: dict[str, list[int]] = field(default_factory=dict)  # shard -> [records_in, kept]
+    upstream: str | None = None  # label of the row whose kept records this row received (conservation)
+    breaks: list[str] = field(default_factory=list)  # shards whose records_in != the upstream's kept there
 
     @property
     def label(self) -> str:
@@ -69,6 +72,7 @@ def read_stats(paths: Iterable[str | os.PathLike[str]], subsets: Sequence[str]) 
         row.kept += kept
         for k, v in dropped.items():
             row.dropped[k] = row.dropped.get(k, 0) + v
+        row.per_shard[shard] = [records_in, kept]
         row.seconds += float(s.get("seconds") or 0.0)
         if s.get("model") and s["model"] not in row.models:
             row.models.append(str(s["model"]))
@@ -131,3 +135,24 @@ def paper_comparison(rows: list[FunnelRow], subsets: Sequence[str]) -> list[dict
                 "paper_retention": paper.REAL_COUNT / paper.REAL_DOWNLOADED, "ours_kept": real_kept(rows),
                 "ours_retention": None})
     return out
+
+
+def check_conservation(rows: list[FunnelRow], config: dict[str, Any]) -> None:
+    """Mark every row whose shards received other counts than its upstream stage kept there.
+
+    Each stage reads the kept rows of the stage before it (``finet2i.pipeline.upstream`` under this config), so
+    per shard ``records_in`` must equal the upstream's ``kept``; a difference means records appeared or vanished
+    between two stages without a reason (the jobs refuse such input, see ``shards.check_conserved``; the report
+    shows it for outputs made otherwise). Sets ``upstream`` and ``breaks`` on the rows.
+    """
+    by_key = {(r.stage, r.subset): r for r in rows}
+    for r in rows:
+        if r.stage not in pipeline.BY_NAME or (up := pipeline.upstream(r.stage, config)) is None:
+            continue
+        src = by_key.get((up.name, r.subset if up.per_subset else None))
+        if src is None:
+            continue
+        r.upstream = src.label
+        r.breaks = [f"{shard}: in {n_in} != {src.label} kept {src.per_shard[shard][1]}"
+                    for shard, (n_in, _) in sorted(r.per_shard.items())
+                    if shard in src.per_shard and src.per_shard[shard][1] != n_in]

@@ -34,7 +34,16 @@ def pct(v: float | None) -> str | None:
 
 
 FUNNEL_ORDER_NOTE = ("Stages are listed in the pipeline's order (finet2i.pipeline); a stats file whose stage "
-                     "the pipeline does not declare is listed after them.")
+                     "the pipeline does not declare is listed after them. 'check': every shard's records add up "
+                     "(in = kept + dropped) and each stage received exactly what the stage before it kept.")
+
+
+def _check(r: FunnelRow) -> str:
+    if r.inconsistent:
+        return f"FLAG: {len(r.inconsistent)} shard(s) in != kept + dropped"
+    if r.breaks:
+        return f"FLAG: in != {r.upstream} kept on {len(r.breaks)} shard(s)"
+    return f"OK (in = {r.upstream} kept)" if r.upstream else "OK"
 
 
 def funnel_tables(rows: list[FunnelRow], comparison: list[dict[str, Any]]) -> list[Table]:
@@ -46,7 +55,7 @@ def funnel_tables(rows: list[FunnelRow], comparison: list[dict[str, Any]]) -> li
           ", ".join(f"{k}: {v:,}" for k, v in sorted(r.dropped.items())) or "-",
           pct(r.kept / r.records_in) if r.records_in else None, round(r.seconds, 1),
           ", ".join(r.models) or "-",
-          f"FLAG: {len(r.inconsistent)} shard(s) in != kept + dropped" if r.inconsistent else "OK"]
+          _check(r)]
          for r in rows],
         footer=FUNNEL_ORDER_NOTE)
     versus = Table(

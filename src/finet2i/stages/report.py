@@ -26,7 +26,7 @@ from finet2i.reporting.distributions import (
     read_similarity,
 )
 from finet2i.reporting.figures import figures
-from finet2i.reporting.funnel import paper_comparison, read_stats
+from finet2i.reporting.funnel import check_conservation, paper_comparison, read_stats
 from finet2i.reporting.render import render_html, render_markdown
 from finet2i.reporting.tables import funnel_tables
 
@@ -40,7 +40,9 @@ def run_report(stats_paths: list[str], index_paths: list[str], similarity_histog
     subsets = list((config.get("generate") or {}).get("subsets") or paper.SUBSETS)
 
     rows = read_stats(stats_paths, [*subsets, "real"])
+    check_conservation(rows, config)
     flags = [f"{r.label}: shard {bad}" for r in rows for bad in r.inconsistent]
+    flags += [f"{r.label}: records lost or added between stages, shard {bad}" for r in rows for bad in r.breaks]
     comparison = paper_comparison(rows, subsets)
     idx = read_indexes(index_paths)
     n_samples = len(idx["subset"])
