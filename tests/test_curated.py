@@ -24,7 +24,8 @@ from finet2i.models import ModelSpec
 from finet2i.stages import curated_ingest, curated_score
 
 SETTINGS = {"aesthetic_threshold": 3.0, "max_pixels": 40_000_000, "min_side": 48, "timeout_s": 2.0,
-            "retries": 1, "backoff_s": 0.01, "chunk_size": 2}
+            "retries": 1, "backoff_s": 0.01, "chunk_size": 2,
+            "allow_private_addresses": True}  # the tests' server is on 127.0.0.1
 
 
 def jpeg(arr: np.ndarray | Image.Image, **kw) -> bytes:

@@ -117,6 +117,10 @@ def _semantic_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
         p = base_dir / config[key]
         if not p.exists():
             yield f"config key {key}: file {p} does not exist"
+    for i, src in enumerate((config.get("curated") or {}).get("sources") or []):
+        if "://" in src:
+            yield (f"config key curated.sources[{i}]: {src} is a URL; a source is a local folder of images or a "
+                   f"local file with one URL per line (put the URL in such a file)")
     res = base_dir / config["generate"]["resolutions"]
     if not res.exists():
         yield f"config key generate.resolutions: file {res} does not exist"

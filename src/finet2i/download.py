@@ -1,26 +1,48 @@
-"""Fetching image bytes for the curated branch, img2dataset-style: local files, or URLs with a timeout, bounded
-retries with exponential backoff, and a byte cap. Every failure is a :class:`Fetched` with a drop reason,
-never an exception: one bad URL must not end a shard.
+"""Fetching image bytes for the curated branch: local files, or URLs that cannot be turned against the machine.
+
+Every failure is a :class:`Fetched` with a drop reason, never an exception: one bad URL must not end a shard.
+
+URLs, img2dataset-style, and stricter:
+* http and https only, checked again on every redirect (at most :data:`MAX_REDIRECTS`);
+* the host's addresses are resolved first: loopback, link-local (cloud metadata endpoints), private, reserved
+  and multicast addresses are refused unless ``allow_private_addresses`` (the tests' local server needs it);
+* a byte cap and a total deadline per URL, retries included: a server that trickles one byte at a time holds a
+  worker for ``deadline_s`` at most (reads take what has arrived, :meth:`http.client.HTTPResponse.read1`);
+* bounded retries with exponential backoff that honour ``Retry-After`` (capped by :data:`MAX_BACKOFF_S` and
+  the deadline);
+* spaces and non-ASCII characters are quoted; a URL's user-info, query and fragment (signed URLs carry their
+  tokens there) never reach a table, a log line or an error message: :func:`redact`.
+Local files: regular files only (``/dev/zero`` or a FIFO named in a list is not read), within the byte cap.
 """
 
 from __future__ import annotations
 
+import base64
+import email.utils
+import ipaddress
+import itertools
 import os
+import socket
+import stat
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 UNREACHABLE = "unreachable"
 TOO_LARGE = "too_large"
+REFUSED_URL = "refused_url"
+NOT_A_FILE = "not_a_regular_file"
 
 URL_SCHEMES = ("http://", "https://")
 USER_AGENT = "finet2i-curated/0.1 (+https://github.com/; dataset research crawler)"
+MAX_REDIRECTS = 5
+MAX_BACKOFF_S = 60.0
+READ_SIZE = 1 << 16
 
 
 @dataclass
@@ -31,50 +53,200 @@ class Fetched:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class FetchSettings:
+    timeout_s: float  # each connect and read
+    retries: int
+    backoff_s: float  # first retry waits this long, then doubles (or what Retry-After says)
+    max_bytes: int  # a download beyond this is not a photograph we want
+    deadline_s: float = 120.0  # everything one URL may take, retries and waits included
+    allow_private_addresses: bool = False
+
+
+class Refused(Exception):
+    """A URL that is not fetched: another scheme, or an address inside the machine's networks."""
+
+
+def redact(url: str) -> str:
+    """``scheme://host[:port]/path``: what may be recorded or logged of a URL (no user-info, query, fragment)."""
+    try:
+        p = urllib.parse.urlsplit(url)
+        host = p.hostname or ""
+        port = f":{p.port}" if p.port else ""
+    except ValueError:
+        return "<unparseable url>"
+    return urllib.parse.urlunsplit((p.scheme, host + port, p.path, "", ""))
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an error message) with every secret part of ``url`` removed."""
+    p = urllib.parse.urlsplit(url)
+    for secret in (url, quote_url(url), p.query, p.fragment, p.password or "", p.username or ""):
+        if secret:
+            text = text.replace(secret, redact(url) if secret.startswith(("http", "HTTP")) else "<redacted>")
+    return text
+
+
+def quote_url(url: str) -> str:
+    """Percent-encode what a URL may not hold raw (spaces, non-ASCII); the host becomes IDNA."""
+    p = urllib.parse.urlsplit(url.strip())
+    host = p.hostname or ""
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass  # refused later as unresolvable
+    netloc = host + (f":{p.port}" if p.port else "")
+    if p.username:
+        password = f":{urllib.parse.quote(p.password)}" if p.password else ""
+        netloc = f"{urllib.parse.quote(p.username)}{password}@{netloc}"
+    safe = "/%:@!$&'()*+,;=-._~"
+    return urllib.parse.urlunsplit((p.scheme, netloc, urllib.parse.quote(p.path, safe=safe),
+                                    urllib.parse.quote(p.query, safe=safe + "?"), ""))
+
+
+def check_target(url: str, allow_private: bool) -> None:
+    """Raise :class:`Refused` unless ``url`` is http(s) on a host whose every address is a public one."""
+    p = urllib.parse.urlsplit(url)
+    if p.scheme not in ("http", "https"):
+        raise Refused(f"scheme {p.scheme or '(none)'}: only http and https are fetched")
+    if not p.hostname:
+        raise Refused("no host")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(p.hostname, p.port or (443 if p.scheme == "https" else 80),
+                                   type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise Refused(f"host does not resolve ({type(e).__name__})") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not ip.is_global or ip.is_multicast:
+            raise Refused(f"{p.hostname} resolves to {ip}, inside the machine's networks "
+                          f"(set curated.allow_private_addresses to fetch from it)")
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    max_redirections = MAX_REDIRECTS
+
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        # Checked before urllib looks at it: a redirect to file://, ftp:// or 169.254.169.254 stops here.
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            check_target(urllib.parse.urljoin(req.full_url, location), self.allow_private)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
+    # Only what http(s) needs: no file://, ftp:// or data: handlers to redirect into.
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(),
+                    _CheckedRedirects(allow_private)):
+        opener.add_handler(handler)
+    return opener
+
+
+def _read_capped(resp: Any, max_bytes: int, deadline: float) -> bytes:
+    """The body, read as it arrives, until EOF, more than ``max_bytes``, or the deadline."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError("deadline_s passed while reading the body")
+        chunk = resp.read1(READ_SIZE)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            return b"".join(parts)  # the caller sees > max_bytes
+
+
 def _retryable(e: BaseException) -> bool:
     if isinstance(e, urllib.error.HTTPError):
         return e.code in (408, 425, 429) or e.code >= 500
     return isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError, OSError))
 
 
-@dataclass(frozen=True)
-class FetchSettings:
-    timeout_s: float
-    retries: int
-    backoff_s: float  # first retry waits this long, then doubles
-    max_bytes: int  # a download beyond this is not a photograph we want
-
-
-def read_local(path: str, max_bytes: int) -> Fetched:
-    """A local file's bytes, or why not (too large, unreadable)."""
+def _retry_after(e: BaseException) -> float | None:
+    """Seconds the server asked to wait (``Retry-After``: seconds or an HTTP date), if it did."""
+    value = e.headers.get("Retry-After") if isinstance(e, urllib.error.HTTPError) and e.headers else None
+    if not value:
+        return None
     try:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            return Fetched(None, 1, TOO_LARGE, f"file is {size} bytes > max_bytes {max_bytes}")
-        return Fetched(Path(path).read_bytes(), 1)
-    except OSError as e:
-        return Fetched(None, 1, UNREACHABLE, f"{type(e).__name__}: {e}")
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def fetch_url(url: str, settings: FetchSettings) -> Fetched:
-    """Download a URL with a timeout and bounded retries (exponential backoff)."""
+    """Download one URL within its deadline and byte cap; refused targets are never connected to."""
+    deadline = time.monotonic() + settings.deadline_s
+    quoted = quote_url(url)
+    try:
+        check_target(quoted, settings.allow_private_addresses)
+    except Refused as e:
+        return Fetched(None, 0, REFUSED_URL, _scrub(str(e), url))
+    opener = _opener(settings.allow_private_addresses)
+    headers = {"User-Agent": USER_AGENT}
+    parts = urllib.parse.urlsplit(quoted)
+    if parts.username:  # user-info goes into a header: urllib would take it for part of the host name
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        quoted = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     attempts = 0
     last: BaseException | None = None
     for attempt in range(settings.retries + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
         attempts += 1
         try:
-            req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-            with urllib.request.urlopen(req, timeout=settings.timeout_s) as resp:
-                data = resp.read(settings.max_bytes + 1)
+            req = urllib.request.Request(quoted, headers=headers)
+            with opener.open(req, timeout=min(settings.timeout_s, remaining)) as resp:
+                data = _read_capped(resp, settings.max_bytes, deadline)
             if len(data) > settings.max_bytes:
                 return Fetched(None, attempts, TOO_LARGE, f"download over max_bytes {settings.max_bytes}")
             return Fetched(data, attempts)
+        except Refused as e:  # a redirect to a refused target
+            return Fetched(None, attempts, REFUSED_URL, _scrub(f"redirect refused: {e}", url))
         except Exception as e:  # every failure of one sample is counted, never fatal
             last = e
+            if isinstance(e, urllib.error.URLError) and isinstance(e.reason, Refused):
+                return Fetched(None, attempts, REFUSED_URL, _scrub(f"redirect refused: {e.reason}", url))
             if not _retryable(e) or attempt == settings.retries:
                 break
-            time.sleep(settings.backoff_s * (2 ** attempt))
-    return Fetched(None, attempts, UNREACHABLE, f"{type(last).__name__}: {last}")
+            wait = _retry_after(e)
+            wait = settings.backoff_s * (2 ** attempt) if wait is None else wait
+            time.sleep(max(0.0, min(wait, MAX_BACKOFF_S, deadline - time.monotonic())))
+    error = f"{type(last).__name__}: {last}" if last is not None else f"deadline_s {settings.deadline_s} passed"
+    return Fetched(None, attempts, UNREACHABLE, _scrub(error, url))
+
+
+def read_local(path: str, max_bytes: int) -> Fetched:
+    """A local regular file's bytes, or why not (too large, unreadable, a device or FIFO)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return Fetched(None, 1, NOT_A_FILE, "not a regular file (a device, FIFO or socket is never read)")
+        if st.st_size > max_bytes:
+            return Fetched(None, 1, TOO_LARGE, f"file is {st.st_size} bytes > max_bytes {max_bytes}")
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # a file that grew since the stat is still capped
+        if len(data) > max_bytes:
+            return Fetched(None, 1, TOO_LARGE, f"file is over max_bytes {max_bytes}")
+        return Fetched(data, 1)
+    except OSError as e:
+        return Fetched(None, 1, UNREACHABLE, f"{type(e).__name__}: {e.strerror or e}")
 
 
 T = TypeVar("T")
@@ -82,17 +254,25 @@ R = TypeVar("R")
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """``map`` over a thread pool, in input order, with at most ``2 * workers`` results in flight.
+    """``map`` over a thread pool, results in input order, at most ``4 * workers`` items in flight or waiting.
 
-    ``Executor.map`` submits everything at once, so finished downloads would pile up in memory while the
-    consumer decodes; here a window bounds that.
+    Items are fetched as workers free up, so one slow URL at the head stops only the yielding (for at most its
+    deadline), not the fetching of the ones behind it; the bound keeps finished downloads from piling up.
     """
     workers = max(1, workers)
+    window = 4 * workers
+    it = iter(items)
+    pending: dict[int, Future[R]] = {}
+    submitted = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        window: deque[Future[R]] = deque()
-        for item in items:
-            window.append(pool.submit(fn, item))
-            if len(window) >= 2 * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+        for done in itertools.count():
+            while len(pending) < window:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                pending[submitted] = pool.submit(fn, item)
+                submitted += 1
+            if done not in pending:
+                return
+            yield pending.pop(done).result()

@@ -23,6 +23,11 @@ CORRUPT = "corrupt"
 TRUNCATED = "truncated"
 TOO_LARGE = "too_large"
 TOO_SMALL = "too_small"
+UNSUPPORTED_FORMAT = "unsupported_format"
+
+# The formats photographs arrive in; Pillow is asked for these only. EPS, PS and PDF would run Ghostscript.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (camera multi-picture)
+_DOCUMENT_MAGIC = (b"%!PS", b"%PDF", b"\xc5\xd0\xd3\xc6")  # PostScript, PDF, binary EPS
 
 
 def image_bytes(path: str | os.PathLike[str], key: str, values: Sequence[str]) -> dict[str, bytes | None]:
@@ -119,14 +124,18 @@ def normalise_image(data: bytes, *, max_pixels: int, min_side: int, jpeg_quality
 
     if not data:
         raise Rejected(NOT_AN_IMAGE, "empty file")
+    Image.init()  # registers every plugin, so that each of ALLOWED_FORMATS can be asked for by name
     try:
         with warnings.catch_warnings():
             # PIL warns between its own bomb limit and twice that; our max_pixels check decides instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))  # lazy: reads the header only
+            # lazy: reads the header only; only photograph formats are tried (never EPS/PS/PDF: Ghostscript)
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
         raise Rejected(TOO_LARGE, str(e)) from e
     except UnidentifiedImageError as e:
+        if data.startswith(_DOCUMENT_MAGIC):
+            raise Rejected(UNSUPPORTED_FORMAT, f"a PostScript/PDF document, not one of {ALLOWED_FORMATS}") from e
         raise Rejected(CORRUPT if sniff_image(data) else NOT_AN_IMAGE, "PIL cannot identify the bytes") from e
     except Exception as e:  # a malformed header can raise nearly anything from a plugin
         raise Rejected(CORRUPT, f"{type(e).__name__}: {e}") from e

@@ -30,7 +30,16 @@ from typing import Any
 import pyarrow as pa
 
 from finet2i import shards
-from finet2i.download import UNREACHABLE, URL_SCHEMES, Fetched, FetchSettings, fetch_url, ordered_map, read_local
+from finet2i.download import (
+    UNREACHABLE,
+    URL_SCHEMES,
+    Fetched,
+    FetchSettings,
+    fetch_url,
+    ordered_map,
+    read_local,
+    redact,
+)
 from finet2i.images import Rejected, normalise_image
 from finet2i.settings import default, from_section
 
@@ -71,6 +80,8 @@ class IngestSettings:
     backoff_s: float = default("curated.backoff_s")  # first retry waits this long, then doubles
     max_bytes: int = default("curated.max_bytes")  # a download beyond this is not a photograph we want
     jpeg_quality: int = default("curated.jpeg_quality")
+    deadline_s: float = default("curated.deadline_s")  # everything one URL may take, retries included
+    allow_private_addresses: bool = default("curated.allow_private_addresses")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> IngestSettings:
@@ -81,25 +92,36 @@ class IngestSettings:
 
     @property
     def fetch(self) -> FetchSettings:
-        return FetchSettings(self.timeout_s, self.retries, self.backoff_s, self.max_bytes)
+        return FetchSettings(self.timeout_s, self.retries, self.backoff_s, self.max_bytes, self.deadline_s,
+                             self.allow_private_addresses)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Sources and shard assignment
+#
+# Every file of a source folder and every line of a URL list becomes one item, and so one row: ingested, or
+# dropped with the reason found while listing (``problem``) or while fetching and decoding. Nothing a source
+# holds is passed over without a row, except ``.``-prefixed names (folder metadata such as .DS_Store), which
+# are counted in the stats (``skipped_hidden``).
+
+UNREADABLE_LINE = "unreadable_line"  # a list line that is not UTF-8
+UNREADABLE_NAME = "unreadable_name"  # a file name that is not UTF-8
+OUTSIDE_SOURCE = "outside_source"  # ../, an absolute path, or a symlink that leaves the source's folder
+NOT_A_FILE = "not_a_regular_file"  # a device, FIFO, socket or directory link
+DUPLICATE_LISTING = "duplicate_listing"  # the same URL or file listed again (evidence: duplicate_of)
 
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One image to ingest: a URL, or a file under a source folder."""
+    """One thing a source lists: a URL, or a file under a source folder (or named in a list)."""
 
     source: str  # the source's name: folder name or list file stem (the release's image_generator for real)
-    locator: str  # the URL, or the file's path relative to its folder
+    locator: str  # what is recorded: the URL without secrets (download.redact), or the path in its source
     path: str | None = None  # absolute path for local files
-
-    @property
-    def key(self) -> str:
-        """What the shard hash and the in-shard order use: stable across machines and checkouts."""
-        return self.locator if self.path is None else f"{self.source}/{self.locator}"
+    key: str = ""  # what the shard hash and the in-shard order use: unique across sources, stable across machines
+    url: str | None = None  # the URL as listed (with its query string): fetched, never recorded
+    problem: str | None = None  # a drop reason found while listing
+    detail: str | None = None
 
 
 def source_name(source: str) -> str:
@@ -107,61 +129,139 @@ def source_name(source: str) -> str:
     return p.name if p.is_dir() else p.stem
 
 
-def list_source(source: str) -> list[SourceItem]:
-    """The items of one ``curated.sources`` entry: a folder (non-hidden files, recursively) or a list file."""
+def _printable(name: str) -> str | None:
+    """``name`` if it is valid UTF-8 text (os.fsdecode keeps undecodable bytes as surrogates), else None."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _file_item(name: str, prefix: str, root: Path, rel: str, path: Path) -> SourceItem:
+    """An item for a file found in (or named by) a source, with the problem that stops it from being read."""
+    shown = _printable(rel)
+    if shown is None:
+        shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+        return SourceItem(name, shown, None, f"{prefix}/{shown}", problem=UNREADABLE_NAME,
+                          detail="the file name is not UTF-8; rename it")
+    key = f"{prefix}/{shown}"
+    target = path.resolve()
+    if not _inside(target, root):
+        return SourceItem(name, shown, None, key, problem=OUTSIDE_SOURCE,
+                          detail="the path leaves the source's folder (../, an absolute path or a symlink)")
+    if path.is_dir():
+        return SourceItem(name, shown, None, key, problem=NOT_A_FILE, detail="a link to a directory")
+    return SourceItem(name, shown, str(target), key)
+
+
+def _list_folder(name: str, prefix: str, root: Path) -> tuple[list[SourceItem], int]:
+    items, hidden = [], 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = Path(dirpath).relative_to(root)
+        hidden += sum(1 for d in dirnames if d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (Path(dirpath) / d).is_symlink())
+        links = sorted(d for d in os.listdir(dirpath) if (Path(dirpath) / d).is_symlink() and d not in filenames)
+        for f in sorted([*filenames, *links]):
+            if f.startswith("."):
+                hidden += 1
+                continue
+            items.append(_file_item(name, prefix, root, (rel_dir / f).as_posix(), Path(dirpath) / f))
+    return items, hidden
+
+
+def _list_file(name: str, prefix: str, p: Path) -> list[SourceItem]:
+    items = []
+    root = p.parent.resolve()
+    for lineno, raw in enumerate(p.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            shown = raw.decode("utf-8", "backslashreplace").strip()
+            items.append(SourceItem(name, f"{p.name}:{lineno}", None, f"{prefix}:{lineno}:{shown}",
+                                    problem=UNREADABLE_LINE, detail="the line is not UTF-8 text"))
+            continue
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(URL_SCHEMES):
+            # The URL as listed is the key (the same photo listed twice lands in one shard); its query
+            # string (tokens, signatures) is fetched with, never recorded.
+            items.append(SourceItem(name, redact(line), None, line, url=line))
+        else:
+            # A local path in a list is read relative to the list, so a list travels with its folder.
+            items.append(_file_item(name, prefix, root, line, root / line))
+    return items
+
+
+def list_source(source: str, prefix: str | None = None) -> tuple[list[SourceItem], int]:
+    """The items of one ``curated.sources`` entry and how many hidden names it skipped.
+
+    ``prefix`` names the source in file keys (default: its name; :func:`items_for_shard` makes it unique when
+    two sources share a name, e.g. ``a/pexels`` and ``b/pexels``).
+    """
     p = Path(source)
     name = source_name(source)
     if p.is_dir():
-        items = []
-        for f in sorted(p.rglob("*")):
-            rel = f.relative_to(p)
-            if f.is_file() and not any(part.startswith(".") for part in rel.parts):
-                items.append(SourceItem(name, rel.as_posix(), str(f.resolve())))
-        return items
+        return _list_folder(name, prefix or name, p.resolve())
     if p.is_file():
-        items = []
-        for lineno, line in enumerate(p.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith(URL_SCHEMES):
-                items.append(SourceItem(name, line))
-            else:
-                # A local path in a list is read relative to the list, so a list travels with its folder.
-                local = Path(line) if Path(line).is_absolute() else p.parent / line
-                items.append(SourceItem(name, line, str(local.resolve())))
-                log.debug("%s:%d: local path %s", p, lineno, local)
-        return items
+        return _list_file(name, prefix or name, p), 0
     raise FileNotFoundError(f"curated.sources: {source!r} is neither a folder nor a URL-list file; "
                             f"fix the path in the config (paths are relative to the working directory)")
 
 
 def shard_of(key: str, n_shards: int) -> int:
     """Stable across processes and Python versions (``hash()`` is salted per process)."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    digest = hashlib.sha256(key.encode("utf-8", "backslashreplace")).digest()
     return int.from_bytes(digest[:8], "big") % n_shards
 
 
 def items_for_shard(sources: Sequence[str], cshard: str | int, n_shards: int) -> list[SourceItem]:
-    """This shard's items, in key order; an item listed twice (same key) is ingested once."""
+    """This shard's items, in key order. An item listed again (same key) keeps its row, dropped as
+    ``duplicate_listing``; two sources with the same name get distinct keys (the second is ``name#2``)."""
+    return _items_for_shard(sources, cshard, n_shards)[0]
+
+
+def _items_for_shard(sources: Sequence[str], cshard: str | int, n_shards: int) -> tuple[list[SourceItem], int]:
     if n_shards < 1:
         raise ValueError(f"curated.shards must be >= 1, got {n_shards}")
     want = int(cshard)
     if not 0 <= want < n_shards:
         raise ValueError(f"curated shard {cshard} is outside 0..{n_shards - 1} (curated.shards = {n_shards})")
-    chosen: dict[str, SourceItem] = {}
+    names: Counter[str] = Counter()
+    chosen: list[SourceItem] = []
+    hidden = 0
     for source in sources:
-        for item in list_source(source):
-            if shard_of(item.key, n_shards) == want:
-                chosen.setdefault(item.key, item)
-    return [chosen[k] for k in sorted(chosen)]
+        name = source_name(source)
+        names[name] += 1
+        items, skipped = list_source(source, name if names[name] == 1 else f"{name}#{names[name]}")
+        hidden += skipped
+        chosen += [it for it in items if shard_of(it.key, n_shards) == want]
+    # Stable sort: a key listed twice keeps its listing order; the later listings are duplicates.
+    chosen.sort(key=lambda it: it.key)
+    out: list[SourceItem] = []
+    for i, it in enumerate(chosen):
+        if i and it.key == chosen[i - 1].key and it.problem is None:
+            it = SourceItem(it.source, it.locator, None, it.key, problem=DUPLICATE_LISTING,
+                            detail="listed again; ingested once")
+        out.append(it)
+    return out, hidden
 
 
 def fetch(item: SourceItem, settings: IngestSettings) -> Fetched:
-    """Read a local file, or download a URL (see :mod:`finet2i.download`)."""
+    """Read a local file, or download a URL (see :mod:`finet2i.download`); a listing problem fetches nothing."""
+    if item.problem is not None:
+        return Fetched(None, 0, item.problem, item.detail)
     if item.path is not None:
         return read_local(item.path, settings.max_bytes)
-    return fetch_url(item.locator, settings.fetch)
+    return fetch_url(item.url or item.locator, settings.fetch)
 
 
 def curated_id(cshard: str, index: int) -> str:
@@ -196,16 +296,20 @@ def run_curated_ingest(sources: Sequence[str], out_path: str | os.PathLike[str],
     """Ingest one curated shard: every item gets a row (kept with JPEG bytes, or its drop reason)."""
     started = time.monotonic()
     cfg = IngestSettings.from_config(settings)
-    items = items_for_shard(sources, cshard, n_shards)
+    items, hidden = _items_for_shard(sources, cshard, n_shards)
     log.info("curated shard %s/%d: %d items from %d sources", cshard, n_shards, len(items), len(sources))
     light: list[shards.Record] = []  # verdicts without bytes, for the stats
-    first_of: dict[str, str] = {}
+    first_of: dict[str, str] = {}  # image sha256 -> id
+    first_listing: dict[str, str] = {}  # item key -> id
     per_source: Counter[str] = Counter()
     bytes_fetched = 0
     with shards.StreamWriter(out_path, INGEST_SCHEMA, WRITE_BATCH) as out:
         fetched_iter = ordered_map(lambda it: fetch(it, cfg), items, workers)
         for index, (item, fetched) in enumerate(zip(items, fetched_iter, strict=True)):
             rec = ingest_record(item, fetched, cshard=cshard, index=index, settings=cfg)
+            listed_first = first_listing.setdefault(item.key, rec["id"])
+            if item.problem == DUPLICATE_LISTING:
+                rec["duplicate_of"] = listed_first
             bytes_fetched += rec["bytes_in"] or 0
             if rec[shards.KEPT]:
                 # Same pixels as an earlier item (one photo on two platforms, or re-saved as PNG).
@@ -216,9 +320,10 @@ def run_curated_ingest(sources: Sequence[str], out_path: str | os.PathLike[str],
             if rec[shards.KEPT]:
                 per_source[item.source] += 1
             else:
-                log.info("%s (%s): %s %s", rec["id"], item.locator, rec[shards.DROP_REASON],
+                log.info("%s (%s): %s %s", rec["id"], rec["locator"], rec[shards.DROP_REASON],
                          rec["error"] or "")
             out.write(rec)
             light.append({k: rec[k] for k in ("id", shards.KEPT, shards.DROP_REASON)})
     return shards.write_stats(stats_path, light, stage=STAGE, shard=cshard, started=started,
-                              bytes_fetched=bytes_fetched, kept_by_source=dict(per_source), n_shards=n_shards)
+                              bytes_fetched=bytes_fetched, kept_by_source=dict(per_source), n_shards=n_shards,
+                              skipped_hidden=hidden)
