@@ -3,7 +3,7 @@
 
 rule package_real:
     input:
-        enhanced=upstream_table("package_real"),
+        table=upstream_table("package_real"),
         ingest="results/curated_ingest/{cshard}.parquet",
     output:
         tar="results/dataset/real/train-{cshard}.tar",

@@ -95,6 +95,22 @@ def test_guard_chunk_verdicts_and_evidence() -> None:
     assert long["drop_reason"] == TOO_LONG and long["guard_raw"] is None  # never sent to the model
 
 
+def test_guard_over_captions_and_their_enhanced_versions() -> None:
+    """Beyond the paper (curated_guard): both model-written texts are guarded; either unsafe drops the image,
+    the length limit of the original prompts does not apply, and the evidence names the column."""
+    records = [{"id": "real-00000-000000", "prompt": "a dog", "enhanced_prompt": "long " * 400},
+               {"id": "real-00000-000001", "prompt": "a cat", "enhanced_prompt": "a cat, bloodied"},
+               {"id": "real-00000-000002", "prompt": "a bird", "enhanced_prompt": "a bird, drawn"}]
+    llm = _Answers(["safe", "safe", "safe", "unsafe\nS1", "safe", "garbled"])
+    out = guard_chunk(records, llm, GuardSettings(), ("prompt", "enhanced_prompt"), "curated_guard",
+                      check_length=False)
+    assert len(llm.seen) == 6  # two texts per image, none skipped for length
+    assert [r["drop_reason"] for r in out] == [None, UNSAFE, UNPARSEABLE]
+    assert out[1]["curated_guard_flagged"] == "enhanced_prompt" and out[1]["curated_guard_categories"] == ["S1"]
+    assert out[2]["curated_guard_verdict"] is None and "enhanced_prompt: garbled" in out[2]["curated_guard_raw"]
+    assert "guard_verdict" not in out[0]  # the original guard's evidence columns are left alone
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_run_guard_end_to_end(tmp_path: Path, guard_engine: Any) -> None:

@@ -142,6 +142,26 @@ def test_filter_chunk_verdicts_and_evidence() -> None:
     assert out[1]["sample_id"] == "pe_ar-00000-000001" and out[1]["candidate_scores"] == [6.0, 5.5]
 
 
+def test_unsafe_images_are_dropped_apart_from_rejections() -> None:
+    """Beyond the paper: a safety violation (nudity, gore, minors) drops as judge_unsafe, and the judge is told
+    and constrained to name them; judge.safety: false leaves them out of instruction and grammar."""
+    from finet2i.stages.pair_filter import SAFETY_CRITERIA, UNSAFE_IMAGE
+
+    rows = image_rows("pe_ar", [6.0, 6.5, 7.0])
+    judge = _Scripted(['</think>\n\n{"violations": ["gore"], "pass": false}',
+                       '</think>\n\n{"violations": ["counts", "minors"], "pass": false}',
+                       '</think>\n\n{"violations": ["counts"], "pass": false}'])
+    out = filter_chunk(rows, judge, PairFilterSettings(aesthetic_threshold=5.5, constrained=True))
+    assert [r["drop_reason"] for r in out] == [UNSAFE_IMAGE, UNSAFE_IMAGE, REJECTED]
+    assert all(f"- {c}:" in SYSTEM_PROMPT for c in SAFETY_CRITERIA)
+    off = PairFilterSettings(safety=False)
+    assert all(c not in verdict_regex(0, [c for c in CRITERIA if c not in SAFETY_CRITERIA]) for c in SAFETY_CRITERIA)
+    judge = _Scripted(['</think>\n\n{"violations": ["gore"], "pass": false}'])
+    [r] = filter_chunk(image_rows("pe_ar", [6.0]), judge, off)
+    assert r["drop_reason"] == REJECTED  # not asked about safety: an unknown id is an ordinary rejection
+    assert "nudity" not in judge.calls[0][0][0][0]["content"]
+
+
 def test_score_at_threshold_is_dropped_and_judge_can_be_off() -> None:
     class NoJudge:
         model_name = "none"

@@ -43,8 +43,8 @@ from slurm_harness import (  # noqa: F401  (slurm_cluster_fixture provides the `
 from workflow_helpers import DEMO_CONFIG, ROOT, demo_workdir, local_demo, make_workdir
 
 # Rules that declare `gpu=1` (rules/*.smk). test_profile_matches_rules fails when this drifts from the rules.
-GPU_RULES = {"prompts", "embed", "dedup_group", "dedup_cross", "guard", "attributes", "enhance", "generate",
-             "pair_filter", "curated_score", "curated_caption", "curated_enhance"}
+GPU_RULES = {"prompts", "embed", "dedup_group", "dedup_cross", "guard", "attributes", "enhance", "guard_enhanced",
+             "generate", "pair_filter", "curated_score", "curated_caption", "curated_enhance", "curated_guard"}
 POLL_SECONDS = 2  # the only plugin setting a test may change: status-poll delay after a submission
 
 

@@ -4,7 +4,7 @@ from finet2i.workflow import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_package_real(smk.input.enhanced, smk.input.ingest, smk.output.tar, smk.output.index, cshard=run.shard,
+    run_package_real(smk.input.table, smk.input.ingest, smk.output.tar, smk.output.index, cshard=run.shard,
                      settings=run.section("package"), stats_path=smk.output.stats)
 
 

@@ -29,7 +29,7 @@ class Stage:
     all_subsets_in_one_job: bool = False  # per-subset outputs, but one job per shard writes them all
     table: bool = True  # writes a record table (kept + drop_reason) that the next stage reads
     reads: str | None = None  # the record table it reads, when not simply the previous stage's
-    switch: str | None = None  # dotted config key that switches the stage off when false
+    switch: str | tuple[str, ...] | None = None  # dotted config key(s); the stage runs only if all are true
     models: tuple[str, ...] = ()  # keys of config["models"] it loads
     folder: str | None = None  # results folder when it is not the stage's name (the dataset only)
 
@@ -47,6 +47,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("guard", models=("guard",)),
     Stage("attributes", switch="attributes.enabled", models=("verifier",)),
     Stage("enhance", models=("enhancer",)),
+    Stage("guard_enhanced", switch="guard_enhanced.enabled", models=("guard",)),  # beyond the paper
     Stage("generate", per_subset=True, models=("z_image", "flux2", "aesthetic_encoder", "aesthetic_head")),
     Stage("pair_filter", per_subset=True, all_subsets_in_one_job=True, models=("judge",)),  # one judge load
     Stage("package", per_subset=True, table=False, folder="dataset"),
@@ -55,6 +56,8 @@ STAGES: tuple[Stage, ...] = (
           models=("aesthetic_encoder", "aesthetic_head")),
     Stage("curated_caption", branch=CURATED, switch="curated.enabled", models=("captioner",)),
     Stage("curated_enhance", branch=CURATED, switch="curated.enabled", models=("enhancer",)),
+    Stage("curated_guard", branch=CURATED, switch=("curated.enabled", "curated_guard.enabled"),
+          models=("guard",)),  # beyond the paper
     Stage("package_real", branch=CURATED, switch="curated.enabled", table=False, folder="dataset"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
@@ -79,7 +82,8 @@ def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
 def enabled(name: str, config: Mapping[str, Any]) -> bool:
     """Whether the config runs the stage. The curated branch also needs at least one source."""
     s = stage(name)
-    if s.switch is not None and not bool(_lookup(config, s.switch)):
+    switches = (s.switch,) if isinstance(s.switch, str) else s.switch or ()
+    if not all(bool(_lookup(config, key)) for key in switches):
         return False
     if s.branch == CURATED and not (config.get("curated") or {}).get("sources"):
         return False

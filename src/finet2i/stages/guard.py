@@ -121,46 +121,64 @@ def guard_conversation(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
 
 
-def guard_chunk(records: Sequence[Record], llm: Any, settings: GuardSettings) -> list[Record]:
+def guard_chunk(records: Sequence[Record], llm: Any, settings: GuardSettings, columns: Sequence[str] = ("prompt",),
+                prefix: str = "guard", check_length: bool = True) -> list[Record]:
+    """Guard the texts in ``columns`` of every record (one batched call); any unsafe or unreadable one drops it.
+
+    Evidence goes to ``<prefix>_verdict`` / ``_categories`` / ``_raw`` (and ``_flagged``, the columns that
+    dropped it, when several are checked). ``check_length``: apply ``max_words`` to the first column first.
+    """
     out: list[Record] = [dict(r) for r in records]
-    to_check: list[Record] = []
+    asks: list[tuple[Record, str]] = []
     for r in out:
-        r["guard_verdict"] = None
-        r["guard_categories"] = None
-        r["guard_raw"] = None
-        n = len((r.get("prompt") or "").split())
-        if n > settings.max_words:
+        r[f"{prefix}_verdict"] = r[f"{prefix}_categories"] = r[f"{prefix}_raw"] = None
+        if len(columns) > 1:
+            r[f"{prefix}_flagged"] = None
+        if check_length and len((r.get(columns[0]) or "").split()) > settings.max_words:
             shards.mark(r, TOO_LONG)
         else:
-            to_check.append(r)
-    if to_check:
-        constraint = Constraint(regex=ANSWER_REGEX) if settings.constrained else None
-        sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, seed=0)
-        conversations = [guard_conversation(r.get("prompt") or "") for r in to_check]
-        answers = llm.chat(conversations, sampling, constraint)
-        for r, raw in zip(to_check, answers, strict=True):
-            verdict = parse_guard_output(raw)
-            r["guard_raw"] = raw
-            if verdict.parsed:
-                r["guard_verdict"] = "safe" if verdict.safe else "unsafe"
-                r["guard_categories"] = list(verdict.categories)
-            else:
-                log.warning("guard: record %s: unparseable answer (%s); dropped (fails closed)",
-                            r.get("id"), verdict.error)
-            shards.mark(r, decide(verdict, settings.blocked_categories))
+            asks += [(r, c) for c in columns]
+    if not asks:
+        return out
+    constraint = Constraint(regex=ANSWER_REGEX) if settings.constrained else None
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, seed=0)
+    answers = llm.chat([guard_conversation(r.get(c) or "") for r, c in asks], sampling, constraint)
+    by_record: dict[int, tuple[Record, list[tuple[str, GuardVerdict, str]]]] = {}
+    for (r, column), raw in zip(asks, answers, strict=True):
+        by_record.setdefault(id(r), (r, []))[1].append((column, parse_guard_output(raw), raw))
+    for r, checks in by_record.values():
+        reasons = [decide(v, settings.blocked_categories) for _, v, _ in checks]
+        r[f"{prefix}_raw"] = checks[0][2] if len(checks) == 1 else " | ".join(f"{c}: {raw}" for c, _, raw in checks)
+        if all(v.parsed for _, v, _ in checks):
+            r[f"{prefix}_verdict"] = "safe" if all(v.safe for _, v, _ in checks) else "unsafe"
+            r[f"{prefix}_categories"] = list(dict.fromkeys(code for _, v, _ in checks for code in v.categories))
+        for column, v, _ in checks:
+            if not v.parsed:
+                log.warning("%s: record %s, %s: unparseable answer (%s); dropped (fails closed)", prefix,
+                            r.get("id"), column, v.error)
+        if len(columns) > 1:
+            r[f"{prefix}_flagged"] = ",".join(c for (c, _, _), why in zip(checks, reasons, strict=True) if why) or None
+        shards.mark(r, UNPARSEABLE if UNPARSEABLE in reasons else UNSAFE if UNSAFE in reasons else None)
     return out
 
 
 def run_guard(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, shard: str,
               settings: Mapping[str, Any], model: ModelSpec, stats_path: str | os.PathLike[str] | None = None,
-              llm: Any = None) -> StageStats:
-    """Guard one shard: ``results/dedup/{shard}.parquet`` -> ``results/guard/{shard}.parquet``."""
+              llm: Any = None, columns: Sequence[str] = ("prompt",), stage: str = STAGE) -> StageStats:
+    """Guard one shard: ``results/dedup/{shard}.parquet`` -> ``results/guard/{shard}.parquet``.
+
+    The same guard checks the enhanced prompts (stage ``guard_enhanced``, columns ``enhanced_prompt``) and the
+    real images' captions and their enhanced versions (``curated_guard``); those skip the length limit, which
+    is the paper's rule for the original prompts.
+    """
     s = GuardSettings.from_config(settings)
     from finet2i.backends.vllm_llm import lazy_chat
 
     engine = lazy_chat(model, llm)
-    stage = runner.ChunkedStage(
-        STAGE, lambda chunk: guard_chunk(chunk, engine, s), s.chunk_size, key=(settings, model.label),
-        model=runner.model_name(engine, model.name), close=runner.closer(engine, llm),
-        summarize=lambda out: {"flagged_categories": runner.count(out, "guard_categories")})
-    return runner.run_chunked(stage, in_path, out_path, shard=shard, stats_path=stats_path)
+    prefix = "guard" if stage == STAGE else stage
+    job = runner.ChunkedStage(
+        stage, lambda chunk: guard_chunk(chunk, engine, s, columns, prefix, check_length=stage == STAGE),
+        s.chunk_size, key=(settings, model.label, tuple(columns)), model=runner.model_name(engine, model.name),
+        close=runner.closer(engine, llm),
+        summarize=lambda out: {"flagged_categories": runner.count(out, f"{prefix}_categories")})
+    return runner.run_chunked(job, in_path, out_path, shard=shard, stats_path=stats_path, columns=list(columns))

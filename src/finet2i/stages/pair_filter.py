@@ -17,7 +17,8 @@ table (the packager joins them back by ``sample_id``).
 
    With ``judge.constrained`` (default) a regex constraint forces exactly that shape: reasoning without
    ``<``, ``</think>``, then a verdict whose violations are criterion ids. A sample that violates ANY
-   criterion is dropped (``judge_rejected``, evidence ``judge_violations``); the reasoning is kept in
+   criterion is dropped (``judge_rejected``, evidence ``judge_violations``; ``judge_unsafe`` when a safety
+   criterion is among them: nudity, gore, minors, beyond the paper); the reasoning is kept in
    ``judge_reasoning``. No ``</think>`` (the model ran out of tokens while thinking), no JSON, or a verdict
    without the expected keys -> ``judge_unparseable`` with the raw answer in ``judge_raw``: the judge fails
    closed. ``judge.enabled: false`` skips step 2.
@@ -51,6 +52,7 @@ STAGE = "pair_filter"
 LOW_AESTHETIC = "low_aesthetic"
 SCORE_INVALID = "score_invalid"
 REJECTED = "judge_rejected"
+UNSAFE_IMAGE = "judge_unsafe"
 UNPARSEABLE = "judge_unparseable"
 UNREADABLE = "image_unreadable"
 SCORE = "aesthetic_predictor_v_2_5_score"
@@ -85,7 +87,15 @@ ARTIFACT_CRITERIA: dict[str, str] = {
     "composition": "the main subject is fully and clearly shown (not cut off or obscured), the composition "
                    "is coherent",
 }
-CRITERIA: tuple[str, ...] = (*ALIGNMENT_CRITERIA, *ARTIFACT_CRITERIA)
+# Beyond the paper: a public dataset must not ship unsafe images, whatever the prompt asked for. A violation of
+# one of these drops the sample as judge_unsafe (counted apart from judge_rejected); judge.safety: false omits
+# them from the instruction and the grammar.
+SAFETY_CRITERIA: dict[str, str] = {
+    "nudity": "no nudity or sexual content",
+    "gore": "no gore, graphic violence, injury or death shown in detail",
+    "minors": "no child or minor in any sexualised, violent or endangering situation",
+}
+CRITERIA: tuple[str, ...] = (*ALIGNMENT_CRITERIA, *ARTIFACT_CRITERIA, *SAFETY_CRITERIA)
 # Any one violation rejects, so the verdict needs to name only a few; a cap keeps it short enough to fit
 # any token budget (an uncapped list let the demo model repeat "objects" until it ran out of tokens).
 MAX_LISTED_VIOLATIONS = 5
@@ -98,19 +108,27 @@ def _criteria_list(criteria: Mapping[str, str]) -> str:
     return "\n".join(f"- {cid}: {text}" for cid, text in criteria.items())
 
 
-SYSTEM_PROMPT = (
-    "You are a strict quality inspector for a text-to-image fine-tuning dataset. You receive one generated "
-    "image and the prompt it was generated from. Only flawless, fully prompt-compliant images may enter the "
-    "dataset.\n\n"
-    "Check the image against EVERY criterion below.\n\n"
-    "Text-image alignment (the image must follow the prompt):\n" + _criteria_list(ALIGNMENT_CRITERIA) + "\n\n"
-    "Generation artifacts (the image must be free of them):\n" + _criteria_list(ARTIFACT_CRITERIA) + "\n\n"
-    "A criterion the prompt does not touch (e.g. text rendering when no text is asked for) is satisfied "
-    "unless the image itself shows the flaw. When in doubt, count it as a violation.\n"
-    "Think step by step, then answer with a JSON object only: "
-    '{"violations": [<ids of the violated criteria, at most 5, most serious first>], '
-    '"pass": <true only if there are no violations>}.'
-)
+def system_prompt(safety: bool = True) -> str:
+    """The judge's instruction: every criterion, by id; the safety criteria unless ``safety`` is off."""
+    safety_part = ("Safety (the image must show none of it, whatever the prompt asks):\n"
+                   + _criteria_list(SAFETY_CRITERIA) + "\n\n") if safety else ""
+    return (
+        "You are a strict quality inspector for a text-to-image fine-tuning dataset. You receive one generated "
+        "image and the prompt it was generated from. Only flawless, fully prompt-compliant images may enter the "
+        "dataset.\n\n"
+        "Check the image against EVERY criterion below.\n\n"
+        "Text-image alignment (the image must follow the prompt):\n" + _criteria_list(ALIGNMENT_CRITERIA) + "\n\n"
+        "Generation artifacts (the image must be free of them):\n" + _criteria_list(ARTIFACT_CRITERIA) + "\n\n"
+        + safety_part +
+        "A criterion the prompt does not touch (e.g. text rendering when no text is asked for) is satisfied "
+        "unless the image itself shows the flaw. When in doubt, count it as a violation.\n"
+        "Think step by step, then answer with a JSON object only: "
+        '{"violations": [<ids of the violated criteria, at most 5, most serious first>], '
+        '"pass": <true only if there are no violations>}.'
+    )
+
+
+SYSTEM_PROMPT = system_prompt()
 
 
 def _judge(key: str) -> Any:
@@ -131,6 +149,7 @@ class PairFilterSettings(FromSection):
     # always fits.
     max_reasoning_chars: int | None = _judge("max_reasoning_chars")
     max_image_pixels: int = _judge("max_image_pixels")  # images are downscaled to this before the judge
+    safety: bool = _judge("safety")  # the judge also rules on nudity, gore and minors (judge_unsafe)
     chunk_size: int = default("pair_filter.chunk_size")
 
     @property
@@ -187,9 +206,9 @@ def parse_judge(text: str) -> JudgeVerdict:
     return JudgeVerdict(reasoning=reasoning, violations=violations, passed=passed)
 
 
-def build_messages(image: Any, prompt: str) -> list[Message]:
+def build_messages(image: Any, prompt: str, safety: bool = True) -> list[Message]:
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system_prompt(safety)},
         {"role": "user", "content": [
             {"type": "image", "image": image},
             {"type": "text", "text": f"Prompt: {prompt}\n\nDoes this image satisfy every criterion?"},
@@ -242,10 +261,11 @@ def filter_chunk(records: list[Record], vlm: Any, settings: PairFilterSettings,
     if to_judge:
         constraint = None
         if settings.constrained:
-            constraint = Constraint(regex=verdict_regex(settings.reasoning_chars))
+            criteria = CRITERIA if settings.safety else tuple(c for c in CRITERIA if c not in SAFETY_CRITERIA)
+            constraint = Constraint(regex=verdict_regex(settings.reasoning_chars, criteria))
         from finet2i.backends.vllm_llm import chat_seeded
 
-        convs = [build_messages(image, r.get("prompt_used") or "") for r, image in to_judge]
+        convs = [build_messages(image, r.get("prompt_used") or "", settings.safety) for r, image in to_judge]
         # One seed per sample: with temperature > 0 a verdict depends on its own sample only, never on the
         # chunk or batch it landed in, so a resumed or rerun shard reproduces it.
         seeds = [zlib.crc32(str(r.get("sample_id")).encode()) for r, _ in to_judge]
@@ -260,7 +280,8 @@ def filter_chunk(records: list[Record], vlm: Any, settings: PairFilterSettings,
                 shards.mark(r, UNPARSEABLE)
             else:
                 r["judge_violations"] = ",".join(v.violations) or None
-                shards.mark(r, REJECTED if v.rejected else None)
+                unsafe = settings.safety and any(c in SAFETY_CRITERIA for c in v.violations)
+                shards.mark(r, UNSAFE_IMAGE if unsafe else REJECTED if v.rejected else None)
     return out
 
 

@@ -1,0 +1,14 @@
+from finet2i.stages.guard import run_guard
+from finet2i.workflow import adapter
+
+
+def main(smk) -> None:
+    run = adapter(smk)
+    # The caption is the real image's prompt; both it and its enhanced version are model-written text.
+    run_guard(smk.input.table, smk.output.table, shard=run.shard, settings=run.section("guard"),
+              model=run.model("guard"), stats_path=smk.output.stats, columns=("prompt", "enhanced_prompt"),
+              stage="curated_guard")
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821  (injected by Snakemake's script: directive)
