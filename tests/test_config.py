@@ -48,6 +48,10 @@ def test_defaults_are_filled(demo_config):
          or c["generate"]["generators"]["flux2"].update(weight=0), r"generate\.generators: the weights add up to 0"),
         (lambda c: c["generate"].update(candidates={"min": 3, "max": 1}), r"generate\.candidates: min \(3\)"),
         (lambda c: c.update(taxonomy="config/nope.yaml"), r"config key taxonomy: file .*nope\.yaml does not exist"),
+        (lambda c: c["curated"].update(sources=["https://example.org/photos/"]),
+         r"config key curated\.sources\[0\]: https://example\.org/photos/ is a URL"),
+        (lambda c: c["curated"].update(retries=1000), r"curated\.retries: 1000 is greater than the maximum of 10"),
+        (lambda c: c["curated"].update(deadline_s=0), r"curated\.deadline_s: 0 is less than or equal to the minimum"),
     ],
 )
 def test_mistakes_name_the_key(demo_config, mutate, message):

@@ -200,3 +200,8 @@ def test_signed_url_secrets_reach_no_output_and_no_log(server, tmp_path, caplog)
     for leak in ("SECRET0123", "TOKEN42", "PASSWORD9", "Signature"):
         assert leak not in table_text and leak.encode() not in written and leak not in caplog.text, leak
     assert {r["locator"] for r in rows} == {f"{server}/ok.jpg", f"{server}/to-file"}
+
+
+def test_a_body_over_the_byte_cap_is_too_large(server):
+    f = fetch(f"{server}/a.jpg", max_bytes=100)
+    assert f.reason == "too_large" and f.data is None
