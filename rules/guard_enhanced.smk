@@ -21,7 +21,7 @@ rule guard_enhanced:
         mem_mb=32000,
         runtime=240,
     params:
-        settings=output_settings(config, "guard"),
+        settings=output_settings(config, "guard", without=("max_words",)),  # no length limit here
         model=config["models"]["guard"],
         code=script_code("workflow_scripts/guard_enhanced.py"),
     script:

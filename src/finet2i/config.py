@@ -182,13 +182,14 @@ def used_model_keys(config: dict[str, Any]) -> list[str]:
 RUNTIME_ONLY_KEYS = frozenset({"chunk_size", "batch_size", "subsets"})
 
 
-def output_settings(config: dict[str, Any], section: str) -> dict[str, Any]:
+def output_settings(config: dict[str, Any], section: str, without: tuple[str, ...] = ()) -> dict[str, Any]:
     """A config section (dotted: ``curated.caption``) without RUNTIME_ONLY_KEYS at any depth: what a rule's
-    params carry, so that a change reruns it and a change of how it runs does not."""
+    params carry, so that a change reruns it and a change of how it runs does not. ``without``: keys of the
+    section that this rule's stage does not use (the guard's max_words, for the guards of model-written text)."""
     node: Any = config
     for part in section.split("."):
         node = node[part]
-    return _without_runtime_keys(node)
+    return {k: v for k, v in _without_runtime_keys(node).items() if k not in without}
 
 
 def _without_runtime_keys(value: Any) -> Any:
