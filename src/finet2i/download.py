@@ -33,8 +33,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from finet2i.images import TOO_LARGE  # one reason for an oversized download, file or image header
+
 UNREACHABLE = "unreachable"
-TOO_LARGE = "too_large"
 REFUSED_URL = "refused_url"
 NOT_A_FILE = "not_a_regular_file"
 

@@ -71,12 +71,11 @@ def read_input(path: PathLike) -> list[Record]:
 
 def run_chunked(stage: ChunkedStage, in_path: PathLike, out_path: PathLike, *, shard: str,
                 stats_path: PathLike | None = None, records: list[Record] | None = None,
-                close: bool = True, **extra: Any) -> StageStats:
+                **extra: Any) -> StageStats:
     """Run one shard of a chunked stage: ``in_path``'s kept rows -> ``out_path`` + its stats JSON.
 
-    ``records``: the input rows when the caller already read them (default: :func:`read_input`). ``close``:
-    shut the engine down at the end (a job that runs several tables on one engine closes it itself).
-    ``extra``: more stats fields.
+    ``records``: the input rows when the caller already read them (default: :func:`read_input`). ``extra``:
+    more stats fields. A job that runs several tables on one engine gives no ``close`` and closes it itself.
     """
     started = time.monotonic()
     rows = read_input(in_path) if records is None else records
@@ -86,7 +85,7 @@ def run_chunked(stage: ChunkedStage, in_path: PathLike, out_path: PathLike, *, s
     try:
         out = ck.run(todo, stage.process)
     finally:
-        if close and stage.close is not None:
+        if stage.close is not None:
             stage.close()
     if stage.order:
         by_id = {r["id"]: r for r in out}

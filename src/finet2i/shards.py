@@ -324,11 +324,12 @@ class ChunkCheckpoint:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def fingerprint(ids: Iterable[str], *parts: Any) -> str:
+def fingerprint(items: Iterable[str], *parts: Any) -> str:
+    """A short hash of ``items`` (ids, or per-record digests) and of ``parts`` (settings, model labels)."""
     import hashlib
 
     h = hashlib.sha256()
-    for i in ids:
+    for i in items:
         h.update(str(i).encode())
         h.update(b"\0")
     for p in parts:

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from finet2i import shards
 from finet2i.download import (
+    NOT_A_FILE,
     UNREACHABLE,
     URL_SCHEMES,
     Fetched,
@@ -107,7 +108,7 @@ class IngestSettings:
 UNREADABLE_LINE = "unreadable_line"  # a list line that is not UTF-8
 UNREADABLE_NAME = "unreadable_name"  # a file name that is not UTF-8
 OUTSIDE_SOURCE = "outside_source"  # ../, an absolute path, or a symlink that leaves the source's folder
-NOT_A_FILE = "not_a_regular_file"  # a device, FIFO, socket or directory link
+# NOT_A_FILE (download): a device, FIFO, socket or directory link
 DUPLICATE_LISTING = "duplicate_listing"  # the same URL or file listed again (evidence: duplicate_of)
 
 

@@ -303,6 +303,7 @@ def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
         raise ValueError(f"pair_filter/{shard}: subsets {missing} lack an images table, an output or a stats "
                          f"path; pass the same subsets in all three")
     engine = lazy_chat(model, vlm, limit_images=1, max_model_len=8192)
+    close = runner.closer(engine, vlm)  # one engine for every subset: closed here, not per table
     name = runner.model_name(engine, model.name) if s.judge_enabled else None
     result: dict[str, StageStats] = {}
     try:
@@ -324,6 +325,6 @@ def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
                 stage, path, out_tables[subset], shard=shard, stats_path=stats_paths[subset], records=records,
                 subset=subset, judge_enabled=s.judge_enabled, aesthetic_threshold=s.aesthetic_threshold)
     finally:
-        if vlm is None:
-            engine.close()
+        if close is not None:
+            close()
     return result
