@@ -1,6 +1,6 @@
 # 3.1.5: image generation, one job per (subset, shard). pe_* render the enhanced prompt, po_* the original;
-# *_ar draw a Table 8 landscape/portrait size, *_as a square one (config/resolutions.yaml is an input, so an
-# edited table reruns the stage). Best of 1-3 candidates by Aesthetic Predictor V2.5 score; the shard's rows
+# *_ar draw any Table 8 size (squares included), *_as a square one, uniformly (config/resolutions.yaml is an
+# input, so an edited table reruns the stage). Best of 1-3 candidates by Aesthetic Predictor V2.5 score; the shard's rows
 # carry the kept JPEG. Params hold everything else the images depend on (generators, weights, steps,
 # guidance, candidate counts, seed, JPEG quality, scorer), so changing any of them reruns this stage only.
 

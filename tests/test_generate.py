@@ -107,7 +107,11 @@ def test_resolutions_yaml_is_table_8() -> None:
             assert r.width % 16 == 0 and r.height % 16 == 0  # renderable as listed
             assert (r.width > r.height) == (group is table["landscape"]) or r.width == r.height
     assert g.sizes_for_subset("pe_as", table) == table["square"]
-    assert g.sizes_for_subset("po_ar", table) == table["landscape"] + table["portrait"]
+    # AR draws from all of Table 8, squares included (the release's random-resolution subset has 2048x2048)
+    assert g.sizes_for_subset("po_ar", table) == table["square"] + table["landscape"] + table["portrait"]
+    assert len(g.sizes_for_subset("pe_ar", table)) == 26 and g.Resolution("1:1", 2048, 2048) in (
+        g.sizes_for_subset("pe_ar", table)
+    )
 
 
 def test_fit_size_scales_down_keeping_aspect_and_multiples() -> None:
@@ -146,11 +150,15 @@ def test_plans_are_deterministic_per_prompt_and_follow_the_config() -> None:
     assert set(counts) == {1, 2, 3}
     share = Counter(p.kind for p in plans)["flux2"] / len(plans)
     assert 0.22 < share < 0.38  # weight 0.3
-    assert all(p.resolution.width != p.resolution.height for p in plans)  # AR: landscape or portrait
-    assert {p.resolution.aspect_ratio for p in plans} >= {"4:3", "16:9", "3:4", "9:16"}
+    # AR: squares and non-squares alike, uniform over the 26 entries (6 squares: expected share 6/26 = 0.23)
+    square_share = sum(p.resolution.width == p.resolution.height for p in plans) / len(plans)
+    assert 0.15 < square_share < 0.32
+    assert {p.resolution.aspect_ratio for p in plans} >= {"1:1", "4:3", "16:9", "3:4", "9:16"}
+    assert (2048, 2048) in {(p.resolution.width, p.resolution.height) for p in plans}
     assert all(max(p.width, p.height) == 64 for p in plans)
-    square = [g.plan_record(r, "po_as", 7, s, g.sizes_for_subset("po_as", table), kinds) for r in rows[:50]]
-    assert {(p.width, p.height, p.resolution.aspect_ratio) for p in square} == {(64, 64, "1:1")}
+    square = [g.plan_record(r, "po_as", 7, s, g.sizes_for_subset("po_as", table), kinds) for r in rows]
+    assert {(p.width, p.height, p.resolution.aspect_ratio) for p in square} == {(64, 64, "1:1")}  # AS: squares only
+    assert len({p.resolution.width for p in square}) == 6  # every Table 8 square size is drawn
     only_z = g.GenerateSettings.from_config(
         {
             **SETTINGS,
@@ -213,7 +221,8 @@ def test_run_generate_renders_the_subset(subset: str, tmp_path: Path, tiny_gener
         if subset.endswith("_as"):
             assert r["image_aspect_ratio"] == "1:1" and img.size == (64, 64)
         else:
-            assert r["image_aspect_ratio"] != "1:1" and max(img.size) == 64 and img.width != img.height
+            # AR: any Table 8 entry, squares included; the label matches the rendered shape
+            assert max(img.size) == 64 and (r["image_aspect_ratio"] == "1:1") == (img.width == img.height)
         assert 1 <= len(r["candidate_seeds"]) <= 3 and len(r["candidate_scores"]) == len(r["candidate_seeds"])
         best = int(np.argmax(r["candidate_scores"]))
         assert r["aesthetic_predictor_v_2_5_score"] == max(r["candidate_scores"])

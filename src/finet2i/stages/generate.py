@@ -1,11 +1,14 @@
 """Image generation (paper 3.1.5, Table 8): four synthetic subsets, best of 1-3 candidates by aesthetic score.
 
 Subsets cross the prompt variant with the resolution setting: ``pe_*`` render the enhanced prompt, ``po_*``
-the original one; ``*_ar`` draw a random landscape or portrait size from Table 8, ``*_as`` a random square
-size (``config/resolutions.yaml``). For each prompt the generator (by ``generate.generators.<kind>.weight``),
-the size, the candidate count (in ``[candidates.min, candidates.max]``) and every candidate's seed are
-drawn from (config seed, prompt id, subset) alone, so a record renders the same whatever shard size, chunk or
-rerun it lands in. All candidates are scored with Aesthetic Predictor V2.5 and the best one is kept as a JPEG.
+the original one; ``*_ar`` (random resolution and aspect ratio) draw from every entry of Table 8, squares
+included (the released random-resolution subset holds 2048x2048 images), ``*_as`` from its square entries
+only (``config/resolutions.yaml``). Table 8 gives no weights, so the draw is uniform over the entries of the
+subset's list (26 for AR, 6 for AS today), not over aspect ratios or groups. For each prompt the generator
+(by ``generate.generators.<kind>.weight``), the size, the candidate count (in ``[candidates.min,
+candidates.max]``) and every candidate's seed are drawn from (config seed, prompt id, subset) alone, so a
+record renders the same whatever shard size, chunk or rerun it lands in. All candidates are scored with
+Aesthetic Predictor V2.5 and the best one is kept as a JPEG.
 
 One job handles one (subset, shard). Records are processed grouped by generator (each pipeline loads once per
 job and is freed before the next) in checkpointed chunks; the output keeps the input order. A prompt whose
@@ -41,7 +44,8 @@ MISSING_PROMPT = "missing_prompt"
 # every Table 8 size already is.
 SIZE_MULTIPLE = 16
 SUBSET_PROMPT_COLUMN = {"pe": "enhanced_prompt", "po": "prompt"}
-SUBSET_TABLES = {"as": ("square",), "ar": ("landscape", "portrait")}
+# AR draws from all of Table 8 (squares included, as in the release), AS from the squares only.
+SUBSET_TABLES = {"as": ("square",), "ar": ("square", "landscape", "portrait")}
 
 
 @dataclass(frozen=True)
