@@ -110,6 +110,22 @@ def demo(cores: str, rebuild_models: bool, snakemake_args: tuple[str, ...]) -> N
     sys.exit(rc)
 
 
+@main.command("validate")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--max-samples", type=click.IntRange(min=1), default=None,
+              help="Stop after N samples per subset folder (a quick look at a huge folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON instead of a summary.")
+def validate(dataset_dir: Path, max_samples: int | None, as_json: bool) -> None:
+    """Check that DATASET_DIR (a dataset root or one subset folder) follows the released Fine-T2I layout.
+
+    Exit status 0 when it does, 1 when any problem is found (see finet2i.validate for the checks)."""
+    from finet2i.validate import validate_dataset
+
+    report = validate_dataset(dataset_dir, max_samples=max_samples)
+    click.echo(report.to_json() if as_json else report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
 def _register_optional() -> None:
     # Stage tools live beside their stage; registering them here keeps `finet2i --help` complete.
     try:
