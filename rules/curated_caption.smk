@@ -1,5 +1,6 @@
-# 3.2: a short-prompt caption per kept photograph (Qwen2.5-VL-7B-Captioner-Relaxed); bytes from the ingest
-# table, one chunk at a time.
+# 3.2: the captioner (Qwen2.5-VL-7B-Captioner-Relaxed) writes each kept photograph's short prompt and, with
+# curated.long_prompt: captioner (the default, as in the release), its long prompt too (enhanced_prompt; then
+# curated_enhance does not run). Bytes from the ingest table, one chunk at a time.
 
 
 rule curated_caption:
@@ -21,7 +22,12 @@ rule curated_caption:
         mem_mb=32000,
         runtime=240,
     params:
-        settings=output_settings(config, "curated.caption"),
+        # long_max_tokens is used only when the captioner writes the long caption: otherwise no rerun for it
+        settings=output_settings(
+            config, "curated.caption",
+            without=() if config["curated"]["long_prompt"] == "captioner" else ("long_max_tokens",),
+        ),
+        long_prompt=config["curated"]["long_prompt"],
         model=config["models"]["captioner"],
         code=script_code("workflow_scripts/curated_caption.py"),
     script:

@@ -1,4 +1,5 @@
-# 3.2: the captions rewritten by the same prompt enhancer as the synthetic prompts.
+# 3.2: the captions rewritten by the same prompt enhancer as the synthetic prompts. Runs only with
+# curated.long_prompt: enhancer; by default the captioner writes the long caption from the image itself.
 
 
 rule curated_enhance:

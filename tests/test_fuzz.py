@@ -51,7 +51,8 @@ def test_verdict_parsers_never_raise_and_accept_only_complete_verdicts(text):
 @given(ANSWERS)
 def test_no_refusal_or_control_character_becomes_a_prompt_or_caption(text):
     ex = enhance.extract_enhanced(text)
-    for produced in (ex.text, caption.clean_caption(text), prompts.clean_prompt(text)):
+    for produced in (ex.text, caption.clean_caption(text), caption.clean_caption(text, long=True),
+                     prompts.clean_prompt(text)):
         if produced:
             assert "\x00" not in produced
     if ex.text is not None:

@@ -82,6 +82,34 @@ def test_switching_attributes_off_rewires_enhance_to_the_guard():
     assert "verifier" not in pipeline.model_keys(config)
 
 
+def test_the_captioner_writes_the_long_caption_unless_the_enhancer_is_asked_to():
+    """`curated.long_prompt` (a value switch, "key=value"): with `captioner` (the default) curated_enhance is
+    off and curated_guard reads the captions; with `enhancer` it runs between them."""
+    curated = {"enabled": True, "sources": ["photos/"]}
+    captioner = {"curated": {**curated, "long_prompt": "captioner"}}
+    enhancer = {"curated": {**curated, "long_prompt": "enhancer"}}
+    assert not pipeline.enabled("curated_enhance", captioner)
+    assert pipeline.upstream("curated_guard", captioner).name == "curated_caption"
+    assert pipeline.enabled("curated_enhance", enhancer)
+    assert pipeline.upstream("curated_guard", enhancer).name == "curated_enhance"
+    # A config that does not say (not validated) reads the schema's default: the captioner.
+    assert not pipeline.enabled("curated_enhance", {"curated": curated})
+    # With the guard off, the release's real images come straight from the captions.
+    no_guard = {**captioner, "curated_guard": {"enabled": False}}
+    assert pipeline.upstream("package_real", no_guard).name == "curated_caption"
+    assert pipeline.upstream("package_real", {**enhancer, "curated_guard": {"enabled": False}}).name == (
+        "curated_enhance")
+    # Both modes guard both prompts (workflow_scripts/curated_guard.py).
+    assert 'columns=("prompt", "enhanced_prompt")' in (SCRIPTS / "curated_guard.py").read_text()
+    config = load_config(ROOT / "config" / "config.yaml", check_models=False)
+    assert config["curated"]["long_prompt"] == "captioner"
+    config["curated"]["sources"] = ["photos/"]
+    names = [s.name for s in pipeline.enabled_stages(config)]
+    assert "curated_caption" in names and "curated_enhance" not in names
+    config["curated"]["long_prompt"] = "enhancer"
+    assert "curated_enhance" in [s.name for s in pipeline.enabled_stages(config)]
+
+
 def _imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):

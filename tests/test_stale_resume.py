@@ -49,7 +49,7 @@ class Echo:
     def __init__(self, answer: Callable[[list[dict]], str], die_on_call: int | None = None) -> None:
         self.answer, self.die_on_call, self.calls = answer, die_on_call, 0
 
-    def chat(self, conversations, sampling, constraint=None, *, seeds=None):
+    def chat(self, conversations, sampling, constraint=None, *, seeds=None, samplings=None):
         self.calls += 1
         if self.calls == self.die_on_call:
             raise Killed("job killed")

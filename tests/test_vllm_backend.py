@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from finet2i.backends import ChatLLM, Constraint, Sampling, VisionLLM
-from finet2i.backends.vllm_llm import chat_seeded, cpu_environment, structured_outputs, to_vllm_messages
+from finet2i.backends.vllm_llm import (
+    chat_each,
+    chat_seeded,
+    cpu_environment,
+    structured_outputs,
+    to_vllm_messages,
+)
 from finet2i.models import ModelNotAvailable, ModelSpec
 
 pytest_plugins = ["fixtures_llm"]
@@ -96,6 +102,17 @@ def test_chat_seeded_falls_back_to_one_call_per_seed() -> None:
         chat_seeded(llm, [[]] * 3, Sampling(), None, [1, 2])
 
 
+def test_chat_each_falls_back_to_one_call_per_sampling_in_order() -> None:
+    llm = _OneSeedAtATime()  # no `samplings=` keyword either
+    convs = [[{"role": "user", "content": c}] for c in "abcd"]
+    short, long = Sampling(max_tokens=8, seed=1), Sampling(max_tokens=64, seed=2)
+    assert chat_each(llm, convs, [short, long, short, long]) == ["seed=1", "seed=2", "seed=1", "seed=2"]
+    assert llm.calls == [(2, 1), (2, 2)]
+    assert chat_each(llm, [], []) == []
+    with pytest.raises(ValueError, match="1 samplings for 2"):
+        chat_each(llm, convs[:2], [short])
+
+
 # --------------------------------------------------------------------------------------------- tokenizers
 def test_llama3_tokenizer_has_the_family_specials_and_template() -> None:
     from finet2i.demo.tokenizer import LLAMA3, build_tokenizer
@@ -165,6 +182,20 @@ def test_per_conversation_seeds_reproduce_whatever_the_batch(prompt_engine: Any)
     alone = prompt_engine.chat([conv], sampling, seeds=[11])
     assert alone[0] == batch[0]
     assert len(set(prompt_engine.chat([conv] * 4, sampling, seeds=[1, 2, 3, 4]))) > 1
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_per_conversation_samplings_in_one_batch(prompt_engine: Any) -> None:
+    """Two answer lengths in one call (the captioner's short and long prompts): each keeps its own budget."""
+    conv = [{"role": "user", "content": "Describe a red fox in the snow."}]
+    short, long = Sampling(temperature=0.0, max_tokens=2), Sampling(temperature=0.0, max_tokens=24)
+    both = prompt_engine.chat([conv, conv], short, samplings=[short, long])
+    assert both == [prompt_engine.chat([conv], short)[0], prompt_engine.chat([conv], long)[0]]
+    assert chat_each(prompt_engine, [conv, conv], [long, short]) == both[::-1]
+    assert both[1].startswith(both[0])  # greedy: the short answer is the long one cut at its budget
+    with pytest.raises(ValueError, match="1 samplings for 2"):
+        prompt_engine.chat([conv, conv], short, samplings=[short])
 
 
 @pytest.mark.vllm

@@ -4,9 +4,10 @@ from finet2i.workflow import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
+    curated = run.section("curated")
     run_caption(smk.input.table, smk.input.images, smk.output.table, shard=run.shard,
-                settings=run.section("curated")["caption"], model=run.model("captioner"),
-                stats_path=smk.output.stats)
+                settings=curated["caption"], model=run.model("captioner"), stats_path=smk.output.stats,
+                long_prompt=curated["long_prompt"])
 
 
 if __name__ == "__main__":

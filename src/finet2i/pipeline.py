@@ -29,7 +29,9 @@ class Stage:
     all_subsets_in_one_job: bool = False  # per-subset outputs, but one job per shard writes them all
     table: bool = True  # writes a record table (kept + drop_reason) that the next stage reads
     reads: str | None = None  # the record table it reads, when not simply the previous stage's
-    switch: str | tuple[str, ...] | None = None  # dotted config key(s); the stage runs only if all are true
+    # Dotted config key(s), each a boolean ("a.b") or a test of a value ("a.b=value"); the stage runs only if
+    # all hold.
+    switch: str | tuple[str, ...] | None = None
     models: tuple[str, ...] = ()  # keys of config["models"] it loads
     folder: str | None = None  # results folder when it is not the stage's name (the dataset only)
 
@@ -55,7 +57,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("curated_score", branch=CURATED, switch="curated.enabled",
           models=("aesthetic_encoder", "aesthetic_head")),
     Stage("curated_caption", branch=CURATED, switch="curated.enabled", models=("captioner",)),
-    Stage("curated_enhance", branch=CURATED, switch="curated.enabled", models=("enhancer",)),
+    Stage("curated_enhance", branch=CURATED, switch=("curated.enabled", "curated.long_prompt=enhancer"),
+          models=("enhancer",)),  # by default the captioner writes the long caption too
     Stage("curated_guard", branch=CURATED, switch=("curated.enabled", "curated_guard.enabled"),
           models=("guard",)),  # beyond the paper
     Stage("package_real", branch=CURATED, switch="curated.enabled", table=False, folder="dataset"),
@@ -70,20 +73,35 @@ def stage(name: str) -> Stage:
         raise KeyError(f"no stage {name!r} in finet2i.pipeline.STAGES ({', '.join(BY_NAME)})") from None
 
 
-def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+def _lookup(config: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return True  # a switch that is not in the config leaves the stage on (the schema's default)
+            return False, None
         node = node[part]
-    return node
+    return True, node
+
+
+def _holds(config: Mapping[str, Any], switch: str) -> bool:
+    """``"a.b"``: the config's boolean at a.b; a key the config lacks leaves the stage on (the schema's
+    default). ``"a.b=value"``: whether the config's a.b is ``value``; a key the config lacks (a config not
+    validated, e.g. a test's) reads as the schema's default."""
+    key, test, want = switch.partition("=")
+    found, value = _lookup(config, key)
+    if not test:
+        return bool(value) if found else True
+    if not found:
+        from finet2i.settings import default  # reads the schema (YAML), on this path only
+
+        value = default(key)
+    return str(value) == want
 
 
 def enabled(name: str, config: Mapping[str, Any]) -> bool:
     """Whether the config runs the stage. The curated branch also needs at least one source."""
     s = stage(name)
     switches = (s.switch,) if isinstance(s.switch, str) else s.switch or ()
-    if not all(bool(_lookup(config, key)) for key in switches):
+    if not all(_holds(config, key) for key in switches):
         return False
     if s.branch == CURATED and not (config.get("curated") or {}).get("sources"):
         return False

@@ -200,15 +200,23 @@ class VLLMChat:
         )
 
     def chat(self, conversations: list[list[Message]], sampling: Sampling,
-             constraint: Constraint | None = None, *, seeds: Sequence[int] | None = None) -> list[str]:
+             constraint: Constraint | None = None, *, seeds: Sequence[int] | None = None,
+             samplings: Sequence[Sampling] | None = None) -> list[str]:
         """One completion per conversation. ``seeds`` (one per conversation) makes each one reproducible
-        on its own, whatever batch it lands in; otherwise ``sampling.seed`` applies to all."""
+        on its own, whatever batch it lands in; otherwise ``sampling.seed`` applies to all. ``samplings`` (one
+        per conversation) replaces ``sampling`` conversation by conversation (e.g. two answer lengths in one
+        batch)."""
         if not conversations:
             return []
-        if seeds is not None:
-            if len(seeds) != len(conversations):
-                raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
-            params: Any = [self.sampling_params(sampling, constraint, int(s)) for s in seeds]
+        for name, given in (("seeds", seeds), ("samplings", samplings)):
+            if given is not None and len(given) != len(conversations):
+                raise ValueError(f"{len(given)} {name} for {len(conversations)} conversations")
+        if seeds is not None or samplings is not None:
+            params: Any = [
+                self.sampling_params(samplings[i] if samplings is not None else sampling, constraint,
+                                     int(seeds[i]) if seeds is not None else None)
+                for i in range(len(conversations))
+            ]
         else:
             params = self.sampling_params(sampling, constraint)
         n_images = max(self._count_images(c) for c in conversations)
@@ -265,10 +273,11 @@ class LazyChat:
         return self._llm is not None
 
     def chat(self, conversations: list[list[Message]], sampling: Sampling,
-             constraint: Constraint | None = None, *, seeds: Sequence[int] | None = None) -> list[str]:
+             constraint: Constraint | None = None, *, seeds: Sequence[int] | None = None,
+             samplings: Sequence[Sampling] | None = None) -> list[str]:
         if self._llm is None:
             self._llm = VLLMChat(self.spec, **self.kwargs)
-        return self._llm.chat(conversations, sampling, constraint, seeds=seeds)
+        return self._llm.chat(conversations, sampling, constraint, seeds=seeds, samplings=samplings)
 
     def close(self) -> None:
         if self._llm is not None:
@@ -304,3 +313,36 @@ def chat_seeded(llm: Any, conversations: list[list[Message]], sampling: Sampling
     for conv, seed in zip(conversations, seeds, strict=True):
         out.extend(llm.chat([conv], replace(sampling, seed=int(seed)), constraint))
     return out
+
+
+def chat_each(llm: Any, conversations: list[list[Message]], samplings: Sequence[Sampling],
+              constraint: Constraint | None = None) -> list[str]:
+    """``llm.chat`` with one :class:`Sampling` per conversation, for any :class:`ChatLLM`.
+
+    Backends that take ``samplings=`` (ours) get one call, so vLLM schedules every request of the batch
+    together; others get one call per distinct sampling, the answers put back in the conversations' order.
+    """
+    import inspect
+
+    if len(samplings) != len(conversations):
+        raise ValueError(f"{len(samplings)} samplings for {len(conversations)} conversations")
+    if not conversations:
+        return []
+    try:
+        takes_samplings = "samplings" in inspect.signature(llm.chat).parameters
+    except (TypeError, ValueError):
+        takes_samplings = False
+    if takes_samplings:
+        return list(llm.chat(conversations, samplings[0], constraint, samplings=list(samplings)))
+    groups: dict[Sampling, list[int]] = {}
+    for i, s in enumerate(samplings):
+        groups.setdefault(s, []).append(i)
+    out: list[str | None] = [None] * len(conversations)
+    for s, idx in groups.items():
+        answers = llm.chat([conversations[i] for i in idx], s, constraint)
+        if len(answers) != len(idx):
+            raise RuntimeError(f"{getattr(llm, 'model_name', 'chat backend')} returned {len(answers)} answers "
+                               f"for {len(idx)} conversations")
+        for i, a in zip(idx, answers, strict=True):
+            out[i] = a
+    return [a if a is not None else "" for a in out]
