@@ -65,19 +65,25 @@ class ModelSpec:
     id: str | None = None
     revision: str | None = None
     path: str | None = None
+    given_name: str | None = None  # the config's `name`, when set
 
     @classmethod
     def from_config(cls, key: str, value: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> ModelSpec:
         path = value.get("path")
         if path is not None and not os.path.isabs(path):
             path = str(Path(base_dir) / path)
-        return cls(key=key, id=value.get("id"), revision=value.get("revision"), path=path)
+        return cls(key=key, id=value.get("id"), revision=value.get("revision"), path=path,
+                   given_name=value.get("name"))
 
     @property
     def name(self) -> str:
-        """What the dataset records as the model's name (the release uses the hub name)."""
+        """What the dataset records as the model's name: the config's ``name``, else the release's form, the
+        hub id without its organisation (``Tongyi-MAI/Z-Image-Turbo`` -> ``Z-Image-Turbo``), else the local
+        folder's name. The full id and revision stay in the config and the stats (``label``)."""
+        if self.given_name:
+            return self.given_name
         if self.id:
-            return self.id
+            return self.id.rsplit("/", 1)[-1]
         return Path(self.path or "?").name
 
     @property
