@@ -40,6 +40,7 @@ for stage in pipeline.STAGES:
 
 
 include: "rules/report.smk"
+include: "rules/assemble.smk"
 
 
 rule all:

@@ -5,7 +5,7 @@
 
 import os
 
-from finet2i import pipeline
+from finet2i import pipeline, release
 from finet2i.codehash import script_fingerprint
 from finet2i.config import output_settings
 
@@ -47,25 +47,40 @@ def upstream_table(stage):
     return pipeline.table_path(up.name, shard, "{subset}")
 
 
-def dataset_tars():
-    tars = expand(
-        "results/dataset/{subset}/train-{shard}.tar", subset=SUBSETS, shard=SHARDS
-    )
-    if is_enabled("package_real"):
-        tars += expand("results/dataset/real/train-{cshard}.tar", cshard=CURATED_SHARDS)
-    return tars
+def package_settings():
+    """The package section as the package rules see it: samples_per_tar only cuts tars (assemble), so changing
+    it reassembles without finishing every sample again."""
+    return output_settings(config, "package", without=("samples_per_tar",))
+
+
+def packaged_subsets():
+    """Pipeline subset codes that reach the dataset, in release order: the synthetic ones, then real."""
+    return SUBSETS + (["real"] if is_enabled("package_real") else [])
+
+
+def package_tables(subset):
+    """Every finished-sample table of one subset (the package or package_real outputs)."""
+    if subset == "real":
+        return [pipeline.table_path("package_real", s) for s in CURATED_SHARDS]
+    return [pipeline.table_path("package", s, subset) for s in SHARDS]
+
+
+def assemble_inputs(wildcards):
+    return package_tables(wildcards.subset)
+
+
+def assemble_manifests():
+    return [f"results/assemble/{subset}.json" for subset in packaged_subsets()]
 
 
 def final_outputs():
-    return dataset_tars() + ["results/report/report.html"]
+    return assemble_manifests() + ["results/report/report.html", "results/dataset/README.md"]
 
 
 def stage_stats():
-    """The stats JSON of every shard of every enabled stage before packaging (dataset_tars has those)."""
+    """The stats JSON of every shard of every enabled stage."""
     stats = []
     for stage in pipeline.enabled_stages(config):
-        if stage.folder == "dataset":
-            continue
         shards = CURATED_SHARDS if stage.branch == pipeline.CURATED else SHARDS
         subsets = SUBSETS if stage.per_subset else [None]
         stats += [
@@ -75,10 +90,9 @@ def stage_stats():
 
 
 def report_inputs(wildcards):
-    """Named input lists of the report: small files only (stats JSONs, parquet indexes, one histogram)."""
-    tars = dataset_tars()
+    """Named input lists of the report: small files, or the small columns of the finished-sample tables."""
     return {
-        "stats": stage_stats() + [t.replace(".tar", ".stats.json") for t in tars],
-        "indexes": [t.replace(".tar", ".parquet") for t in tars],
+        "stats": stage_stats(),
+        "indexes": [t for subset in packaged_subsets() for t in package_tables(subset)],
         "similarity_histogram": ["results/dedup/similarity_histogram.json"],
     }

@@ -1,6 +1,5 @@
-# Release packaging: one webdataset tar per subset and shard (<id>.jpg / <id>.json / <id>.txt, the
-# released Fine-T2I layout) plus a parquet index and a stats JSON. Tar bytes are deterministic, so a rerun
-# on unchanged inputs rewrites identical files.
+# Each kept sample finished as the release ships it (uuid key, baseline RGB JPEG, the 15-key json, the txt
+# it was rendered with), per synthetic subset and shard; `assemble` cuts these into the release's tars.
 
 
 rule package:
@@ -8,13 +7,12 @@ rule package:
         pairs=upstream_table("package"),
         images="results/generate/{subset}/{shard}.parquet",
     output:
-        tar="results/dataset/{subset}/train-{shard}.tar",
-        index="results/dataset/{subset}/train-{shard}.parquet",
-        stats="results/dataset/{subset}/train-{shard}.stats.json",
+        table="results/package/{subset}/{shard}.parquet",
+        stats="results/package/{subset}/{shard}.stats.json",
     log:
         "logs/package/{subset}/{shard}.log",
     wildcard_constraints:
-        # the synthetic subsets only: "real" is packaged by package_real from the curated shards
+        # the synthetic subsets only: "real" is finished by package_real from the curated shards
         subset="|".join(SUBSETS),
     conda:
         "../envs/cpu.yaml"
@@ -23,7 +21,8 @@ rule package:
         mem_mb=8000,
         runtime=60,
     params:
-        settings=output_settings(config, "package"),
+        settings=package_settings(),
+        seed=config["seed"],
         code=script_code("workflow_scripts/package.py"),
     script:
         "../workflow_scripts/package.py"

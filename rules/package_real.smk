@@ -1,4 +1,4 @@
-# The real-image subset of the release: kept curated shards as webdataset tars (same layout as package).
+# The real images finished as the release ships them (same as package), per curated shard.
 
 
 rule package_real:
@@ -6,9 +6,8 @@ rule package_real:
         table=upstream_table("package_real"),
         ingest="results/curated_ingest/{cshard}.parquet",
     output:
-        tar="results/dataset/real/train-{cshard}.tar",
-        index="results/dataset/real/train-{cshard}.parquet",
-        stats="results/dataset/real/train-{cshard}.stats.json",
+        table="results/package_real/{cshard}.parquet",
+        stats="results/package_real/{cshard}.stats.json",
     log:
         "logs/package_real/{cshard}.log",
     conda:
@@ -18,7 +17,8 @@ rule package_real:
         mem_mb=8000,
         runtime=60,
     params:
-        settings=output_settings(config, "package"),
+        settings=package_settings(),
+        seed=config["seed"],
         code=script_code("workflow_scripts/package_real.py"),
     script:
         "../workflow_scripts/package_real.py"

@@ -92,7 +92,7 @@ def test_output_settings_leave_out_runtime_keys():
     config = {"guard": {"max_words": 150, "chunk_size": 4096}, "generate": {"subsets": ["pe_as"], "seed": 1}}
     assert output_settings(config, "guard") == {"max_words": 150}
     assert output_settings(config, "generate") == {"seed": 1}
-    assert {"chunk_size", "batch_size", "subsets"} == set(RUNTIME_ONLY_KEYS)
+    assert {"chunk_size", "batch_size", "subsets", "assemble_memory_mb"} == set(RUNTIME_ONLY_KEYS)
 
 
 def test_stage_closures_stay_apart():

@@ -1,4 +1,4 @@
-"""Packaging: webdataset tars in the released Fine-T2I layout, the parquet index, deterministic bytes."""
+"""package / package_real: each kept sample finished as the release ships it (key, JPEG, 15-key json, txt)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import skimage.data
-import webdataset as wds
 from PIL import Image
 
-from finet2i import shards
+from finet2i import release, shards
 from finet2i.stages import curated_ingest, package
 
+# Written out from the release's samples, not imported: the test pins the format, not our constant.
 RELEASE_KEYS = [
     "id", "prompt", "enhanced_prompt", "length", "enhanced_length", "prompt_generator", "enhancer", "style",
     "prompt_category", "task", "image_aspect_ratio", "image_resolution", "image_generator",
     "image_generated_with_enhanced_prompt", "aesthetic_predictor_v_2_5_score",
 ]
+SEED = 20260201
 
 
 def encode(im: Image.Image, fmt: str = "JPEG") -> bytes:
@@ -36,11 +37,11 @@ def image_row(subset: str, i: int, *, size=(64, 48), fmt="JPEG", task=None) -> d
     return {
         "sample_id": f"{subset}-00001-{i:06d}", "subset": subset, "id": f"00001-{i:06d}", "shard": "00001",
         "index": i, "prompt": prompt, "enhanced_prompt": enhanced, "length": 99, "enhanced_length": 99,
-        "prompt_generator": "meta-llama/Llama-3.1-8B-Instruct",
-        "enhancer": "PromptEnhancer/PromptEnhancer-7B",
+        "prompt_generator": "Llama-3.1-8B-Instruct",
+        "enhancer": "promptenhancer-7b",
         "style": "General & Photorealistic", "category": "People", "subcategory": "Portrait", "task": task,
         "template": "simple", "image_aspect_ratio": "4:3", "image_resolution": [size[0], size[1]],
-        "image_generator": "Tongyi-MAI/Z-Image-Turbo",
+        "image_generator": "Z-Image-Turbo",
         "image_generated_with_enhanced_prompt": subset.startswith("pe"),
         "aesthetic_predictor_v_2_5_score": 5.0 + i / 10, "seed": 1000 + i,
         "candidate_scores": [4.0, 5.0 + i / 10],
@@ -68,66 +69,77 @@ def write_synthetic(tmp: Path, subset: str) -> tuple[Path, Path, list[dict]]:
     return pairs_path, images, rows
 
 
-def load_tar(path: Path) -> list[dict]:
-    return list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
-
-
-def run_synth(tmp: Path, subset: str, out: Path) -> tuple[shards.StageStats, Path, Path]:
+def run_synth(tmp: Path, subset: str, settings: dict | None = None) -> tuple[shards.StageStats, list[dict]]:
     pairs, images, _ = write_synthetic(tmp, subset)
-    tar, index = out / "train-00001.tar", out / "train-00001.parquet"
-    stats = package.run_package(pairs, images, tar, index, subset=subset, shard="00001",
-                                settings={"jpeg_quality": 90}, stats_path=shards.stats_path(index))
-    return stats, tar, index
+    out = tmp / "package" / subset / "00001.parquet"
+    stats = package.run_package(pairs, images, out, subset=subset, shard="00001", seed=SEED,
+                                settings={"jpeg_quality": 90, **(settings or {})}, stats_path=shards.stats_path(out))
+    return stats, pq.read_table(out).to_pylist()
+
+
+def kept(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["kept"]]
 
 
 @pytest.mark.parametrize("subset", ["pe_ar", "po_as"])
-def test_synthetic_tar_layout_and_index(tmp_path, subset):
-    stats, tar, index = run_synth(tmp_path, subset, tmp_path / "dataset" / subset)
-    samples = load_tar(tar)
-    keys = [s["__key__"] for s in samples]
-    assert keys == [f"{subset}-00001-000000", f"{subset}-00001-000001", f"{subset}-00001-000003"]
+def test_synthetic_samples_carry_exactly_the_release_keys(tmp_path, subset):
+    stats, rows = run_synth(tmp_path, subset)
     assert stats.kept == 3 and stats.dropped == {"missing_image": 1}
-    assert stats.extra["not_packaged"] == [f"{subset}-00001-000004"]
-    for s in samples:
-        assert {"jpg", "json", "txt"} <= set(s)
-        meta = json.loads(s["json"])
-        assert list(meta)[:15] == RELEASE_KEYS
-        assert meta["id"] == s["__key__"]
-        im = Image.open(io.BytesIO(s["jpg"]))
-        assert im.format == "JPEG" and meta["image_resolution"] == [im.width, im.height]
-        txt = s["txt"].decode()
-        assert txt == (meta["enhanced_prompt"] if subset == "pe_ar" else meta["prompt"])
+    dropped = [r for r in rows if not r["kept"]]
+    assert [(r["id"], r["drop_reason"]) for r in dropped] == [(f"{subset}-00001-000004", "missing_image")]
+    samples = kept(rows)
+    assert [r["key"] for r in samples] == sorted(r["key"] for r in samples)  # written in key order
+    by_prompt = {r["prompt_id"]: r for r in samples}
+    assert set(by_prompt) == {"00001-000000", "00001-000001", "00001-000003"}
+    for r in samples:
+        meta = json.loads(r["json"])
+        assert list(meta) == RELEASE_KEYS  # exactly the 15 keys, in the release's order
+        assert release.KEY_RE.match(r["key"]) and meta["id"] == r["key"]
+        assert r["key"] == release.sample_key(SEED, "prompt", r["prompt_id"])
+        im = Image.open(io.BytesIO(r["jpg"]))
+        assert im.format == "JPEG" and im.mode == "RGB" and not im.info.get("progressive")
+        assert meta["image_resolution"] == [im.width, im.height]
+        assert r["txt"] == (meta["enhanced_prompt"] if subset == "pe_ar" else meta["prompt"])
         assert meta["image_generated_with_enhanced_prompt"] is (subset == "pe_ar")
         assert meta["length"] == len(meta["prompt"].split()) and meta["enhanced_length"] > meta["length"]
         assert meta["prompt_category"] == "People: Portrait" and meta["style"] == "General & Photorealistic"
+        assert meta["image_generator"] == "Z-Image-Turbo" and meta["enhancer"] == "promptenhancer-7b"
         assert isinstance(meta["aesthetic_predictor_v_2_5_score"], float)
-        # provenance beyond the release
-        assert meta["subset"] == subset and meta["subcategory"] == "Portrait" and meta["template"] == "simple"
-        assert meta["judge_verdict"] == "pass" and meta["guard_verdict"] == "safe"
-        assert meta["prompt_id"] == s["__key__"].removeprefix(subset + "-")
-        assert "image" not in meta and "kept" not in meta
-    metas = {s["__key__"]: json.loads(s["json"]) for s in samples}
-    assert metas[keys[0]]["task"] == ["Colors", "Counting"]
-    assert metas[keys[1]]["task"] is None
-    assert metas[keys[2]]["task"] == ["Reasoning"]
-    assert metas[keys[0]]["candidate_scores"] == [4.0, 5.0]
-    assert metas[keys[1]]["image_resolution"] == [48, 64]  # the PNG was re-encoded, its size kept
-    idx = pq.read_table(index).to_pylist()
-    assert [r["id"] for r in idx] == keys
-    for r in idx:
-        assert r["tar"] == "train-00001.tar" and r["subset"] == subset
-        assert r["members"] == [f"{r['id']}.jpg", f"{r['id']}.json", f"{r['id']}.txt"]
-        assert {k: r[k] for k in RELEASE_KEYS} == {k: metas[r["id"]][k] for k in RELEASE_KEYS}
+        # The typed columns repeat the json; provenance lives in the table, not the json.
+        assert {k: r[k] for k in RELEASE_KEYS if k != "id"} == {k: meta[k] for k in RELEASE_KEYS if k != "id"}
+        prov = json.loads(r["provenance"])
+        assert prov["template"] == "simple" and prov["judge_verdict"] == "pass" and prov["guard_verdict"] == "safe"
+        assert r["subset"] == subset and r["subcategory"] == "Portrait" and r["record_id"] == r["id"]
+        assert "image" not in prov and "kept" not in prov
+        assert r["nonnull"] == package.nonnull_mask(meta)
+    assert json.loads(by_prompt["00001-000000"]["json"])["task"] == ["Colors", "Counting"]
+    assert json.loads(by_prompt["00001-000003"]["json"])["task"] == ["Reasoning"]
+    assert json.loads(by_prompt["00001-000001"]["json"])["task"] is None
+    assert json.loads(by_prompt["00001-000000"]["provenance"])["candidate_scores"] == [4.0, 5.0]
+    assert json.loads(by_prompt["00001-000001"]["json"])["image_resolution"] == [48, 64]  # PNG re-encoded
 
 
-def test_tar_bytes_are_deterministic(tmp_path):
-    _, tar_a, idx_a = run_synth(tmp_path / "a", "pe_as", tmp_path / "out_a")
-    _, tar_b, idx_b = run_synth(tmp_path / "b", "pe_as", tmp_path / "out_b")
-    first = tar_a.read_bytes()
-    assert first == tar_b.read_bytes()
-    _, tar_a2, _ = run_synth(tmp_path / "a", "pe_as", tmp_path / "out_a")  # rerun in place
-    assert tar_a2.read_bytes() == first
-    assert pq.read_table(idx_a).equals(pq.read_table(idx_b))
+def test_one_prompt_has_one_key_in_every_subset(tmp_path):
+    keys = {}
+    for subset in ("pe_ar", "pe_as", "po_ar", "po_as"):
+        _, rows = run_synth(tmp_path / subset, subset)
+        keys[subset] = {r["prompt_id"]: r["key"] for r in kept(rows)}
+    assert keys["pe_ar"] == keys["pe_as"] == keys["po_ar"] == keys["po_as"]
+    # ... and another seed gives other keys (two runs merged never collide)
+    assert release.sample_key(SEED + 1, "prompt", "00001-000000") != keys["pe_ar"]["00001-000000"]
+
+
+def test_provenance_in_json_is_a_switch(tmp_path):
+    _, rows = run_synth(tmp_path, "pe_ar", {"provenance_in_json": True})
+    meta = json.loads(kept(rows)[0]["json"])
+    assert list(meta)[:15] == RELEASE_KEYS and meta["template"] == "simple" and meta["seed"] >= 1000
+
+
+def test_finished_samples_are_deterministic(tmp_path):
+    _, a = run_synth(tmp_path / "a", "pe_as")
+    _, b = run_synth(tmp_path / "b", "pe_as")
+    assert a == b
+    assert [r["digest"] for r in a] == [r["digest"] for r in b]
 
 
 def test_field_helpers():
@@ -138,18 +150,44 @@ def test_field_helpers():
     assert package.prompt_category("Text rendering", "Long text") == "Text rendering: Long text"
 
 
-def test_empty_shard_gives_empty_valid_tar(tmp_path):
+def _encoded(mode: str, fmt: str, **save) -> bytes:
+    rgb = Image.fromarray(skimage.data.astronaut()).resize((40, 30))
+    im = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
+        np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+    out = io.BytesIO()
+    im.save(out, fmt, **save)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mode,fmt,save", [
+    ("RGB", "PNG", {}), ("RGBA", "PNG", {}), ("P", "PNG", {}), ("L", "JPEG", {}), ("CMYK", "JPEG", {}),
+    ("RGB", "JPEG", {"progressive": True}), ("I;16", "PNG", {}), ("RGB", "WEBP", {}),
+])
+def test_every_image_ships_as_a_baseline_rgb_jpeg(mode, fmt, save):
+    data, w, h = package.release_jpeg(_encoded(mode, fmt, **save), 90)
+    im = Image.open(io.BytesIO(data))
+    assert data[:2] == b"\xff\xd8" and im.format == "JPEG" and im.mode == "RGB" and (w, h) == (40, 30)
+    assert not im.info.get("progressive") and not im.info.get("progression")
+    assert np.asarray(im).std() > 10  # a picture, not a blank
+
+
+def test_a_baseline_rgb_jpeg_passes_through_untouched():
+    data = _encoded("RGB", "JPEG")
+    assert package.release_jpeg(data, 50)[0] is data
+
+
+def test_empty_shard_gives_a_valid_empty_table(tmp_path):
     images = tmp_path / "images.parquet"
     pairs = tmp_path / "pairs.parquet"
     row = image_row("po_ar", 0)
     shards.write_table(images, [{**row, "kept": True, "drop_reason": None}])
     shards.write_table(pairs, [shards.mark({k: v for k, v in row.items() if k != "image"}, "low_aesthetic")])
-    tar, index = tmp_path / "train-00000.tar", tmp_path / "train-00000.parquet"
-    stats = package.run_package(pairs, images, tar, index, subset="po_ar", shard="00000", settings={},
-                                stats_path=shards.stats_path(index))
-    assert stats.records_in == 0 and load_tar(tar) == []
-    assert pq.read_table(index).num_rows == 0
-    assert pq.read_table(index).schema.equals(package.INDEX_SCHEMA)
+    out = tmp_path / "package.parquet"
+    stats = package.run_package(pairs, images, out, subset="po_ar", shard="00000", seed=SEED, settings={},
+                                stats_path=shards.stats_path(out))
+    assert stats.records_in == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 0 and table.schema.equals(package.STAGING_SCHEMA)
 
 
 def test_real_subset_from_curated_tables(tmp_path):
@@ -158,35 +196,36 @@ def test_real_subset_from_curated_tables(tmp_path):
     for name in ("astronaut", "coffee", "rocket"):
         photo = Image.fromarray(getattr(skimage.data, name)()).resize((80, 60))
         (folder / f"{name}.jpg").write_bytes(encode(photo))
-    ingest = tmp_path / "curated" / "ingest" / "00000.parquet"
+    ingest = tmp_path / "curated_ingest" / "00000.parquet"
     curated_ingest.run_curated_ingest([str(folder)], ingest, cshard="00000", n_shards=1,
-                               settings={"min_side": 32}, stats_path=shards.stats_path(ingest))
-    # What the score, caption and enhance stages add (their own tests cover them): verdicts and prompts.
+                                      settings={"min_side": 32}, stats_path=shards.stats_path(ingest))
+    # What the score and caption stages add (their own tests cover them): verdicts and prompts.
     rows = shards.read_kept(ingest)
     for i, r in enumerate(rows):
         r.update(aesthetic_predictor_v_2_5_score=7.0 + i, prompt=f"a picture of {r['locator'][:-4]}",
-                 prompt_generator="Ertugrul/Qwen2.5-VL-7B-Captioner-Relaxed",
+                 prompt_generator="Qwen2.5-VL-7B-Captioner-Relaxed",
                  enhanced_prompt=f"a detailed, well lit photograph of {r['locator'][:-4]} on a table",
-                 enhancer="PromptEnhancer/PromptEnhancer-7B")
+                 enhancer="Qwen2.5-VL-7B-Captioner-Relaxed")
         if i == 1:
             r.pop("image")  # bytes dropped upstream: package takes them from the ingest table
         shards.mark(r, "caption_failed" if i == 2 else None)
-    enhanced = tmp_path / "curated" / "enhanced" / "00000.parquet"
-    shards.write_table(enhanced, rows)
-    tar, index = tmp_path / "real" / "train-00000.tar", tmp_path / "real" / "train-00000.parquet"
-    stats = package.run_package_real(enhanced, ingest, tar, index, cshard="00000", settings={},
-                                     stats_path=shards.stats_path(index))
-    samples = load_tar(tar)
-    assert stats.kept == 2 == len(samples) == pq.read_table(index).num_rows
-    for s in samples:
-        meta = json.loads(s["json"])
-        assert list(meta)[:15] == RELEASE_KEYS and meta["id"] == s["__key__"]
-        assert meta["id"].startswith("real-00000-")
-        assert s["txt"].decode() == meta["prompt"]
+    table = tmp_path / "curated_caption" / "00000.parquet"
+    shards.write_table(table, rows)
+    out = tmp_path / "package_real" / "00000.parquet"
+    stats = package.run_package_real(table, ingest, out, cshard="00000", seed=SEED, settings={},
+                                     stats_path=shards.stats_path(out))
+    samples = kept(pq.read_table(out).to_pylist())
+    assert stats.kept == 2 == len(samples)
+    for r in samples:
+        meta = json.loads(r["json"])
+        assert list(meta) == RELEASE_KEYS and meta["id"] == r["key"] and release.KEY_RE.match(r["key"])
+        assert r["key"] == release.sample_key(SEED, "curated", "pexels", r["source_id"])
+        assert r["source_id"].endswith(".jpg") and r["record_id"].startswith("real-00000-")
+        assert r["txt"] == meta["prompt"]
         assert meta["image_generated_with_enhanced_prompt"] is False
         assert meta["style"] is None and meta["prompt_category"] is None and meta["task"] is None
         assert meta["image_aspect_ratio"] is None and meta["image_generator"] == "pexels"
         assert meta["image_resolution"] == [80, 60]
-        assert meta["prompt_generator"] == "Ertugrul/Qwen2.5-VL-7B-Captioner-Relaxed"
-        assert meta["subset"] == "real" and meta["locator"].endswith(".jpg")
-        assert np.asarray(Image.open(io.BytesIO(s["jpg"]))).shape == (60, 80, 3)
+        assert meta["prompt_generator"] == meta["enhancer"] == "Qwen2.5-VL-7B-Captioner-Relaxed"
+        assert r["subset"] == "real"
+        assert np.asarray(Image.open(io.BytesIO(r["jpg"]))).shape == (60, 80, 3)

@@ -56,7 +56,7 @@ def test_every_stage_has_its_rule_file_rule_and_results_folder():
 
 def test_every_rule_file_belongs_to_a_stage():
     stems = {p.stem for p in (ROOT / "rules").glob("*.smk")}
-    assert stems == {s.name for s in pipeline.STAGES} | {"common", "report"}
+    assert stems == {s.name for s in pipeline.STAGES} | {"common", "report", "assemble"}
 
 
 def test_the_report_and_the_funnel_follow_the_pipeline(tmp_path):
@@ -302,4 +302,4 @@ def test_stats_paths_follow_the_stage_names(name):
     s = pipeline.stage(name)
     shard = "00003"
     path = pipeline.stats_path(name, shard, "pe_ar" if s.per_subset else None)
-    assert path.startswith(f"results/{s.folder or name}/") and path.endswith(f"{shard}.stats.json")
+    assert path.startswith(f"results/{name}/") and path.endswith(f"{shard}.stats.json")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from slurm_harness import (  # noqa: F401  (slurm_cluster_fixture provides the `slurm_cluster` fixture)
@@ -246,14 +247,14 @@ def demo_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, DemoRu
 
 def resume_copy(ref: DemoRun, dest: Path, subset: str, shard: str) -> tuple[Path, str]:
     """A copy of the finished Slurm run with one subset-shard's generate -> pair_filter -> package outputs
-    removed; returns (workdir, target tar)."""
+    removed; returns (workdir, target: that shard's finished-sample table)."""
     shutil.copytree(ref.workdir, dest, symlinks=True)
     shutil.rmtree(dest / ".snakemake" / "slurm_logs", ignore_errors=True)
     for pattern in (f"results/generate/{subset}/{shard}.*", f"results/pair_filter/{subset}/{shard}.*",
-                    f"results/dataset/{subset}/train-{shard}.*"):
+                    f"results/package/{subset}/{shard}.*"):
         for path in dest.glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return dest, f"results/dataset/{subset}/train-{shard}.tar"
+    return dest, f"results/package/{subset}/{shard}.parquet"
 
 
 def assert_planned(wd: Path, args: list[str], target: str, expected: dict[str, int]) -> None:
@@ -262,10 +263,10 @@ def assert_planned(wd: Path, args: list[str], target: str, expected: dict[str, i
 
 
 def biggest_shard(ref: DemoRun) -> tuple[str, str]:
-    """The (subset, shard) whose tar has the most samples: the longest generate job, the easiest to catch."""
-    tar = max(ref.digest, key=lambda t: len(ref.digest[t]) if not t.startswith("real/") else -1)
-    subset, name = tar.split("/")
-    return subset, name.removeprefix("train-").removesuffix(".tar")
+    """The (subset, shard) with the most finished samples: the longest generate job, the easiest to catch."""
+    tables = sorted((ref.workdir / "results" / "package").glob("*/*.parquet"))
+    best = max(tables, key=lambda t: sum(pq.read_table(t, columns=["kept"]).column("kept").to_pylist()))
+    return best.parent.name, best.stem
 
 
 ACTIVE = ("RUNNING", "PENDING", "COMPLETING")
@@ -281,11 +282,17 @@ def resumed_from(wd: Path, subset: str, shard: str) -> re.Match[str] | None:
     return re.search(r"resumed from checkpoint: (\d+) of (\d+) chunks were already done", text)
 
 
+def package_digest(wd: Path, target: str) -> dict[str, dict[str, str]]:
+    """{key: {"txt": prompt, "jpg": sha256, "json": sha256 (json_digest)}} of a finished-sample table."""
+    rows = pq.read_table(wd / target, columns=["key", "kept", "jpg", "json", "txt"]).to_pylist()
+    return {r["key"]: {"txt": r["txt"], "jpg": hashlib.sha256(r["jpg"]).hexdigest(),
+                       "json": json_digest(r["json"].encode())} for r in rows if r["kept"]}
+
+
 def assert_same_tar(ref: DemoRun, wd: Path, target: str) -> None:
-    """The resumed run's tar equals the uninterrupted run's: same ids, prompts, image bytes, metadata."""
-    only = [target.removeprefix("results/dataset/")]
-    diff = digest_diff(dataset_digest(ref.workdir / "results", only), dataset_digest(wd / "results", only))
-    assert not diff, diff
+    """The resumed run's finished samples equal the uninterrupted run's: same keys, prompts, image bytes, json."""
+    a, b = package_digest(ref.workdir, target), package_digest(wd, target)
+    assert a and not digest_diff({target: a}, {target: b}), digest_diff({target: a}, {target: b})
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -38,6 +36,7 @@ def test_production_plan_builds_without_importing_torch(workdir):
     shards = 1120
     assert counts["specs"] == counts["prompts"] == counts["guard"] == counts["pair_filter"] == shards
     assert counts["generate"] == counts["package"] == 4 * shards
+    assert counts["assemble"] == 5 and counts["dataset_card"] == 1
     assert counts["dedup_group"] == 128
     assert counts["report"] == 1
 
@@ -55,54 +54,77 @@ def test_config_mistake_fails_before_planning(workdir, tmp_path):
     assert "config key prompts.min_word: unknown key; did you mean 'min_words'?" in proc.stdout + proc.stderr
 
 
+# A loader written only from what public descriptions of the released Fine-T2I say (folder names, uuid keys,
+# the caption chosen by the flag): it must run on our output unchanged. No finet2i import.
+RELEASE_FOLDERS = ("curated", "synthetic_enhanced_prompt_random_resolution",
+                   "synthetic_enhanced_prompt_square_resolution", "synthetic_original_prompt_random_resolution",
+                   "synthetic_original_prompt_square_resolution")
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def release_loader(root: Path, folder: str):
+    """(key, PIL image, caption, meta) per sample, as a training script for the release reads it."""
+    import webdataset as wds
+
+    urls = sorted(str(p) for p in (root / folder).glob("train-*.tar"))
+    for s in wds.WebDataset(urls, shardshuffle=False).decode("pil"):
+        meta = s["json"]
+        caption = meta["enhanced_prompt"] if meta["image_generated_with_enhanced_prompt"] else meta["prompt"]
+        yield s["__key__"], s["jpg"], caption, meta, s["txt"]
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_demo_end_to_end(tmp_path_factory):
-    """The README's demo: every subset ends as non-empty tars in the release layout, every count adds up."""
+    """The README's demo: the release layout a loader for Fine-T2I reads unchanged, every count adds up."""
+    from datasets import load_dataset
+
+    from finet2i.validate import validate_dataset
+
     wd = local_demo(tmp_path_factory).wait()
     results = wd / "results"
+    dataset = results / "dataset"
 
-    for subset in ("pe_ar", "pe_as", "po_ar", "po_as", "real"):
-        tars = sorted((results / "dataset" / subset).glob("train-*.tar"))
-        assert tars, f"no tar for subset {subset}"
-        n_samples = 0
-        for tar in tars:
-            samples = _read_tar(tar)
-            rows = pq.read_table(tar.with_suffix(".parquet")).to_pylist()
-            assert sorted(r["id"] for r in rows) == sorted(samples), f"{tar}: parquet rows != tar samples"
-            for key, parts in samples.items():
-                assert set(parts) == {"jpg", "json", "txt"}, f"{tar}:{key} has {sorted(parts)}"
-                meta = json.loads(parts["json"])
-                assert RELEASE_KEYS <= set(meta), f"{tar}:{key} lacks {RELEASE_KEYS - set(meta)}"
-                assert meta["id"] == key
-                assert parts["txt"].decode().strip()
-                from PIL import Image
-
-                Image.open(io.BytesIO(parts["jpg"])).verify()
-                assert isinstance(meta["aesthetic_predictor_v_2_5_score"], float)
-            n_samples += len(samples)
-            import webdataset as wds
-
-            loaded = list(wds.WebDataset(str(tar), shardshuffle=False, empty_check=False))
-            assert sorted(s["__key__"] for s in loaded) == sorted(samples)
-            assert all({"jpg", "json", "txt"} <= set(s) for s in loaded)
-        assert n_samples > 0, f"subset {subset} is empty"
+    report = validate_dataset(dataset)
+    assert report.ok, report.summary()
+    assert sorted(p.name for p in dataset.iterdir() if p.is_dir()) == sorted(RELEASE_FOLDERS)
+    prompts: dict[str, set[str]] = {}
+    subsets_of: dict[str, int] = {}
+    for folder in RELEASE_FOLDERS:
+        tars = sorted((dataset / folder).glob("train-*.tar"))
+        assert tars and all(re.fullmatch(r"train-\d{6}\.tar", t.name) for t in tars), folder
+        seen = []
+        for key, image, caption, meta, txt in release_loader(dataset, folder):
+            assert UUID.match(key) and meta["id"] == key and image.mode == "RGB"
+            assert set(meta) == RELEASE_KEYS and caption == txt and caption.strip()
+            assert list(image.size) == meta["image_resolution"]
+            assert isinstance(meta["aesthetic_predictor_v_2_5_score"], float)
+            if folder.startswith("synthetic_"):
+                prompts.setdefault(key, set()).add(meta["prompt"])
+                subsets_of[key] = subsets_of.get(key, 0) + 1
+                assert meta["style"] and meta["prompt_category"] and meta["image_aspect_ratio"]
+            else:
+                assert meta["style"] is None and meta["enhanced_prompt"]
+            seen.append(key)
+        assert seen and len(seen) == len(set(seen)), folder
+        rows = [r for t in tars for r in pq.read_table(t.with_suffix(".parquet")).to_pylist()]
+        assert [r["id"] for r in rows] == seen, f"{folder}: parquet rows != tar samples"
+        # HF datasets, plain and through the card, whatever the filters left in each tar.
+        cache = str(tmp_path_factory.mktemp("hf"))
+        plain = load_dataset("webdataset", data_files=str(dataset / folder / "*.tar"), split="train", cache_dir=cache)
+        carded = load_dataset(str(dataset), folder, split="train", cache_dir=cache)
+        assert len(plain) == len(carded) == len(seen)
+    assert all(len(p) == 1 for p in prompts.values())  # one uuid, one prompt, in every synthetic subset
+    assert max(subsets_of.values()) >= 2  # some prompt survived in several subsets, under one key
 
     for stats in results.rglob("*.stats.json"):
         s = json.loads(stats.read_text())
         if "records_in" in s and "kept" in s:
             assert s["records_in"] == s["kept"] + sum(s.get("dropped", {}).values()), stats
 
-    report = (results / "report" / "report.html").read_text()
-    assert "DEMO OUTPUT IS NOT A DATASET" in report
+    report_html = (results / "report" / "report.html").read_text()
+    assert "DEMO OUTPUT IS NOT A DATASET" in report_html
     funnel = json.loads((results / "report" / "funnel.json").read_text())
     assert funnel
-
-
-def _read_tar(path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tf:
-        for m in tf.getmembers():
-            key, ext = m.name.split(".", 1)
-            samples.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return samples
+    card = (dataset / "README.md").read_text()
+    assert "configs:" in card and "dataset_info:" in card

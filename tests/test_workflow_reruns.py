@@ -55,7 +55,9 @@ SHARD_CHAIN = [s.name for s in pipeline.enabled_stages(DEMO) if s.branch == pipe
 SHARD_CHAIN.insert(SHARD_CHAIN.index("dedup"), "dedup_assign")
 # Stages with one job per (subset, shard).
 PER_SUBSET = {s.name for s in pipeline.STAGES if s.per_subset and not s.all_subsets_in_one_job}
-FINAL = {"report", "all"}
+# After any synthetic shard's chain: each synthetic subset is reassembled (it rewrites only changed tars), the
+# report and the dataset card are rewritten.
+FINAL = {"report", "all", "dataset_card"} | {f"assemble[subset={subset}]" for subset in SUBSETS}
 DEDUP_AGGREGATES = {"dedup_centroids", "dedup_manifest", "dedup_cross"} | {
     f"dedup_group[group={g}]" for g in GROUPS}
 
@@ -114,8 +116,11 @@ def work(finished, tmp_path) -> Path:
 def test_finished_run_covers_the_chain(finished):
     for shard in SHARDS:
         for subset in SUBSETS:
-            assert (finished / f"results/dataset/{subset}/train-{shard}.tar").exists()
+            assert (finished / f"results/package/{subset}/{shard}.parquet").exists()
+    for subset in (*SUBSETS, "real"):
+        assert (finished / f"results/assemble/{subset}.json").exists()
     assert (finished / "results/report/report.html").exists()
+    assert (finished / "results/dataset/README.md").exists()
 
 
 def test_no_change_plans_nothing(finished):
@@ -219,6 +224,7 @@ def test_changed_stage_module_reruns_the_stage(work, tmp_path):
     planned = plan(work, env=_shadow_package(tmp_path, "\nCHANGED_LOGIC = True\n"))
     # The curated branch's guard (captions) runs the same module, so it reruns too, with what follows it.
     curated_guard = {f"{rule}[cshard=00000]" for rule in ("curated_guard", "package_real")}
+    curated_guard.add("assemble[subset=real]")
     assert_plan(planned, chain_from("guard") | curated_guard | FINAL)
     assert_reason(planned, "guard", "Params have changed")
 

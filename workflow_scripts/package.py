@@ -4,8 +4,8 @@ from finet2i.workflow import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_package(smk.input.pairs, smk.input.images, smk.output.tar, smk.output.index,
-                subset=str(smk.wildcards.subset), shard=run.shard, settings=run.section("package"),
+    run_package(smk.input.pairs, smk.input.images, smk.output.table, subset=str(smk.wildcards.subset),
+                shard=run.shard, seed=smk.params.seed, settings=run.section("package"),
                 stats_path=smk.output.stats)
 
 

@@ -4,8 +4,8 @@ from finet2i.workflow import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_package_real(smk.input.table, smk.input.ingest, smk.output.tar, smk.output.index, cshard=run.shard,
-                     settings=run.section("package"), stats_path=smk.output.stats)
+    run_package_real(smk.input.table, smk.input.ingest, smk.output.table, cshard=run.shard,
+                     seed=smk.params.seed, settings=run.section("package"), stats_path=smk.output.stats)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def used_model_keys(config: dict[str, Any]) -> list[str]:
 # Keys that set how a job runs, never what it writes: records between checkpoints, batch sizes, and
 # generate's list of subsets (every subset has jobs of its own). Rules leave them out of their params
 # (output_settings), so changing one reruns nothing; a checkpoint made with another chunk size is discarded.
-RUNTIME_ONLY_KEYS = frozenset({"chunk_size", "batch_size", "subsets"})
+RUNTIME_ONLY_KEYS = frozenset({"chunk_size", "batch_size", "subsets", "assemble_memory_mb"})
 
 
 def output_settings(config: dict[str, Any], section: str, without: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Everything that needs the pipeline's shape reads it from here: the rule files' input functions and the report's
 inputs (``rules/common.smk``), the report's funnel order, the models a run needs (``finet2i.config``), and the
 tests. The names are one name each: **stage name = rule name = results folder** (``results/<stage>/...``)
-and the ``stage`` field of its stats JSONs. The packaged dataset is the exception: it is the product, not an
-intermediate, so it sits in ``results/dataset/`` (rules ``package`` and ``package_real``).
+and the ``stage`` field of its stats JSONs. ``package`` and ``package_real`` write each shard's finished samples
+(JPEG, json, txt); the ``assemble`` rule, after every stage, cuts them into the release's tars in
+``results/dataset/<release folder>/`` (finet2i.release, finet2i.stages.assemble).
 
 A stage reads the kept rows of the stage before it in its branch that writes a record table, skipping stages
 that the config switches off: insert a stage into the tuple and the stage after it reads from the new one.
@@ -33,11 +34,10 @@ class Stage:
     # all hold.
     switch: str | tuple[str, ...] | None = None
     models: tuple[str, ...] = ()  # keys of config["models"] it loads
-    folder: str | None = None  # results folder when it is not the stage's name (the dataset only)
 
     @property
     def results(self) -> str:
-        return f"results/{self.folder or self.name}"
+        return f"results/{self.name}"
 
 
 # In pipeline order. `reads` is given only where a stage does not read the table just above it.
@@ -52,7 +52,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("guard_enhanced", switch="guard_enhanced.enabled", models=("guard",)),  # beyond the paper
     Stage("generate", per_subset=True, models=("z_image", "flux2", "aesthetic_encoder", "aesthetic_head")),
     Stage("pair_filter", per_subset=True, all_subsets_in_one_job=True, models=("judge",)),  # one judge load
-    Stage("package", per_subset=True, table=False, folder="dataset"),
+    Stage("package", per_subset=True),  # finished samples; `assemble` cuts them into the release's tars
     Stage("curated_ingest", branch=CURATED, switch="curated.enabled"),
     Stage("curated_score", branch=CURATED, switch="curated.enabled",
           models=("aesthetic_encoder", "aesthetic_head")),
@@ -61,7 +61,7 @@ STAGES: tuple[Stage, ...] = (
           models=("enhancer",)),  # by default the captioner writes the long caption too
     Stage("curated_guard", branch=CURATED, switch=("curated.enabled", "curated_guard.enabled"),
           models=("guard",)),  # beyond the paper
-    Stage("package_real", branch=CURATED, switch="curated.enabled", table=False, folder="dataset"),
+    Stage("package_real", branch=CURATED, switch="curated.enabled"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 

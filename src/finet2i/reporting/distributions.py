@@ -32,14 +32,16 @@ def read_indexes(paths: Iterable[str | os.PathLike[str]]) -> dict[str, list[Any]
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{p}: dataset index not found; run the package stage first")
-        # Only the columns the report uses: an index also holds the prompts, which would cost memory here.
-        present = [c for c in INDEX_COLUMNS if c in pq.read_schema(p).names]
-        table = pq.read_table(p, columns=present)
+        # Only the columns the report uses: a finished-sample table also holds the bytes and the prompts.
+        names = pq.read_schema(p).names
+        present = [c for c in INDEX_COLUMNS if c in names]
+        kept_filter = [("kept", "=", True)] if "kept" in names else None  # package tables list drops too
+        table = pq.read_table(p, columns=present, filters=kept_filter)
         n = table.num_rows
         for c in INDEX_COLUMNS:
             if c in table.column_names:
                 cols[c].extend(table.column(c).to_pylist())
-            elif c == "subset":  # results/dataset/{subset}/train-{shard}.parquet
+            elif c == "subset":  # a table without the column: its folder is the subset
                 cols[c].extend([p.parent.name] * n)
             else:
                 cols[c].extend([None] * n)

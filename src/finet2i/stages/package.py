@@ -1,42 +1,47 @@
-"""Package kept samples as webdataset tars with the released Fine-T2I layout, plus a parquet index.
+"""Finish each kept sample the way the released Fine-T2I ships it, one pipeline shard at a time.
 
-Per subset and shard: ``results/dataset/{subset}/train-{shard}.tar`` holding ``<id>.jpg``, ``<id>.json`` and
-``<id>.txt`` (the prompt the image was generated from) per sample, members in sorted order (so each sample's
-three files sit together, jpg -> json -> txt, as in the release), and ``train-{shard}.parquet``, one row per
-sample in the tar. The json carries the release's 15 keys exactly, then our provenance under extra keys.
+``package`` (per synthetic subset and shard) and ``package_real`` (per curated shard) turn kept rows into
+finished samples and write them, with a verdict for every row they received, to
+``results/package/{subset}/{shard}.parquet`` and ``results/package_real/{cshard}.parquet``. A finished sample is
+exactly what goes into a release tar:
 
-Synthetic subsets come from the kept rows of ``results/pairs/{subset}/{shard}.parquet`` (verdicts, no bytes)
-joined by ``sample_id`` with the ``image`` bytes of ``results/images/{subset}/{shard}.parquet``. The ``real``
-subset comes from the kept rows of ``results/curated/enhanced/{cshard}.parquet`` with bytes from the ingest
-table. Real rows follow the release's curated subset: ``prompt`` = the caption, ``style``,
-``prompt_category``, ``task`` and ``image_aspect_ratio`` null, ``image_generator`` = the source's name
-(the release writes ``pexels`` / ``pixabay`` / ``unsplash_lite`` there), and the txt holds the caption.
+- ``key``: a lowercase uuid (finet2i.release.sample_key): uuid5 of the run seed and the prompt id, so one prompt
+  has one key in each of the four synthetic subsets; a real image's key comes from its source and locator
+  (never a numeric photo id, which collide across sources);
+- ``jpg``: a baseline RGB JPEG whatever the input was (PNG, CMYK or grayscale JPEG, progressive JPEG, alpha);
+- ``json``: exactly the release's 15 keys in its value formats (``package.provenance_in_json`` adds the rest);
+- ``txt``: the prompt the image was rendered with (never empty);
+- ``digest``: sha256 of the three, so ``assemble`` can tell which release tars changed without reading bytes,
+  and ``nonnull``, which json keys are not null (assemble's type witnesses);
+- the 15 keys as typed columns plus ``subset``, ``prompt_id``, ``source_id``, ``subcategory`` and
+  ``provenance`` (every other upstream column as JSON: template, seeds, candidates, verdicts, raw answers).
 
-Tar bytes are deterministic (fixed mtime, uid/gid, mode, sorted members, no pax headers), so a rerun on the
-same inputs reproduces the same files byte for byte.
+Rows are written sorted by key in small row groups: ``assemble`` reads them by key range.
+The ``assemble`` rule (finet2i.stages.assemble) cuts these tables into ``train-%06d.tar`` files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import math
 import os
-import tarfile
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from math import gcd
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from finet2i import shards
+from finet2i import release, shards
 from finet2i.answers import word_count
 from finet2i.images import image_bytes
+from finet2i.release import RELEASE_KEYS
+from finet2i.release_tables import ORIGIN_FIELDS, RELEASE_FIELDS
 from finet2i.settings import FromSection, default
 
 log = logging.getLogger(__name__)
@@ -44,60 +49,57 @@ log = logging.getLogger(__name__)
 STAGE = "package"
 STAGE_REAL = "package_real"
 REAL = "real"
-TAR_MTIME = 1_767_225_600  # 2026-01-01T00:00:00Z: a fixed date, so reruns produce identical bytes
+ROW_GROUP = 16  # rows per parquet row group: assemble reads key ranges, pruned by row-group statistics
 
-# The released dataset's per-sample keys, in its order.
-RELEASE_KEYS = (
-    "id", "prompt", "enhanced_prompt", "length", "enhanced_length", "prompt_generator", "enhancer", "style",
-    "prompt_category", "task", "image_aspect_ratio", "image_resolution", "image_generator",
-    "image_generated_with_enhanced_prompt", "aesthetic_predictor_v_2_5_score",
-)
-
-INDEX_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("prompt", pa.string()),
-    ("enhanced_prompt", pa.string()),
-    ("length", pa.int64()),
-    ("enhanced_length", pa.int64()),
-    ("prompt_generator", pa.string()),
-    ("enhancer", pa.string()),
-    ("style", pa.string()),
-    ("prompt_category", pa.string()),
-    ("task", pa.list_(pa.string())),
-    ("image_aspect_ratio", pa.string()),
-    ("image_resolution", pa.list_(pa.int64())),
-    ("image_generator", pa.string()),
-    ("image_generated_with_enhanced_prompt", pa.bool_()),
-    ("aesthetic_predictor_v_2_5_score", pa.float64()),
-    ("subset", pa.string()),
-    ("subcategory", pa.string()),
-    ("tar", pa.string()),
-    ("members", pa.list_(pa.string())),
+# The staging table: one row per received record (kept or not); bytes only for kept ones.
+STAGING_SCHEMA = pa.schema([
+    pa.field("id", pa.string()), pa.field(shards.KEPT, pa.bool_()), pa.field(shards.DROP_REASON, pa.string()),
+    pa.field("key", pa.string()), pa.field("jpg", pa.binary()), pa.field("json", pa.string()),
+    pa.field("txt", pa.string()), pa.field("digest", pa.string()), pa.field("nonnull", pa.int64()),
+    *[f for f in RELEASE_FIELDS if f.name != "id"], *ORIGIN_FIELDS,
 ])
 
-# Columns that never go into the json's extra keys: bytes, verdict columns of upstream tables (every
-# packaged row was kept), and columns already carried by a release key under another name.
-_NOT_PROVENANCE = {"image", shards.KEPT, shards.DROP_REASON, "sample_id", "category", "length",
-                   "enhanced_length", "image_resolution", "width", "height", "prompt_used"}
+# Columns of an upstream row that are not provenance: bytes, verdicts (every packaged row was kept), and
+# what a release key or origin column already carries.
+_NOT_PROVENANCE = {"image", shards.KEPT, shards.DROP_REASON, "id", "sample_id", "category", "subcategory",
+                   "width", "height", "prompt_used", "caption", "source", "locator", "subset",
+                   *RELEASE_KEYS}
 
-# Drop reasons of this stage (a kept upstream row that cannot be packaged; should not happen).
+# Drop reasons of this stage (a kept upstream row that cannot be shipped).
 MISSING_IMAGE = "missing_image"
 BAD_IMAGE = "bad_image"
 EMPTY_PROMPT = "empty_prompt"
+EMPTY_TXT = "empty_txt"
 BAD_ID = "bad_id"
+DUPLICATE_KEY = "duplicate_key"
 
 
 @dataclass(frozen=True)
 class PackageSettings(FromSection):
     jpeg_quality: int = default("package.jpeg_quality")
+    provenance_in_json: bool = default("package.provenance_in_json")
 
 
 @dataclass
 class Sample:
-    key: str  # sample id = member name stem
+    record_id: str  # the pipeline's id for the record
+    key: str  # the release key (uuid) = member name stem = json id
     jpg: bytes
-    meta: dict[str, Any]  # the json: 15 release keys, then provenance
+    meta: dict[str, Any]  # the release's 15 keys
     txt: str
+    origin: dict[str, Any] = field(default_factory=dict)  # ORIGIN_FIELDS but provenance
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def json_bytes(self, with_provenance: bool) -> bytes:
+        body = {**self.meta, **self.provenance} if with_provenance else self.meta
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+    def digest(self, json_text: bytes) -> str:
+        h = hashlib.sha256()
+        for part in (self.key.encode(), self.jpg, json_text, self.txt.encode("utf-8")):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+        return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -144,24 +146,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def image_size_and_jpeg(data: bytes, quality: int) -> tuple[bytes, int, int]:
-    """The JPEG bytes to ship and their real size: JPEGs pass through untouched, others are re-encoded."""
-    from PIL import Image
-
-    im = Image.open(io.BytesIO(data))
-    w, h = im.size
-    if im.format == "JPEG" and im.mode in ("RGB", "L"):
-        im.load()  # a truncated JPEG must fail here, not in a training job
-        return data, w, h
-    out = io.BytesIO()
-    im.convert("RGB").save(out, "JPEG", quality=quality)
-    return out.getvalue(), w, h
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Building samples
-
-
 def _float_or_none(v: Any) -> float | None:
     try:
         f = float(v)
@@ -170,20 +154,59 @@ def _float_or_none(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def build_sample(row: dict[str, Any], image: bytes | None, *, subset: str,
+def is_release_jpeg(im: Any) -> bool:
+    """What a loader of the release can take as is: a baseline (not progressive) RGB JPEG."""
+    return (im.format == "JPEG" and im.mode == "RGB"
+            and not im.info.get("progressive") and not im.info.get("progression"))
+
+
+def release_jpeg(data: bytes, quality: int) -> tuple[bytes, int, int]:
+    """The JPEG bytes to ship and their size: a baseline RGB JPEG passes through untouched; anything else (PNG,
+    WebP, CMYK or grayscale JPEG, progressive JPEG, palette, alpha over white, 16-bit) is re-encoded."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    if is_release_jpeg(im):
+        im.load()  # a truncated JPEG must fail here, not in a training job
+        return data, w, h
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = im.point(lambda v: v / 256).convert("L")  # 16-bit gray: scale, do not clip
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        base = Image.new("RGB", im.size, (255, 255, 255))
+        base.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
+        im = base
+    out = io.BytesIO()
+    im.convert("RGB").save(out, "JPEG", quality=quality, progressive=False, optimize=False)
+    return out.getvalue(), w, h
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building samples
+
+
+def release_key(row: dict[str, Any], *, real: bool, seed: int | str) -> str:
+    """A real image's key hashes its source and locator; a synthetic one its prompt id (the same in each subset)."""
+    if real:
+        return release.sample_key(seed, "curated", row.get("source"), row.get("locator") or row.get("id"))
+    return release.sample_key(seed, "prompt", row.get("id"))
+
+
+def build_sample(row: dict[str, Any], image: bytes | None, *, subset: str, seed: int | str,
                  settings: PackageSettings) -> tuple[Sample | None, str | None]:
-    """One packaged sample from a joined row, or ``(None, reason)``."""
+    """One finished sample from a joined row, or ``(None, reason)``."""
     real = subset == REAL
-    key = str(row.get("sample_id") or row.get("id") or "")
-    if not key or "." in key or "/" in key:
-        # webdataset splits a member name at its first dot: a dot in the id would split the sample.
+    record_id = str(row.get("sample_id") or row.get("id") or "")
+    if not record_id or not row.get("id"):
         return None, BAD_ID
     if not image:
         return None, MISSING_IMAGE
     try:
-        jpg, w, h = image_size_and_jpeg(image, settings.jpeg_quality)
+        jpg, w, h = release_jpeg(image, settings.jpeg_quality)
     except Exception as e:
-        log.warning("%s: image does not decode (%s)", key, e)
+        log.warning("%s: image does not decode (%s)", record_id, e)
         return None, BAD_IMAGE
     prompt = row.get("prompt") or row.get("caption")
     if not prompt or not str(prompt).strip():
@@ -191,15 +214,18 @@ def build_sample(row: dict[str, Any], image: bytes | None, *, subset: str,
     enhanced = row.get("enhanced_prompt") or None
     with_enhanced = bool(row.get("image_generated_with_enhanced_prompt")) and not real and bool(enhanced)
     # The generate stage records the text it rendered; trust it over our own choice when present.
-    txt = row.get("prompt_used") or (enhanced if with_enhanced else prompt)
+    txt = str(row.get("prompt_used") or (enhanced if with_enhanced else prompt))
+    if not txt.strip():
+        return None, EMPTY_TXT
+    key = release_key(row, real=real, seed=seed)
     meta: dict[str, Any] = {
         "id": key,
         "prompt": prompt,
         "enhanced_prompt": enhanced,
         "length": word_count(prompt),
-        "enhanced_length": word_count(enhanced),
+        "enhanced_length": word_count(enhanced) if enhanced else None,
         "prompt_generator": row.get("prompt_generator") or row.get("captioner"),
-        "enhancer": row.get("enhancer"),
+        "enhancer": row.get("enhancer") if enhanced else None,
         "style": None if real else row.get("style"),
         "prompt_category": None if real else prompt_category(row.get("category"), row.get("subcategory")),
         "task": None if real else normalise_task(row.get("task")),
@@ -210,94 +236,74 @@ def build_sample(row: dict[str, Any], image: bytes | None, *, subset: str,
         "aesthetic_predictor_v_2_5_score": _float_or_none(row.get("aesthetic_predictor_v_2_5_score")),
     }
     assert tuple(meta) == RELEASE_KEYS
-    meta["subset"] = subset
-    if "id" in row and row.get("sample_id") and row["id"] != key:
-        meta["prompt_id"] = row["id"]
+    origin = {
+        "subset": subset,
+        "record_id": record_id,
+        "prompt_id": None if real else str(row["id"]),
+        "source_id": row.get("locator") if real else None,
+        "subcategory": None if real else row.get("subcategory"),
+    }
+    provenance = {}
     for col in sorted(row):
-        if col in meta or col in _NOT_PROVENANCE or col == "id":
+        if col in _NOT_PROVENANCE:
             continue
         value = _jsonable(row[col])
         if value is not None:
-            meta[col] = value
-    return Sample(key, jpg, meta, str(txt)), None
+            provenance[col] = value
+    return Sample(record_id, key, jpg, meta, txt, origin, provenance), None
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Writing
+def nonnull_mask(meta: dict[str, Any]) -> int:
+    """Bit i set when the json's i-th release key is not null: lets assemble pick type witnesses (see there)."""
+    return sum(1 << i for i, k in enumerate(RELEASE_KEYS) if meta.get(k) is not None)
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = TAR_MTIME
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def write_tar(path: str | os.PathLike[str], samples: Sequence[Sample]) -> list[list[str]]:
-    """Write samples in id order, members jpg/json/txt; returns each sample's member names."""
-    members: list[list[str]] = []
-    with shards.atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for s in sorted(samples, key=lambda s: s.key):
-            files = [
-                (f"{s.key}.jpg", s.jpg),
-                (f"{s.key}.json", json.dumps(s.meta, ensure_ascii=False).encode("utf-8")),
-                (f"{s.key}.txt", s.txt.encode("utf-8")),
-            ]
-            for name, data in files:
-                tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-            members.append([name for name, _ in files])
-    return members
-
-
-def index_rows(samples: Sequence[Sample], members: Sequence[list[str]],
-               tar_name: str) -> list[dict[str, Any]]:
-    rows = []
-    for s, names in zip(sorted(samples, key=lambda s: s.key), members, strict=True):
-        row = {k: s.meta[k] for k in RELEASE_KEYS}
-        row.update(subset=s.meta["subset"], subcategory=s.meta.get("subcategory"), tar=tar_name,
-                   members=list(names))
-        rows.append(row)
-    return rows
+def staging_row(sample: Sample, with_provenance: bool) -> dict[str, Any]:
+    text = sample.json_bytes(with_provenance)
+    return {
+        "id": sample.record_id, shards.KEPT: True, shards.DROP_REASON: None, "key": sample.key,
+        "jpg": sample.jpg, "json": text.decode("utf-8"), "txt": sample.txt, "digest": sample.digest(text),
+        "nonnull": nonnull_mask(sample.meta),
+        **{k: v for k, v in sample.meta.items() if k != "id"}, **sample.origin,
+        "provenance": json.dumps(sample.provenance, ensure_ascii=False, sort_keys=True),
+    }
 
 
 def package_rows(rows: Iterable[dict[str, Any]], images: dict[str, bytes | None], *, subset: str, shard: str,
-                 tar_path: str | os.PathLike[str], index_path: str | os.PathLike[str],
-                 stats_path: str | os.PathLike[str], settings: dict[str, Any] | None,
-                 started: float | None = None, stage: str = STAGE) -> shards.StageStats:
-    """Package already-kept rows; ``images`` maps a row's sample id to its image bytes."""
+                 seed: int | str, out_path: str | os.PathLike[str], stats_path: str | os.PathLike[str],
+                 settings: dict[str, Any] | None, started: float | None = None,
+                 stage: str = STAGE) -> shards.StageStats:
+    """Finish already-kept rows; ``images`` maps a row's record id to its image bytes. Writes one row per input
+    row (kept with bytes, or dropped with its reason), sorted by key, then the stats."""
     started = time.monotonic() if started is None else started
     cfg = PackageSettings.from_config(settings)
-    samples: list[Sample] = []
-    verdicts: list[shards.Record] = []
-    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
     for row in rows:
-        key = str(row.get("sample_id") or row.get("id") or "")
-        sample, reason = build_sample(row, images.get(key), subset=subset, settings=cfg)
+        record_id = str(row.get("sample_id") or row.get("id") or "")
+        sample, reason = build_sample(row, images.get(record_id), subset=subset, seed=seed, settings=cfg)
         if sample is not None and sample.key in seen:
-            sample, reason = None, "duplicate_id"
+            log.warning("%s/%s: %s has the key of %s", subset, shard, record_id, seen[sample.key])
+            sample, reason = None, DUPLICATE_KEY
         if sample is None:
-            log.warning("%s/%s: %s not packaged: %s", subset, shard, key or "<no id>", reason)
+            log.warning("%s/%s: %s not packaged: %s", subset, shard, record_id or "<no id>", reason)
+            out.append(shards.mark({"id": record_id, "subset": subset, "record_id": record_id}, reason))
         else:
-            seen.add(sample.key)
-            samples.append(sample)
-        verdicts.append(shards.mark({"id": key}, reason))
-    tar_name = Path(tar_path).name
-    members = write_tar(tar_path, samples)
-    shards.write_table(index_path, index_rows(samples, members, tar_name), schema=INDEX_SCHEMA)
-    dropped_ids = sorted(v["id"] for v in verdicts if not v[shards.KEPT])
-    return shards.write_stats(stats_path, verdicts, stage=stage, shard=shard, started=started, subset=subset,
-                              tar=tar_name, tar_bytes=os.path.getsize(tar_path),
-                              image_bytes=sum(len(s.jpg) for s in samples), not_packaged=dropped_ids[:1000])
+            seen[sample.key] = record_id
+            out.append(staging_row(sample, cfg.provenance_in_json))
+    out.sort(key=lambda r: (r.get("key") is None, r.get("key") or "", r["id"]))
+    with shards.atomic_path(out_path) as tmp:
+        pq.write_table(shards.to_table(out, STAGING_SCHEMA), tmp, row_group_size=ROW_GROUP)
+    kept = [r for r in out if r[shards.KEPT]]
+    return shards.write_stats(stats_path, out, stage=stage, shard=shard, started=started, subset=subset,
+                              image_bytes=sum(len(r["jpg"]) for r in kept),
+                              reencoded=sum(1 for r in kept if r["jpg"] is not images.get(r["id"])))
 
 
 def run_package(pairs_path: str | os.PathLike[str], images_path: str | os.PathLike[str],
-                tar_path: str | os.PathLike[str], index_path: str | os.PathLike[str], *, subset: str,
-                shard: str, settings: dict[str, Any] | None,
-                stats_path: str | os.PathLike[str]) -> shards.StageStats:
-    """Package one synthetic subset shard: kept pair verdicts joined with their images by sample_id."""
+                out_path: str | os.PathLike[str], *, subset: str, shard: str, seed: int | str,
+                settings: dict[str, Any] | None, stats_path: str | os.PathLike[str]) -> shards.StageStats:
+    """Finish one synthetic subset shard: kept pair verdicts joined with their images by sample_id."""
     started = time.monotonic()
     kept = shards.read_kept(pairs_path)
     images_schema = pq.read_schema(images_path)
@@ -314,17 +320,17 @@ def run_package(pairs_path: str | os.PathLike[str], images_path: str | os.PathLi
         by_key = {}
     rows = [{**by_key.get(r.get("sample_id"), {}), **r} for r in kept]
     images = image_bytes(images_path, "sample_id", sorted(keys))
-    return package_rows(rows, images, subset=subset, shard=shard, tar_path=tar_path, index_path=index_path,
+    return package_rows(rows, images, subset=subset, shard=shard, seed=seed, out_path=out_path,
                         stats_path=stats_path, settings=settings, started=started)
 
 
-def run_package_real(enhanced_path: str | os.PathLike[str], ingest_path: str | os.PathLike[str],
-                     tar_path: str | os.PathLike[str], index_path: str | os.PathLike[str], *, cshard: str,
+def run_package_real(table_path: str | os.PathLike[str], ingest_path: str | os.PathLike[str],
+                     out_path: str | os.PathLike[str], *, cshard: str, seed: int | str,
                      settings: dict[str, Any] | None,
                      stats_path: str | os.PathLike[str]) -> shards.StageStats:
-    """Package one curated shard: kept ``curated_enhance`` rows, image bytes from the ingest table by id."""
+    """Finish one curated shard: the kept rows of the last curated stage, image bytes from the ingest table."""
     started = time.monotonic()
-    kept = shards.read_kept(enhanced_path, exclude=("image",))
+    kept = shards.read_kept(table_path, exclude=("image",))
     images = image_bytes(ingest_path, "id", [r["id"] for r in kept])
-    return package_rows(kept, images, subset=REAL, shard=cshard, tar_path=tar_path, index_path=index_path,
+    return package_rows(kept, images, subset=REAL, shard=cshard, seed=seed, out_path=out_path,
                         stats_path=stats_path, settings=settings, started=started, stage=STAGE_REAL)

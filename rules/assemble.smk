@@ -1,0 +1,46 @@
+# The release layout: per subset, every finished sample of every shard, in key order, cut into
+# results/dataset/<release folder>/train-000000.tar (+ .parquet index, + .stats.json) of
+# package.samples_per_tar samples. The tars are not declared outputs: Snakemake would delete them all before
+# the job, and the job rewrites only the tars whose contents changed (docs/dataset-layout.md). Its declared
+# output is the manifest; the dataset card is written once every subset is assembled and the report is done.
+
+
+rule assemble:
+    input:
+        tables=assemble_inputs,
+    output:
+        manifest="results/assemble/{subset}.json",
+    log:
+        "logs/assemble/{subset}.log",
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=config["package"]["assemble_memory_mb"] * 2 + 2000,
+        runtime=240,
+    params:
+        dataset_dir=lambda wildcards: f"results/dataset/{release.folder_of(wildcards.subset)}",
+        samples_per_tar=config["package"]["samples_per_tar"],
+        code=script_code("workflow_scripts/assemble.py"),
+    script:
+        "../workflow_scripts/assemble.py"
+
+
+rule dataset_card:
+    input:
+        manifests=assemble_manifests(),
+        funnel="results/report/funnel.json",
+    output:
+        card="results/dataset/README.md",
+    log:
+        "logs/dataset_card/dataset_card.log",
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=script_code("workflow_scripts/dataset_card.py"),
+    script:
+        "../workflow_scripts/dataset_card.py"

@@ -1,0 +1,30 @@
+"""The columns of the finished-sample tables (package) and of the release's per-tar parquet indexes (assemble):
+the release's 15 keys typed as finet2i.release.FEATURES says, then where each sample came from.
+
+Apart from finet2i.release because it needs pyarrow, which the Snakefile does not import while planning.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from finet2i import release
+
+_TYPES = {"string": pa.string(), "int64": pa.int64(), "bool": pa.bool_(), "float64": pa.float64()}
+
+
+def arrow_type(spec: str | list[str]) -> pa.DataType:
+    return pa.list_(_TYPES[spec[0]]) if isinstance(spec, list) else _TYPES[spec]
+
+
+RELEASE_FIELDS = [pa.field(k, arrow_type(v)) for k, v in release.FEATURES.items()]
+ORIGIN_FIELDS = [
+    pa.field("subset", pa.string()),  # pipeline subset code (pe_ar ... real)
+    pa.field("record_id", pa.string()),  # the pipeline's record id (pe_ar-00003-000017, real-00002-000005)
+    pa.field("prompt_id", pa.string()),  # synthetic: the prompt's id, shared by its four subsets
+    pa.field("source_id", pa.string()),  # real: the photo's id in its source (the locator for a folder)
+    pa.field("subcategory", pa.string()),
+    pa.field("provenance", pa.string()),  # JSON: every other upstream column (seeds, verdicts, raw answers)
+]
+# One row per sample of a release tar, in tar order.
+INDEX_SCHEMA = pa.schema([*RELEASE_FIELDS, *ORIGIN_FIELDS, pa.field("tar", pa.string())])

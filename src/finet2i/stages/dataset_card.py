@@ -1,0 +1,107 @@
+"""The dataset card, ``results/dataset/README.md``: what HF datasets reads before it reads any tar.
+
+Its YAML header declares one ``config`` per subset folder that holds samples (``load_dataset(<root>, <folder>)``)
+and, per config, ``dataset_info.features``: the webdataset columns (``__key__``, ``__url__``, ``jpg``, ``json``,
+``txt``) with the json's 15 keys typed as finet2i.release.FEATURES says. With the types declared, HF never
+infers them from whichever tar it opens first (a tar whose samples all have ``task: null`` would make ``task``
+a null column, and the next tar's lists fail to cast). The body gives the run's counts per subset and the
+report's headline numbers (the funnel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from finet2i import release, shards
+
+
+def features() -> list[dict[str, Any]]:
+    """The columns HF's webdataset loader yields for a sample of the release, with their declared types."""
+    json_struct = [{"name": k, **release.hf_feature(v)} for k, v in release.FEATURES.items()]
+    return [
+        {"name": "__key__", "dtype": "string"},
+        {"name": "__url__", "dtype": "string"},
+        {"name": "jpg", "dtype": "image"},
+        {"name": "json", "struct": json_struct},
+        {"name": "txt", "dtype": "string"},
+    ]
+
+
+def card_header(manifests: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    filled = [m for m in manifests if m["samples"]]
+    return {
+        "license": "other",
+        "task_categories": ["text-to-image"],
+        "configs": [{"config_name": m["folder"], "data_files": [{"split": "train", "path": f"{m['folder']}/*.tar"}],
+                     **({"default": True} if i == 0 else {})} for i, m in enumerate(filled)],
+        "dataset_info": [{"config_name": m["folder"], "features": features(),
+                          "splits": [{"name": "train", "num_examples": m["samples"],
+                                      "num_bytes": sum(t["tar_bytes"] for t in m["tars"])}]} for m in filled],
+    }
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * float(x):.1f}%"
+
+
+def card_body(manifests: Sequence[dict[str, Any]], funnel: dict[str, Any], config: dict[str, Any]) -> str:
+    lines = [
+        "# Fine-T2I reproduction (finet2i)",
+        "",
+        "Built by finet2i from the recipe of the Fine-T2I paper, in the layout of the released",
+        "`ma-xu/fine-t2i`: one folder per subset, `train-%06d.tar` webdataset shards of "
+        f"{manifests[0]['samples_per_tar'] if manifests else '-'} samples, each sample `<uuid>.jpg` (baseline RGB "
+        "JPEG), `<uuid>.json` (the release's 15 keys) and `<uuid>.txt` (the prompt the image was rendered with).",
+        "One prompt keeps its uuid in each synthetic subset it survives in. Each tar has a parquet index beside it",
+        "(the 15 keys plus provenance: template, seeds, candidates, every verdict).",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f"ds = load_dataset(\"<this folder>\", \"{release.FOLDERS['pe_ar']}\", split=\"train\", streaming=True)",
+        "```",
+        "",
+        "## Samples per subset",
+        "",
+        "| subset | samples | tars |",
+        "|---|---:|---:|",
+    ]
+    for m in manifests:
+        note = "" if m["samples"] else " (no sample survived the filters: no tar, no config)"
+        lines.append(f"| `{m['folder']}`{note} | {m['samples']:,} | {len(m['tars'])} |")
+    lines.append(f"| **total** | {sum(m['samples'] for m in manifests):,} | "
+                 f"{sum(len(m['tars']) for m in manifests)} |")
+    comparison = funnel.get("paper_comparison") or []
+    if comparison:
+        lines += ["", "## The funnel (report headline)", "",
+                  "| step | kept | retention | paper kept | paper retention |", "|---|---:|---:|---:|---:|"]
+        for row in comparison:
+            paper = row.get("paper_kept")
+            lines.append(f"| {row['step']} | {row['ours_kept']:,} | {_pct(row.get('ours_retention'))} | "
+                         f"{'-' if paper is None else f'{paper:,}'} | {_pct(row.get('paper_retention'))} |")
+    flags = funnel.get("flags") or []
+    if flags:
+        lines += ["", "## Flags raised by the report", ""] + [f"- {f}" for f in flags]
+    lines += ["", f"Run seed: `{config.get('seed')}`. "
+              + ("Built by the embedded demo (tiny random-weight models): the images are noise, the counts are "
+                 "not the paper's." if config.get("demo") else ""), ""]
+    return "\n".join(lines)
+
+
+def render_card(manifests: Sequence[dict[str, Any]], funnel: dict[str, Any], config: dict[str, Any]) -> str:
+    header = yaml.safe_dump(card_header(manifests), sort_keys=False, allow_unicode=True)
+    return f"---\n{header}---\n\n{card_body(manifests, funnel, config)}"
+
+
+def run_dataset_card(manifest_paths: Sequence[str | os.PathLike[str]], funnel_path: str | os.PathLike[str],
+                     card_path: str | os.PathLike[str], *, config: dict[str, Any]) -> str:
+    manifests = [shards.read_json(p) for p in manifest_paths]
+    funnel = json.loads(open(funnel_path).read()) if funnel_path else {}
+    text = render_card(manifests, funnel, config)
+    with shards.atomic_path(card_path) as tmp:
+        tmp.write_text(text)
+    return text

@@ -1,0 +1,11 @@
+from finet2i.stages.dataset_card import run_dataset_card
+from finet2i.workflow import adapter
+
+
+def main(smk) -> None:
+    run = adapter(smk)
+    run_dataset_card(list(smk.input.manifests), smk.input.funnel, smk.output.card, config=run.config)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821  (injected by Snakemake's script: directive)
