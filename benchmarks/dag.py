@@ -11,7 +11,8 @@ Both run in throwaway copies (no results/ there, so every job is planned), with 
 (`snakemake -n --quiet rules` unless --snakemake-args says otherwise). The bare Snakefile has our rule
 names, the same job count per rule and the same files per job (same fan-in and fan-out: per-shard
 chains; all shards -> centroids -> per-shard assign -> manifest -> per-group -> cross -> per-shard keep;
-per-subset generate and package; one pair_filter per shard over all subsets; the report over every stats
+per-subset generate and package; one pair_filter per shard over all subsets; one assemble per subset over its
+package tables; the report over every stats
 file and index) but nothing else: no config validation, params, resources, logs, benchmarks, conda envs,
 wildcard constraints, input functions or script: directives (it uses `shell: "touch {output}"`).
 The difference between the two columns is what our workflow adds to planning.
@@ -86,15 +87,19 @@ CSHARDS = [f"{{i:05d}}" for i in range({curated_shards})]
 GROUPS = [f"{{g:03d}}" for g in range({groups})]
 SUBSETS = {subsets!r}
 PRE = "attributes" if {attributes} else "guard"
-TARS = expand("results/dataset/{{subset}}/train-{{shard}}.tar", subset=SUBSETS, shard=SHARDS)
-TARS += expand("results/dataset/real/train-{{cshard}}.tar", cshard=CSHARDS)
+PACKAGED = expand("results/package/{{subset}}/{{shard}}.parquet", subset=SUBSETS, shard=SHARDS)
+PACKAGED += expand("results/package_real/{{cshard}}.parquet", cshard=CSHARDS)
+BY_SUBSET = {{s: expand("results/package/{{s}}/{{shard}}.parquet", s=s, shard=SHARDS) for s in SUBSETS}}
+BY_SUBSET["real"] = expand("results/package_real/{{cshard}}.parquet", cshard=CSHARDS)
+MANIFESTS = expand("results/assemble/{{subset}}.json", subset=SUBSETS + (["real"] if CSHARDS else []))
 STAGES = ["specs", "prompts", "embed", "dedup", "guard"] + (["attributes"] if {attributes} else [])
-STATS = expand("results/{{stage}}/{{shard}}.stats.json", stage=STAGES + ["enhance"], shard=SHARDS)
+STATS = expand("results/{{stage}}/{{shard}}.stats.json", stage=STAGES + ["enhance", "guard_enhanced"],
+               shard=SHARDS)
 STATS += expand("results/{{stage}}/{{subset}}/{{shard}}.stats.json", stage=["generate", "pair_filter"],
                 subset=SUBSETS, shard=SHARDS)
 STATS += expand("results/{{stage}}/{{cshard}}.stats.json",
-                stage=["curated_ingest", "curated_score", "curated_caption", "curated_enhance"], cshard=CSHARDS)
-STATS += [t.replace(".tar", ".stats.json") for t in TARS]
+                stage=["curated_ingest", "curated_score", "curated_caption", "curated_guard"], cshard=CSHARDS)
+STATS += [t.replace(".parquet", ".stats.json") for t in PACKAGED]
 ASSIGN = dict(index=expand("results/dedup/assign/{{shard}}.npz", shard=SHARDS),
               vectors=expand("results/dedup/assign/{{shard}}.npy", shard=SHARDS))
 '''
@@ -134,7 +139,7 @@ rule dedup_cross:
 
 BARE_RULES = '''
 rule all:
-    input: TARS, "results/report/report.html"
+    input: MANIFESTS, "results/report/report.html", "results/dataset/README.md"
 
 rule specs:
     input: "config/taxonomy.yaml"
@@ -182,8 +187,13 @@ rule enhance:
     output: "results/enhance/{shard}.parquet", "results/enhance/{shard}.stats.json"
     shell: "touch {output}"
 
+rule guard_enhanced:
+    input: "results/enhance/{shard}.parquet"
+    output: "results/guard_enhanced/{shard}.parquet", "results/guard_enhanced/{shard}.stats.json"
+    shell: "touch {output}"
+
 rule generate:
-    input: "results/enhance/{shard}.parquet", "config/resolutions.yaml"
+    input: "results/guard_enhanced/{shard}.parquet", "config/resolutions.yaml"
     output: "results/generate/{subset}/{shard}.parquet", "results/generate/{subset}/{shard}.stats.json"
     shell: "touch {output}"
 
@@ -195,8 +205,7 @@ rule pair_filter:
 
 rule package:
     input: "results/pair_filter/{subset}/{shard}.parquet", "results/generate/{subset}/{shard}.parquet"
-    output: "results/dataset/{subset}/train-{shard}.tar", "results/dataset/{subset}/train-{shard}.parquet",
-            "results/dataset/{subset}/train-{shard}.stats.json"
+    output: "results/package/{subset}/{shard}.parquet", "results/package/{subset}/{shard}.stats.json"
     shell: "touch {output}"
 
 rule curated_ingest:
@@ -213,21 +222,30 @@ rule curated_caption:
     output: "results/curated_caption/{cshard}.parquet", "results/curated_caption/{cshard}.stats.json"
     shell: "touch {output}"
 
-rule curated_enhance:
+rule curated_guard:
     input: "results/curated_caption/{cshard}.parquet"
-    output: "results/curated_enhance/{cshard}.parquet", "results/curated_enhance/{cshard}.stats.json"
+    output: "results/curated_guard/{cshard}.parquet", "results/curated_guard/{cshard}.stats.json"
     shell: "touch {output}"
 
 rule package_real:
-    input: "results/curated_enhance/{cshard}.parquet", "results/curated_ingest/{cshard}.parquet"
-    output: "results/dataset/real/train-{cshard}.tar", "results/dataset/real/train-{cshard}.parquet",
-            "results/dataset/real/train-{cshard}.stats.json"
+    input: "results/curated_guard/{cshard}.parquet", "results/curated_ingest/{cshard}.parquet"
+    output: "results/package_real/{cshard}.parquet", "results/package_real/{cshard}.stats.json"
+    shell: "touch {output}"
+
+rule assemble:
+    input: lambda w: BY_SUBSET[w.subset]
+    output: "results/assemble/{subset}.json"
     shell: "touch {output}"
 
 rule report:
-    input: STATS, [t.replace(".tar", ".parquet") for t in TARS], "results/dedup/similarity_histogram.json"
+    input: STATS, PACKAGED, "results/dedup/similarity_histogram.json"
     output: "results/report/report.html", "results/report/report.md", "results/report/funnel.json",
             directory("results/report/figures")
+    shell: "touch {output}"
+
+rule dataset_card:
+    input: MANIFESTS, "results/report/funnel.json"
+    output: "results/dataset/README.md"
     shell: "touch {output}"
 '''
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -87,6 +89,18 @@ def test_demo_end_to_end(tmp_path_factory):
 
     report = validate_dataset(dataset)
     assert report.ok, report.summary()
+    # ... and a hand-broken copy of one of its tars (a json with a 16th key) fails, naming the problem.
+    broken = tmp_path_factory.mktemp("broken") / RELEASE_FOLDERS[1]
+    broken.mkdir()
+    with tarfile.open(next((dataset / RELEASE_FOLDERS[1]).glob("*.tar"))) as src, \
+            tarfile.open(broken / "train-000000.tar", "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name.endswith(".json"):
+                data = json.dumps({**json.loads(data), "seed": 1}).encode()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    assert validate_dataset(broken).counts.get("json_keys")
     assert sorted(p.name for p in dataset.iterdir() if p.is_dir()) == sorted(RELEASE_FOLDERS)
     prompts: dict[str, set[str]] = {}
     subsets_of: dict[str, int] = {}
