@@ -229,3 +229,25 @@ def test_real_subset_from_curated_tables(tmp_path):
         assert meta["prompt_generator"] == meta["enhancer"] == "Qwen2.5-VL-7B-Captioner-Relaxed"
         assert r["subset"] == "real"
         assert np.asarray(Image.open(io.BytesIO(r["jpg"]))).shape == (60, 80, 3)
+
+
+def test_rows_that_cannot_ship_keep_their_id_and_reason(tmp_path):
+    base = {k: v for k, v in image_row("pe_ar", 0).items() if k != "image"}
+    image = image_row("pe_ar", 0)["image"]
+    rows = [
+        base,
+        {**base, "sample_id": "pe_ar-00001-000099"},  # another record, the same prompt id: the same key
+        {**base, "id": "00001-000001", "sample_id": "pe_ar-00001-000001", "prompt": "  "},
+        {**base, "id": "00001-000002", "sample_id": "pe_ar-00001-000002", "prompt_used": " \n"},
+        {**base, "id": "00001-000003", "sample_id": "pe_ar-00001-000003"},
+    ]
+    images = {r["sample_id"]: image for r in rows}
+    images["pe_ar-00001-000003"] = b"not an image"
+    out = tmp_path / "package.parquet"
+    stats = package.package_rows(rows, images, subset="pe_ar", shard="00001", seed=SEED, out_path=out,
+                                 stats_path=shards.stats_path(out), settings={})
+    got = {r["id"]: r["drop_reason"] for r in pq.read_table(out).to_pylist()}
+    assert got == {"pe_ar-00001-000000": None, "pe_ar-00001-000099": "duplicate_key",
+                   "pe_ar-00001-000001": "empty_prompt", "pe_ar-00001-000002": "empty_txt",
+                   "pe_ar-00001-000003": "bad_image"}
+    assert stats.records_in == 5 and stats.kept == 1
