@@ -1,11 +1,11 @@
 # Section 4 and appendix A: the funnel (from every stage's stats JSON), the distribution tables and figures
-# (from the packaged dataset's parquet indexes) and the dedup similarity histogram. Cheap: it reads small
-# files only, so it reruns whenever any stage finishes a shard.
+# (from the small columns of the package tables: never the image bytes) and the dedup similarity histogram.
+# Cheap, so it reruns whenever any stage finishes a shard.
 #
 # `report_inputs` (rules/common.smk) returns the named lists
 #   stats: every *.stats.json of every stage (specs, prompts, embed, dedup, guard, attributes, enhance,
-#          generate per subset, pair_filter per subset, curated_*, package),
-#   indexes: results/dataset/{subset}/train-{shard}.parquet for every packaged shard,
+#          generate per subset, pair_filter per subset, curated_*, package, package_real),
+#   indexes: results/package/{subset}/{shard}.parquet and results/package_real/{cshard}.parquet,
 #   similarity_histogram: ["results/dedup/similarity_histogram.json"] (or [] when dedup writes none).
 
 
