@@ -16,7 +16,8 @@ rule assemble:
         "../envs/cpu.yaml"
     threads: 1
     resources:
-        mem_mb=config["package"]["assemble_memory_mb"] * 2 + 2000,
+        # about 2 x package.assemble_memory_mb (4096) + 1 GB at peak (benchmarks/assemble.py); raise both together
+        mem_mb=12000,
         runtime=240,
     params:
         dataset_dir=lambda wildcards: f"results/dataset/{release.folder_of(wildcards.subset)}",
