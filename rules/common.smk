@@ -7,7 +7,7 @@ import os
 
 from finet2i import pipeline, release
 from finet2i.codehash import script_fingerprint
-from finet2i.config import output_settings
+from finet2i.config import output_settings, source_path
 
 SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
 CURATED_SHARDS = [f"{i:05d}" for i in range(config["curated"]["shards"])]

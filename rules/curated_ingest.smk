@@ -5,7 +5,7 @@
 
 rule curated_ingest:
     input:
-        sources=config["curated"]["sources"],
+        sources=[source_path(s) for s in config["curated"]["sources"]],
     output:
         table="results/curated_ingest/{cshard}.parquet",
         stats="results/curated_ingest/{cshard}.stats.json",
@@ -20,6 +20,7 @@ rule curated_ingest:
         mem_mb=16000,
         runtime=360,
     params:
+        sources=config["curated"]["sources"],  # with the names the dataset records (image_generator)
         n_shards=config["curated"]["shards"],
         max_pixels=config["curated"]["max_pixels"],
         min_side=config["curated"]["min_side"],

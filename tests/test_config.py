@@ -90,3 +90,11 @@ def test_schema_ships_inside_the_package():
 
     shipped = resources.files("finet2i") / "schema" / "config.schema.yaml"
     assert shipped.is_file() and Path(str(shipped)).resolve() == SCHEMA_PATH
+
+
+def test_a_curated_source_may_carry_a_name(demo_config):
+    demo_config["curated"]["sources"] = [{"path": demo_config["curated"]["sources"][0], "name": "pexels"}]
+    check(demo_config)
+    demo_config["curated"]["sources"] = [{"path": "resources/demo/real-images", "name": "my photos/2"}]
+    with pytest.raises(Exception, match="curated.sources"):
+        check(demo_config)

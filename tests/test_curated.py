@@ -355,3 +355,18 @@ def test_score_loads_the_real_aesthetic_predictor_from_model_specs(tmp_path):
     assert [r["aesthetic_predictor_v_2_5_score"] for r in rows] == pytest.approx(reference, abs=1e-4)
     assert stats.kept == 2 and stats.dropped == {"low_aesthetic": 2}
     assert stats.model and stats.extra["threshold"] == threshold
+
+
+def test_a_named_source_is_what_the_dataset_records(tmp_path):
+    """{path, name}: the release's image_generator for real images is the platform (pexels), not a folder."""
+    folder = tmp_path / "downloads-2026-03"
+    folder.mkdir()
+    photo = Image.fromarray(skimage.data.coffee()).resize((80, 60))
+    photo.save(folder / "1234.jpg", "JPEG")
+    out = tmp_path / "ingest.parquet"
+    curated_ingest.run_curated_ingest([{"path": str(folder), "name": "pexels"}], out, cshard="00000", n_shards=1,
+                                      settings={"min_side": 32}, stats_path=shards.stats_path(out))
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["source"], r["locator"], r["kept"]) for r in rows] == [("pexels", "1234.jpg", True)]
+    unnamed = curated_ingest.items_for_shard([str(folder)], "00000", 1)
+    assert [it.source for it in unnamed] == ["downloads-2026-03"]

@@ -5,7 +5,7 @@ from finet2i.workflow import adapter
 def main(smk) -> None:
     run = adapter(smk)
     # Downloads wait on the network, not the CPU: several fetches per declared thread.
-    run_curated_ingest(list(smk.input.sources), smk.output.table, cshard=run.shard,
+    run_curated_ingest(list(smk.params.sources), smk.output.table, cshard=run.shard,
                        n_shards=int(smk.params.n_shards), settings=run.section("curated"),
                        stats_path=smk.output.stats, workers=4 * run.threads)
 

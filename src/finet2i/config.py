@@ -117,7 +117,8 @@ def _semantic_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
         p = base_dir / config[key]
         if not p.exists():
             yield f"config key {key}: file {p} does not exist"
-    for i, src in enumerate((config.get("curated") or {}).get("sources") or []):
+    for i, entry in enumerate((config.get("curated") or {}).get("sources") or []):
+        src = source_path(entry)
         if "://" in src:
             yield (f"config key curated.sources[{i}]: {src} is a URL; a source is a local folder of images or a "
                    f"local file with one URL per line (put the URL in such a file)")
@@ -143,11 +144,17 @@ def _taxonomy_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
         yield f"config key taxonomy ({p}): {e}"
 
 
+def source_path(entry: Any) -> str:
+    """The path of a curated.sources entry (``"path"`` or ``{path: ..., name: ...}``)."""
+    return str(entry["path"]) if isinstance(entry, dict) else str(entry)
+
+
 def missing_sources(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[str]:
     """Messages for every curated source (folder or URL-list file) that does not exist."""
     out = []
     if config.get("curated", {}).get("enabled", True):
-        for i, src in enumerate(config["curated"].get("sources", [])):
+        for i, entry in enumerate(config["curated"].get("sources", [])):
+            src = source_path(entry)
             if "://" not in src and not (Path(base_dir) / src).exists():
                 out.append(f"config key curated.sources[{i}]: {src} does not exist (a folder of images or a "
                            f"file with one URL per line)")

@@ -125,8 +125,19 @@ class SourceItem:
     detail: str | None = None
 
 
-def source_name(source: str) -> str:
-    p = Path(source.rstrip("/"))
+Source = str | Mapping[str, str]  # a curated.sources entry: "path", or {path: ..., name: ...}
+
+
+def source_path(source: Source) -> str:
+    return str(source["path"]) if isinstance(source, Mapping) else source
+
+
+def source_name(source: Source) -> str:
+    """What the dataset records as a real image's ``image_generator``: the entry's ``name`` (``pexels``), else
+    the folder's name, else the URL-list file's stem."""
+    if isinstance(source, Mapping) and source.get("name"):
+        return str(source["name"])
+    p = Path(source_path(source).rstrip("/"))
     return p.name if p.is_dir() else p.stem
 
 
@@ -202,19 +213,19 @@ def _list_file(name: str, prefix: str, p: Path) -> list[SourceItem]:
     return items
 
 
-def list_source(source: str, prefix: str | None = None) -> tuple[list[SourceItem], int]:
+def list_source(source: Source, prefix: str | None = None) -> tuple[list[SourceItem], int]:
     """The items of one ``curated.sources`` entry and how many hidden names it skipped.
 
     ``prefix`` names the source in file keys (default: its name; :func:`items_for_shard` makes it unique when
     two sources share a name, e.g. ``a/pexels`` and ``b/pexels``).
     """
-    p = Path(source)
+    p = Path(source_path(source))
     name = source_name(source)
     if p.is_dir():
         return _list_folder(name, prefix or name, p.resolve())
     if p.is_file():
         return _list_file(name, prefix or name, p), 0
-    raise FileNotFoundError(f"curated.sources: {source!r} is neither a folder nor a URL-list file; "
+    raise FileNotFoundError(f"curated.sources: {source_path(source)!r} is neither a folder nor a URL-list file; "
                             f"fix the path in the config (paths are relative to the working directory)")
 
 
@@ -224,13 +235,14 @@ def shard_of(key: str, n_shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % n_shards
 
 
-def items_for_shard(sources: Sequence[str], cshard: str | int, n_shards: int) -> list[SourceItem]:
+def items_for_shard(sources: Sequence[Source], cshard: str | int, n_shards: int) -> list[SourceItem]:
     """This shard's items, in key order. An item listed again (same key) keeps its row, dropped as
     ``duplicate_listing``; two sources with the same name get distinct keys (the second is ``name#2``)."""
     return _items_for_shard(sources, cshard, n_shards)[0]
 
 
-def _items_for_shard(sources: Sequence[str], cshard: str | int, n_shards: int) -> tuple[list[SourceItem], int]:
+def _items_for_shard(sources: Sequence[Source], cshard: str | int,
+                     n_shards: int) -> tuple[list[SourceItem], int]:
     if n_shards < 1:
         raise ValueError(f"curated.shards must be >= 1, got {n_shards}")
     want = int(cshard)
@@ -291,7 +303,7 @@ def ingest_record(item: SourceItem, fetched: Fetched, *, cshard: str, index: int
     return shards.mark(rec, None)
 
 
-def run_curated_ingest(sources: Sequence[str], out_path: str | os.PathLike[str], *, cshard: str,
+def run_curated_ingest(sources: Sequence[Source], out_path: str | os.PathLike[str], *, cshard: str,
                        n_shards: int, settings: Mapping[str, Any], stats_path: str | os.PathLike[str],
                        workers: int = 16) -> shards.StageStats:
     """Ingest one curated shard: every item gets a row (kept with JPEG bytes, or its drop reason)."""
