@@ -59,10 +59,16 @@ def test_fetch_models_pin_rewrites_the_production_config(tmp_path, monkeypatch):
     hub_ids = [config["models"][k]["id"] for k in used_model_keys(config) if "id" in config["models"][k]]
     assert unpinned_models(config), "the shipped config is expected to name branches until someone pins it"
     _fake_hub_cache(tmp_path / "hub", hub_ids)
+    # the V2.5 head (a local file, not on the hub) is there already: nothing to download, no license to accept
+    head = tmp_path / "aesthetic_predictor_v2_5.pth"
+    head.write_bytes(b"")
+    overlay = tmp_path / "head.yaml"
+    overlay.write_text(yaml.safe_dump({"models": {"aesthetic_head": {"path": str(head)}}}))
     # a process of its own: huggingface_hub reads its cache location once, at import
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([str(Path(sys.executable).with_name("finet2i")), "fetch-models", "--pin",
-                             str(config_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                             str(config_path), str(overlay)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(set(hub_ids))} revision(s) pinned" in result.stdout, result.stdout
     pinned = load_config(config_path, check_models=False)

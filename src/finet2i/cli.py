@@ -53,38 +53,50 @@ def check_config(configfiles: tuple[str, ...], no_models: bool) -> None:
 @click.argument("configfiles", nargs=-1, type=click.Path(exists=True), required=True)
 @click.option("--pin", is_flag=True,
               help="Write the commit each revision resolved to back into the config file that names it.")
-def fetch_models(configfiles: tuple[str, ...], pin: bool) -> None:
-    """Download every hub model the config names (its revision) into the Hugging Face cache.
+@click.option("--accept-license", "accepted", multiple=True, metavar="KEY",
+              help="Accept the license of the file model under models.KEY (e.g. aesthetic_head: AGPL-3.0) so "
+                   "that it is downloaded; repeatable.")
+@click.option("--dry-run", is_flag=True,
+              help="List what would be fetched (and which hub repositories are gated) without downloading.")
+def fetch_models(configfiles: tuple[str, ...], pin: bool, accepted: tuple[str, ...], dry_run: bool) -> None:
+    """Download every model the config names: hub models (their revision) into the Hugging Face cache, and
+    missing local files that have a known or configured url (models.aesthetic_head: the published Aesthetic
+    Predictor V2.5 head, AGPL-3.0, only with --accept-license aesthetic_head).
 
-    Run once on a node with network (a login node); jobs never download. With --pin, a branch such as
-    `main` is replaced in the config by the commit that was downloaded, so that the run is reproducible and
-    a later change of weights reruns the stages that use them."""
-    from huggingface_hub import snapshot_download
+    Run once on a node with network (a login node); jobs never download. Gated hub repositories (Llama 3.1,
+    Llama Guard 3) need their license accepted on their hub page and a token in HF_TOKEN. A model that cannot
+    be fetched is reported and the others are still fetched; the command then exits 1 with what is missing
+    and how to get it. With --pin, a branch such as `main` is replaced in the config by the commit that was
+    downloaded, so that the run is reproducible and a later change of weights reruns the stages that use them."""
+    from huggingface_hub import constants
 
     from finet2i.config import load_config, used_model_keys
+    from finet2i.fetch import fetch_models as fetch
     from finet2i.models import pin_revision_text
 
     config = load_config(*configfiles, check_models=False)
-    commits: dict[str, str] = {}
-    for key in used_model_keys(config):
-        spec = config["models"][key]
-        if "id" in spec:
-            folder = Path(snapshot_download(spec["id"], revision=spec.get("revision")))
-            commits[spec["id"]] = folder.name  # the cache keeps each snapshot under its commit hash
-            click.echo(f"models.{key}: {spec['id']}@{spec.get('revision')} -> {folder.name}")
-        else:
-            click.echo(f"models.{key}: local {spec['path']} (not fetched)")
-    if not pin:
+    unknown = sorted({a.removeprefix("models.") for a in accepted} - set(config["models"]))
+    if unknown:
+        raise click.BadParameter(f"no such model key: {', '.join(unknown)}", param_hint="--accept-license")
+    report = fetch(config, used_model_keys(config), accepted=accepted, dry_run=dry_run,
+                   online=not constants.HF_HUB_OFFLINE, echo=click.echo)
+    if dry_run:
         return
-    for path in configfiles:
-        text = original = Path(path).read_text()
-        changed = 0
-        for model_id, commit in commits.items():
-            text, n = pin_revision_text(text, model_id, commit)
-            changed += n
-        if text != original:
-            Path(path).write_text(text)
-        click.echo(f"{path}: {changed} revision(s) pinned")
+    if pin:
+        for path in configfiles:
+            text = original = Path(path).read_text()
+            changed = 0
+            for model_id, commit in report.commits.items():
+                text, n = pin_revision_text(text, model_id, commit)
+                changed += n
+            if text != original:
+                Path(path).write_text(text)
+            click.echo(f"{path}: {changed} revision(s) pinned")
+    if report.missing:
+        click.echo(f"\n{len(report.missing)} model(s) not fetched; to get them:")
+        for item in report.missing:
+            click.echo(f"  - {item}")
+        sys.exit(1)
 
 
 @main.command("demo")

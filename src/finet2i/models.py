@@ -1,8 +1,9 @@
 """How a stage names a model: a local path, or a hub id pinned to a revision.
 
-Nothing here downloads anything. ``finet2i fetch-models`` (run once on a node with network) fills the
-Hugging Face cache; at run time every model must already be local, and a missing one is an error that names
-the config key before any job is submitted (see :func:`finet2i.config.check_available`, the workflow's ``onstart``).
+Nothing here downloads anything. ``finet2i fetch-models`` (run once on a node with network, see
+:mod:`finet2i.fetch`) fills the Hugging Face cache and downloads the few files that are not on the hub; at run
+time every model must already be local, and a missing one is an error that names the config key before any job
+is submitted (see :func:`finet2i.config.check_available`, the workflow's ``onstart``).
 """
 
 from __future__ import annotations
@@ -96,6 +97,15 @@ class ModelSpec:
         """The folder holding the weights; raises :class:`ModelNotAvailable` with what to do."""
         if self.path is not None:
             if not Path(self.path).exists():
+                from finet2i.fetch import KNOWN_FILES
+
+                short = self.key.removeprefix("models.")
+                if short in KNOWN_FILES:
+                    source = KNOWN_FILES[short]
+                    raise ModelNotAvailable(
+                        f"{self.key}: model file {self.path} does not exist; run `finet2i fetch-models "
+                        f"--accept-license {short} <your config>` on a node with network (it downloads "
+                        f"{source.url}, licensed {source.license}), or fix the path in the config")
                 raise ModelNotAvailable(
                     f"{self.key}: model folder {self.path} does not exist; fix the path in the config "
                     f"(or build the demo models with `finet2i demo-models`)")

@@ -1,0 +1,336 @@
+"""What ``finet2i fetch-models`` does for each model a config names, so that every one of them can be obtained.
+
+* Hub models (``{id, revision}``) go into the Hugging Face cache with ``snapshot_download``. Gated repositories
+  (the Llama 3.1 and Llama Guard 3 ones) fail with a message naming the license page to accept and the token
+  variable (``HF_TOKEN``, read by huggingface_hub itself); the token is never printed or written.
+* Local files (``{path, url?, sha256?}``) that are missing are downloaded from their ``url``, or from the
+  published location of a file finet2i knows (:data:`KNOWN_FILES`: the Aesthetic Predictor V2.5 head, AGPL-3.0,
+  fetched only after the user accepts its license by a flag), into a temporary file beside the target that is
+  checked (sha256 when configured, the loader's own validation) and then renamed: a failed or corrupt download
+  never sits under the final name.
+
+Every failure is collected with what to do about it; the caller goes on with the other models and exits
+non-zero at the end. torch and huggingface_hub are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TOKEN_VAR = "HF_TOKEN"
+TOKEN_PAGE = "https://huggingface.co/settings/tokens"
+
+# Hub ids of the shipped production config whose repositories are gated (accept a license on the model's page
+# while logged in, then download with a token of that account). The dry run asks the hub when it can; this list
+# is what it says offline.
+GATED_IDS = frozenset({
+    "meta-llama/Llama-3.1-8B-Instruct",
+    "meta-llama/Llama-Guard-3-8B",
+    "black-forest-labs/FLUX.2-dev",
+})
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Where a model that is a single file (not on the hub) is published, and under which license."""
+
+    url: str
+    license: str
+    license_url: str
+    home: str
+    check: Callable[[Path], None] | None = None  # raises ValueError when the file is not what it should be
+
+
+def check_head_file(path: str | os.PathLike[str], width: int | None = None) -> None:
+    """``path`` is a loadable Aesthetic Predictor V2.5 head state dict: every layer named and shaped as the
+    backend loads it (strictly, with the backend's own loader), over ``width``-wide embeddings when given
+    (1152 for the released head on google/siglip-so400m-patch14-384). Raises ValueError otherwise."""
+    import torch
+
+    from finet2i.backends.aesthetic import load_head
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a corrupt or foreign file
+        raise ValueError(f"{path}: not a loadable torch state dict ({e.__class__.__name__}: {e})") from e
+    found = 0
+    if isinstance(state, dict) and hasattr(state.get("scoring_head.0.weight"), "shape"):
+        found = int(state["scoring_head.0.weight"].shape[-1])
+    try:
+        load_head(path, width or found)
+    except RuntimeError as e:  # load_state_dict: missing or unexpected keys, other shapes
+        raise ValueError(f"{path}: not an Aesthetic Predictor V2.5 head: {e}") from e
+
+
+AESTHETIC_HEAD = FileSource(
+    # The file the upstream package itself downloads (its `URL`), kept in the repository's models/ folder.
+    url="https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/aesthetic_predictor_v2_5.pth",
+    license="AGPL-3.0",
+    license_url="https://github.com/discus0434/aesthetic-predictor-v2-5/blob/main/LICENSE",
+    home="https://github.com/discus0434/aesthetic-predictor-v2-5",
+    check=lambda p: check_head_file(p, 1152),
+)
+
+# Config keys (under models:) of files finet2i knows how to get when their path is missing.
+KNOWN_FILES: dict[str, FileSource] = {"aesthetic_head": AESTHETIC_HEAD}
+
+
+class DownloadRejected(RuntimeError):
+    """A download that failed or is not the file it should be; nothing was left under the target name."""
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str | None = None,
+                  check: Callable[[Path], None] | None = None, timeout: float = 60.0) -> str:
+    """Download ``url`` to ``dest`` through a temporary file in dest's folder, verified (``sha256``, then
+    ``check``) before an atomic rename; returns the file's sha256. Raises :class:`DownloadRejected` (the
+    temporary file removed, ``dest`` untouched) when the transfer fails or the content is not right."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+                for block in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(block)
+                    h.update(block)
+                    size += len(block)
+                out.flush()
+                os.fsync(out.fileno())
+                length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) != size:  # read(n) does not notice a cut
+                raise OSError(f"connection closed after {size} of {length} bytes")
+        except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, cut off, disk full
+            raise DownloadRejected(f"{url}: download failed ({e})") from e
+        digest = h.hexdigest()
+        if sha256 and digest != sha256.lower():
+            raise DownloadRejected(f"{url}: sha256 {digest} does not match the configured {sha256}")
+        if check is not None:
+            try:
+                check(tmp)
+            except ValueError as e:
+                raise DownloadRejected(f"{url}: {e}".replace(str(tmp), "the downloaded file")) from e
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the weights from the other users of a cluster
+        os.replace(tmp, dest)
+        return digest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def redact(text: str) -> str:
+    """``text`` without the Hugging Face token, should a library message ever contain it."""
+    token = os.environ.get(TOKEN_VAR)
+    return text.replace(token, "***") if token and len(token) >= 4 else text
+
+
+def license_page(model_id: str) -> str:
+    return f"https://huggingface.co/{model_id}"
+
+
+def gated_advice(model_id: str) -> str:
+    """What to do to download a gated repository (or one this account may not read)."""
+    from huggingface_hub import get_token
+
+    has_token = bool(get_token())
+    now = ("a token is set, but its account has no access yet (license not accepted, request still pending, or "
+           "a fine-grained token without access to public gated repositories)" if has_token else
+           f"no token is set ({TOKEN_VAR} is empty and there is no `hf auth login`)")
+    return (f"{model_id} is gated: open its license page {license_page(model_id)} while logged in to Hugging "
+            f"Face and accept the license (approval may take a while), then run fetch-models again with a read "
+            f"token of that account in the environment variable {TOKEN_VAR} (create one at {TOKEN_PAGE}; or "
+            f"log in once with `hf auth login`); now: {now}")
+
+
+def is_access_error(e: BaseException) -> bool:
+    """A gated repository, or a 401/403 answer: the account (or the missing token) may not read it."""
+    from huggingface_hub.errors import GatedRepoError
+
+    if isinstance(e, GatedRepoError):
+        return True
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    return status in (401, 403)
+
+
+@dataclass
+class FetchReport:
+    """What a fetch did: the lines it printed, the commits it downloaded (for --pin), what is still missing."""
+
+    lines: list[str] = field(default_factory=list)
+    commits: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # "models.<key>: <what to do>"
+
+    def say(self, line: str, echo: Callable[[str], None] | None) -> None:
+        line = redact(line)
+        self.lines.append(line)
+        if echo is not None:
+            echo(line)
+
+    def lack(self, item: str) -> None:
+        self.missing.append(redact(item))
+
+
+def file_source(key: str, value: dict[str, Any]) -> FileSource | None:
+    """The source of a ``{path: ...}`` model: its configured ``url`` (under the known file's license when the
+    key is a known one), else the known published file, else None (nothing can fetch it)."""
+    known = KNOWN_FILES.get(key)
+    url = value.get("url")
+    if url is None:
+        return known
+    if known is not None:
+        return FileSource(url=url, license=known.license, license_url=known.license_url, home=known.home,
+                          check=known.check if url == known.url else (lambda p: check_head_file(p)))
+    return FileSource(url=url, license="", license_url="", home="")
+
+
+def license_notice(key: str, source: FileSource) -> str:
+    return (f"models.{key}: {Path(source.url).name} is licensed {source.license} ({source.license_url}; "
+            f"published at {source.home}). Using it binds you to that license; fetch-models downloads it only "
+            f"with --accept-license {key}")
+
+
+def _hub_status(model_id: str, revision: str | None, online: bool) -> tuple[str, bool | None]:
+    """(what the cache holds, whether the hub says the repository is gated: None when it was not asked)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(model_id, revision=revision, local_files_only=True))
+        cached = f"in the cache ({folder.name})"
+    except Exception:  # noqa: BLE001 - the hub raises several types for "not in cache"
+        cached = "would download into the Hugging Face cache"
+    if not online:
+        return cached, None
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(model_id, timeout=10)
+    return cached, bool(info.gated)
+
+
+def _has_access(model_id: str) -> bool | None:
+    from huggingface_hub import auth_check
+
+    try:
+        auth_check(model_id)
+    except Exception as e:  # noqa: BLE001
+        return False if is_access_error(e) else None
+    return True
+
+
+def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Iterable[str] = (),
+                 dry_run: bool = False, online: bool = True,
+                 echo: Callable[[str], None] | None = None) -> FetchReport:
+    """Fetch (or with ``dry_run`` list) the models under ``config["models"]`` named by ``keys``; one line
+    each through ``echo``. ``accepted``: keys whose license the user accepted (``--accept-license``).
+    ``online``: whether the dry run may ask the hub which repositories are gated (it stops asking at the
+    first failure)."""
+    from huggingface_hub import snapshot_download
+
+    accepted = {a.removeprefix("models.") for a in accepted}
+    report = FetchReport()
+    for key in keys:
+        spec = config["models"][key]
+        name = f"models.{key}"
+        if "id" in spec:
+            model_id, revision = spec["id"], spec.get("revision")
+            if dry_run:
+                gated: bool | None = None
+                try:
+                    cached, gated = _hub_status(model_id, revision, online)
+                except Exception as e:  # noqa: BLE001
+                    if getattr(e, "response", None) is not None and not is_access_error(e):
+                        report.say(f"{name}: {model_id}@{revision}: the hub does not know it "
+                                   f"({e.__class__.__name__}); check the id", echo)
+                        report.lack(f"{name}: {model_id} is not on the hub; check the id")
+                        continue
+                    online = False  # unreachable: stop asking, use the list
+                    cached, gated = _hub_status(model_id, revision, False)
+                source = "the hub says" if gated is not None else "finet2i's list"
+                if gated is None:
+                    gated = model_id in GATED_IDS
+                line = f"{name}: {model_id}@{revision}: {cached}"
+                if gated:
+                    access = _has_access(model_id) if online else None
+                    line += (f"; gated ({source}): accept the license at {license_page(model_id)} while logged in "
+                             f"and set {TOKEN_VAR}")
+                    if access is not None:
+                        line += "; your token has access" if access else "; no access with the current token yet"
+                report.say(line, echo)
+                continue
+            try:
+                folder = Path(snapshot_download(model_id, revision=revision))
+            except Exception as e:  # noqa: BLE001 - collect, go on with the other models
+                if is_access_error(e):
+                    advice = gated_advice(model_id)
+                    report.say(f"{name}: NOT FETCHED: {advice}", echo)
+                    report.lack(f"{name}: {advice}")
+                else:
+                    why = f"{model_id}@{revision}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    report.say(f"{name}: NOT FETCHED: {why}", echo)
+                    report.lack(f"{name}: {why}; check the id and revision and that this node reaches the hub "
+                                f"(HF_HUB_OFFLINE unset, HF_ENDPOINT, a proxy), then rerun fetch-models")
+                continue
+            report.commits[model_id] = folder.name  # the cache keeps each snapshot under its commit hash
+            report.say(f"{name}: {model_id}@{revision} -> {folder.name}", echo)
+            continue
+
+        path = Path(spec["path"])
+        wanted = spec.get("sha256")
+        if path.exists():
+            if wanted and path.is_file():
+                digest = sha256_of(path)
+                if digest != wanted.lower():
+                    report.say(f"{name}: {path} has sha256 {digest}, not the configured {wanted}", echo)
+                    report.lack(f"{name}: {path} is not the configured file (sha256 mismatch); remove it and rerun "
+                                f"fetch-models, or correct {name}.sha256")
+                    continue
+            report.say(f"{name}: local {path} (present)", echo)
+            continue
+        source = file_source(key, spec)
+        if source is None:
+            report.say(f"{name}: local {path} is missing and nothing can fetch it", echo)
+            report.lack(f"{name}: put the model at {path} (or set {name}.url to where it can be downloaded)")
+            continue
+        needs_consent = bool(source.license)
+        if dry_run:
+            line = f"{name}: would download {source.url} -> {path}"
+            if needs_consent:
+                line += (f" ({source.license}, {source.home}; "
+                         + ("license accepted" if key in accepted else f"needs --accept-license {key}") + ")")
+            report.say(line, echo)
+            continue
+        if needs_consent and key not in accepted:
+            report.say(license_notice(key, source), echo)
+            report.say(f"{name}: NOT FETCHED: its license was not accepted", echo)
+            report.lack(f"{name}: read the {source.license} license at {source.license_url}, then rerun with "
+                        f"--accept-license {key} (or put the file at {path} yourself)")
+            continue
+        if needs_consent:
+            report.say(f"{name}: license {source.license} ({source.license_url}) accepted by --accept-license", echo)
+        try:
+            digest = download_file(source.url, path, sha256=wanted, check=source.check)
+        except DownloadRejected as e:
+            report.say(f"{name}: NOT FETCHED: {e}", echo)
+            report.lack(f"{name}: {e}; rerun fetch-models, or download it yourself to {path}")
+            continue
+        pin = "" if wanted else f"; add `sha256: {digest}` to {name} to pin it"
+        report.say(f"{name}: {source.url} -> {path} (sha256 {digest}{pin})", echo)
+    return report
