@@ -14,8 +14,9 @@ list fails to cast and the folder does not load. So the fewest samples that toge
 json key that has one anywhere in the subset (usually one) come first, then the rest in key order.
 
 **Incremental.** A tar's *content digest* hashes its samples' keys and digests (sha256 of jpg, json, txt,
-computed by package). Planning reads only the ``key``/``digest`` columns. A tar whose stats JSON records the
-same digest, with the tar and index on disk at the recorded size, is left alone; any other is rewritten
+computed by package). Planning reads only the small ``key``, ``digest``, ``id`` and ``nonnull`` columns.
+A tar whose stats JSON records the same digest, with the tar and index on disk at the recorded size, is left
+alone; any other is rewritten
 (tar, then index, then stats last: the stats mark a complete tar). Tars past the new last one are removed.
 So a rerun with unchanged samples rewrites nothing; a changed sample rewrites its tar only; a sample added
 or dropped shifts the samples after it, so the tars from that position to the end are rewritten
@@ -112,7 +113,8 @@ def plan_tars(table: pa.Table, samples_per_tar: int) -> tuple[list[PlannedTar], 
         unique.append((key, digests[i], files[i]))
         unique_masks.append(masks[i] or 0)
     first = type_witnesses(unique_masks)
-    unique = [unique[i] for i in first] + [u for i, u in enumerate(unique) if i not in set(first)]
+    moved = set(first)
+    unique = [unique[i] for i in first] + [u for i, u in enumerate(unique) if i not in moved]
     planned = []
     for start in range(0, len(unique), samples_per_tar):
         chunk = unique[start:start + samples_per_tar]
