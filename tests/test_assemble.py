@@ -53,6 +53,13 @@ def test_layout_names_sizes_members_and_indexes(tmp_path):
         index = pq.read_table(tar.with_suffix(".parquet")).to_pylist()
         assert [r["id"] for r in index] == keys and {r["tar"] for r in index} == {t["tar"]}
         assert all(r["prompt_id"] and r["record_id"].startswith(SUBSET) for r in index)
+        # Each member's offset and size in the index point at exactly its bytes (readers seek, never scan).
+        data = tar.read_bytes()
+        with tarfile.open(tar) as tf:
+            for r in index:
+                for ext in release.MEMBERS:
+                    at, size = r[f"{ext}_offset"], r[f"{ext}_size"]
+                    assert data[at:at + size] == tf.extractfile(f"{r['id']}.{ext}").read(), (r["id"], ext)
         stats = json.loads((folder / t["tar"].replace(".tar", ".stats.json")).read_text())
         assert stats["samples"] == len(keys) and stats["tar_bytes"] == tar.stat().st_size
         all_keys += keys

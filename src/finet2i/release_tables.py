@@ -26,5 +26,8 @@ ORIGIN_FIELDS = [
     pa.field("subcategory", pa.string()),
     pa.field("provenance", pa.string()),  # JSON: every other upstream column (seeds, verdicts, raw answers)
 ]
+# Where each member's bytes lie in the tar (offset of the data, past its header; size in bytes), so a reader
+# (``finet2i explore``) seeks straight to an image instead of scanning the tar: jpg_offset, jpg_size, ...
+MEMBER_FIELDS = [pa.field(f"{ext}_{what}", pa.int64()) for ext in release.MEMBERS for what in ("offset", "size")]
 # One row per sample of a release tar, in tar order.
-INDEX_SCHEMA = pa.schema([*RELEASE_FIELDS, *ORIGIN_FIELDS, pa.field("tar", pa.string())])
+INDEX_SCHEMA = pa.schema([*RELEASE_FIELDS, *ORIGIN_FIELDS, pa.field("tar", pa.string()), *MEMBER_FIELDS])

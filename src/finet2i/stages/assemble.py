@@ -2,7 +2,8 @@
 
 Input: every ``results/package/{subset}/*.parquet`` (or ``package_real``) table, one per pipeline shard, each
 sorted by key. Output: ``results/dataset/<release folder>/train-%06d.tar`` with, beside each, its parquet index
-(one row per sample, in tar order: the 15 keys, where the sample came from, its provenance) and a stats JSON;
+(one row per sample, in tar order: the 15 keys, where the sample came from, its provenance, and each member's
+offset and size in the tar) and a stats JSON;
 and the job's manifest, ``results/assemble/{subset}.json`` (the rule's one declared output).
 
 **Order.** All kept samples of the subset, sorted by key (a uuid: a uniform, seeded shuffle that does not
@@ -49,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from finet2i import release, shards
-from finet2i.release_tables import INDEX_SCHEMA
+from finet2i.release_tables import INDEX_SCHEMA, MEMBER_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ STAGE = "assemble"
 TAR_MTIME = 1_767_225_600  # 2026-01-01T00:00:00Z: a fixed date, so reruns produce identical bytes
 DUPLICATE_KEY = "duplicate_key"  # the same key from two shards (real images listed twice): first shard wins
 
-_INDEX_FROM_STAGING = [f.name for f in INDEX_SCHEMA if f.name not in ("id", "tar")]
+_WRITTEN_HERE = {"id", "tar", *(f.name for f in MEMBER_FIELDS)}  # index columns assemble fills, not package
+_INDEX_FROM_STAGING = [f.name for f in INDEX_SCHEMA if f.name not in _WRITTEN_HERE]
 _OWN_FILE = re.compile(r"^train-(\d{6})\.(tar|parquet|stats\.json)$")
 _TEMP_FILE = re.compile(r"^\.train-\d{6}\.(tar|parquet|stats\.json)\..*\.tmp$")
 
@@ -170,20 +172,29 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_tar(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, int]]:
     """Members ``<key>.jpg``, ``<key>.json``, ``<key>.txt`` per sample, in the given order; fixed metadata, so
-    the same samples always give the same bytes."""
+    the same samples always give the same bytes. Returns, per sample, where each member's data lies in the tar
+    (``jpg_offset``, ``jpg_size``, ...: the index records them so readers can seek instead of scanning)."""
+    where: list[dict[str, int]] = []
     with shards.atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for r in rows:
+            at: dict[str, int] = {}
             for ext, data in (("jpg", r["jpg"]), ("json", r["json"].encode("utf-8")),
                               ("txt", r["txt"].encode("utf-8"))):
-                tar.addfile(_tarinfo(f"{r['key']}.{ext}", len(data)), io.BytesIO(data))
+                info = _tarinfo(f"{r['key']}.{ext}", len(data))
+                at[f"{ext}_offset"] = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
+                at[f"{ext}_size"] = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            where.append(at)
+    return where
 
 
 def write_one(folder: Path, tar: PlannedTar, rows: Sequence[dict[str, Any]], *, subset: str) -> dict[str, Any]:
     tar_path = folder / tar.name
-    write_tar(tar_path, rows)
-    index = [{"id": r["key"], **{c: r.get(c) for c in _INDEX_FROM_STAGING}, "tar": tar.name} for r in rows]
+    where = write_tar(tar_path, rows)
+    index = [{"id": r["key"], **{c: r.get(c) for c in _INDEX_FROM_STAGING}, "tar": tar.name, **at}
+             for r, at in zip(rows, where, strict=True)]
     shards.write_table(tar_path.with_suffix(".parquet"), pa.Table.from_pylist(index, schema=INDEX_SCHEMA))
     stats = {"stage": STAGE, "subset": subset, "folder": folder.name, "tar": tar.name, "samples": len(rows),
              "tar_bytes": tar_path.stat().st_size, "content_digest": tar.digest,
