@@ -1,0 +1,464 @@
+"""What the explorer asks of a run's outputs, as DuckDB queries over its parquet files.
+
+**Samples.** Every release index (``results/dataset/<folder>/train-NNNNNN.parquet``, one row per sample in tar
+order) is loaded once into a DuckDB table ``samples`` with the columns the grid filters, searches and shows
+(prompts, facets, score, where the image lies in the tar); provenance stays in the parquet files and is read for
+one sample when its detail view opens (one row group of one index). The table lives in a DuckDB file in the
+cache folder, keyed by the indexes' names, sizes and mtimes: the next start on the same outputs opens it
+instead of reading the indexes again (at 6M samples reading them takes minutes; opening the file, a moment).
+
+**Dropped records.** A stage's record tables (``results/<stage>/[<subset>/]<shard>.parquet``) are queried in
+place, never loaded: the rows with ``kept = false``, grouped by ``drop_reason``, one page at a time. A stage's
+*evidence* is the columns its table adds to its upstream's (dedup: ``duplicate_of``, ``similarity``; guard:
+``guard_verdict``, ``guard_categories``, ``guard_raw``; pair_filter: the judge's reasoning and answer), so a
+new stage gets its evidence shown without a line here. The image of a dropped record is read from the nearest
+table at or above the stage that holds ``image`` bytes (generate for the judge, curated_ingest for real photos).
+
+Stage names and order come from ``finet2i.pipeline``; the funnel is ``finet2i.reporting.funnel.read_stats``
+over the same stats JSONs the report reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finet2i import pipeline, release
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 48
+DROPPED_PAGE_SIZE = 24
+INDEX_GLOB = "dataset/*/train-*.parquet"
+_SHARD_TABLE = re.compile(r"^[A-Za-z0-9_-]+\.parquet$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
+
+class ExploreError(ValueError):
+    """A request or an outputs folder the explorer cannot serve; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Facet:
+    param: str  # URL parameter
+    label: str
+    column: str  # column of the samples table
+
+
+FACETS: tuple[Facet, ...] = (
+    Facet("subset", "subset", "subset"),
+    Facet("category", "category", "category"),
+    Facet("subcategory", "sub-category", "subcategory"),
+    Facet("style", "style", "style"),
+    Facet("task", "task", "task_label"),
+    Facet("generator", "image generator", "image_generator"),
+    Facet("aspect", "aspect ratio", "image_aspect_ratio"),
+    Facet("prompt_used", "prompt used", "prompt_used"),
+)
+FACET_BY_PARAM = {f.param: f for f in FACETS}
+ORDERS = {"": "rid", "score": "score DESC NULLS LAST, rid", "-score": "score ASC NULLS LAST, rid"}
+
+
+def _number(params: Mapping[str, str], key: str) -> float | None:
+    raw = (params.get(key) or "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ExploreError(f"{key}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Query:
+    """The grid's filters, as they travel in the URL."""
+
+    facets: tuple[tuple[str, str], ...] = ()  # (param, value), sorted
+    text: str = ""
+    min_score: float | None = None
+    max_score: float | None = None
+    order: str = ""
+    page: int = 0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> Query:
+        facets = tuple(sorted((k, v) for k, v in params.items() if k in FACET_BY_PARAM and v != ""))
+        order = params.get("order", "")
+        if order not in ORDERS:
+            raise ExploreError(f"order={order!r}: expected one of {sorted(ORDERS)}")
+        try:
+            page = max(0, int(params.get("page") or 0))
+        except ValueError:
+            raise ExploreError(f"page={params.get('page')!r} is not a page number") from None
+        return cls(facets, (params.get("q") or "").strip(), _number(params, "min_score"),
+                   _number(params, "max_score"), order, page)
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """URL parameters of this query with ``changes`` applied (None or "" removes a parameter)."""
+        out: dict[str, Any] = dict(self.facets)
+        out.update({"q": self.text, "min_score": self.min_score, "max_score": self.max_score,
+                    "order": self.order, "page": self.page or None})
+        out.update(changes)
+        return {k: str(v) for k, v in out.items() if v not in (None, "")}
+
+    def value(self, param: str) -> str:
+        return dict(self.facets).get(param, "")
+
+
+@dataclass
+class SamplePage:
+    total: int
+    rows: list[dict[str, Any]]
+    facet_counts: dict[str, list[tuple[str, int]]]  # param -> [(value, count)], most first
+    page: int
+    pages: int
+
+
+@dataclass
+class DroppedPage:
+    stage: str
+    reasons: list[dict[str, Any]]  # {"subset", "reason", "count"}
+    reason: str | None
+    subset: str | None
+    total: int  # records with the selected reason (and subset)
+    rows: list[dict[str, Any]]
+    evidence: list[str]  # columns shown as evidence
+    image_stage: str | None  # the stage whose table holds the image bytes of these records
+    page: int
+    pages: int
+    duplicates: dict[str, str] = field(default_factory=dict)  # duplicate_of id -> its prompt (dedup)
+
+
+def _esc(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _files_sql(paths: Sequence[Path]) -> str:
+    return "[" + ", ".join(f"'{_esc(p)}'" for p in paths) + "]"
+
+
+class Catalog:
+    """A run's outputs (``results_dir``), queryable. One per server; thread-safe (a cursor per query)."""
+
+    def __init__(self, results_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str]) -> None:
+        import duckdb
+
+        self.root = Path(results_dir).resolve()
+        if not self.root.is_dir():
+            raise ExploreError(f"{results_dir}: no such folder; give the results folder of a run "
+                               f"(the one holding dataset/ and the stage folders)")
+        self.cache = Path(cache_dir)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.index_files = sorted(self.root.glob(INDEX_GLOB))
+        self._lock = threading.Lock()
+        self._describe: dict[tuple[str, ...], list[str]] = {}
+        self.con = duckdb.connect(str(self._samples_db()), read_only=True)
+        self.subset_codes = sorted({f for f in self._scalar_list("SELECT DISTINCT subset FROM samples") if f})
+
+    # ------------------------------------------------------------------------------------------------------
+    # Loading
+
+    def _samples_db(self) -> Path:
+        h = hashlib.sha256(str(self.root).encode())
+        for p in self.index_files:
+            st = p.stat()
+            h.update(f"{p.relative_to(self.root)} {st.st_size} {st.st_mtime_ns}\n".encode())
+        db = self.cache / f"samples-{h.hexdigest()[:16]}.duckdb"
+        if not db.exists():
+            self._build(db)
+        return db
+
+    def _build(self, db: Path) -> None:
+        import duckdb
+
+        tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        con = duckdb.connect(str(tmp))
+        try:
+            if not self.index_files:
+                log.warning("%s: no release index (%s); the grid will be empty", self.root, INDEX_GLOB)
+                con.execute("CREATE TABLE samples (rid BIGINT, folder VARCHAR, tar VARCHAR, row BIGINT, "
+                            "id VARCHAR, subset VARCHAR, prompt VARCHAR, enhanced_prompt VARCHAR, text VARCHAR, "
+                            "category VARCHAR, subcategory VARCHAR, style VARCHAR, task_label VARCHAR, "
+                            "image_generator VARCHAR, image_aspect_ratio VARCHAR, prompt_used VARCHAR, "
+                            "score DOUBLE, jpg_offset BIGINT, jpg_size BIGINT)")
+            else:
+                con.execute(f"CREATE TABLE samples AS {self._samples_select(con)}")
+            con.close()
+            os.replace(tmp, db)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("explore: %d index files loaded into %s", len(self.index_files), db)
+
+    def _samples_select(self, con: Any) -> str:
+        src = f"read_parquet({_files_sql(self.index_files)}, filename=true, file_row_number=true, union_by_name=true)"
+        names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+
+        def col(name: str, sql_type: str) -> str:
+            return name if name in names else f"NULL::{sql_type}"
+
+        folder = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+$', 1)"
+        by_folder = " ".join(f"WHEN '{f}' THEN '{s}'" for f, s in release.FOLDERS.items())
+        task = col("task", "VARCHAR[]")
+        return f"""
+            SELECT row_number() OVER (ORDER BY filename, file_row_number) AS rid,
+                   {folder} AS folder,
+                   regexp_extract(filename, '([^/\\\\]+)\\.parquet$', 1) || '.tar' AS tar,
+                   file_row_number AS row, id,
+                   coalesce({col('subset', 'VARCHAR')}, CASE {folder} {by_folder} END) AS subset,
+                   prompt, {col('enhanced_prompt', 'VARCHAR')} AS enhanced_prompt,
+                   lower(coalesce(prompt, '') || ' ' || coalesce({col('enhanced_prompt', 'VARCHAR')}, '')) AS text,
+                   trim(split_part({col('prompt_category', 'VARCHAR')}, ':', 1)) AS category,
+                   {col('subcategory', 'VARCHAR')} AS subcategory, {col('style', 'VARCHAR')} AS style,
+                   CASE WHEN {task} IS NULL OR len({task}) = 0 THEN 'Not Specified'
+                        ELSE array_to_string({task}, ' + ') END AS task_label,
+                   {col('image_generator', 'VARCHAR')} AS image_generator,
+                   {col('image_aspect_ratio', 'VARCHAR')} AS image_aspect_ratio,
+                   CASE WHEN {col('image_generated_with_enhanced_prompt', 'BOOLEAN')} THEN 'enhanced'
+                        ELSE 'original' END AS prompt_used,
+                   {col('aesthetic_predictor_v_2_5_score', 'DOUBLE')} AS score,
+                   {col('jpg_offset', 'BIGINT')} AS jpg_offset, {col('jpg_size', 'BIGINT')} AS jpg_size
+            FROM {src}
+            ORDER BY rid"""
+
+    def _cursor(self) -> Any:
+        with self._lock:
+            return self.con.cursor()
+
+    def _scalar_list(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return [r[0] for r in self._cursor().execute(sql, list(args)).fetchall()]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Samples
+
+    @staticmethod
+    def _where(q: Query, skip: str | None = None) -> tuple[str, list[Any]]:
+        clauses, args = [], []
+        for param, value in q.facets:
+            if param != skip:
+                clauses.append(f"{FACET_BY_PARAM[param].column} = ?")
+                args.append(value)
+        for word in q.text.lower().split():
+            clauses.append("contains(text, ?)")
+            args.append(word)
+        if q.min_score is not None:
+            clauses.append("score >= ?")
+            args.append(q.min_score)
+        if q.max_score is not None:
+            clauses.append("score <= ?")
+            args.append(q.max_score)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def facet_counts(self, q: Query) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+        """The number of samples matching ``q``, and per facet the count of each value. A facet the query sets is
+        counted without its own filter (the other values it could switch to); the rest in one grouped scan."""
+        where, args = self._where(q)
+        free = [f for f in FACETS if not q.value(f.param)]
+        sets = ", ".join(["()"] + [f"({f.column})" for f in free])
+        cols = ", ".join(f.column for f in free) or "NULL"
+        groupings = ", ".join(f"GROUPING({f.column})" for f in free) or "0"
+        rows = self._cursor().execute(
+            f"SELECT {cols}, [{groupings}], count(*) FROM samples{where} GROUP BY GROUPING SETS ({sets})",
+            args).fetchall()
+        counts: dict[str, list[tuple[str, int]]] = {f.param: [] for f in FACETS}
+        total = 0
+        for r in rows:
+            grouping, n = r[-2], r[-1]
+            if all(grouping):
+                total = n
+                continue
+            i = list(grouping).index(0)
+            if r[i] is not None:
+                counts[free[i].param].append((str(r[i]), n))
+        for f in FACETS:
+            if q.value(f.param):
+                where_f, args_f = self._where(q, skip=f.param)
+                counts[f.param] = [(str(v), n) for v, n in self._cursor().execute(
+                    f"SELECT {f.column}, count(*) FROM samples{where_f} GROUP BY 1", args_f).fetchall()
+                    if v is not None]
+        for v in counts.values():
+            v.sort(key=lambda x: (-x[1], x[0]))
+        return total, counts
+
+    def samples(self, q: Query, page_size: int = PAGE_SIZE) -> SamplePage:
+        total, counts = self.facet_counts(q)
+        where, args = self._where(q)
+        cur = self._cursor().execute(
+            f"SELECT rid, folder, id, subset, prompt, enhanced_prompt, prompt_used, score, category, subcategory, "
+            f"style, task_label, image_generator, image_aspect_ratio FROM samples{where} ORDER BY {ORDERS[q.order]} "
+            f"LIMIT ? OFFSET ?", [*args, page_size, q.page * page_size])
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return SamplePage(total, rows, counts, q.page, max(1, -(-total // page_size)))
+
+    def locate(self, folder: str, key: str) -> dict[str, Any] | None:
+        """Where a sample lies: its index file, row, tar and the image's offset and size (None if unknown)."""
+        cur = self._cursor().execute(
+            "SELECT folder, tar, row, jpg_offset, jpg_size, prompt FROM samples WHERE folder = ? AND id = ?",
+            [folder, key])
+        r = cur.fetchone()
+        if r is None:
+            return None
+        return dict(zip(["folder", "tar", "row", "jpg_offset", "jpg_size", "prompt"], r, strict=True))
+
+    def sample(self, folder: str, key: str) -> dict[str, Any] | None:
+        """One sample's every field: its index row (provenance parsed), and the other subsets it is in."""
+        import pyarrow.parquet as pq
+
+        where = self.locate(folder, key)
+        if where is None:
+            return None
+        index = self.root / "dataset" / folder / where["tar"].replace(".tar", ".parquet")
+        pf = pq.ParquetFile(index)
+        row, start = where["row"], 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if row < start + n:
+                record = pf.read_row_group(g).slice(row - start, 1).to_pylist()[0]
+                break
+            start += n
+        else:
+            raise ExploreError(f"{index}: has no row {row}; the index changed since the explorer started: "
+                               f"restart it")
+        provenance = record.pop("provenance", None)
+        try:
+            parsed = json.loads(provenance) if provenance else {}
+        except ValueError:
+            parsed = {"provenance (not JSON)": provenance}
+        others = self._cursor().execute(
+            "SELECT folder, subset FROM samples WHERE id = ? AND folder <> ? ORDER BY folder", [key, folder]
+        ).fetchall()
+        return {"folder": folder, "tar": where["tar"], "row": row, "record": record,
+                "provenance": parsed if isinstance(parsed, dict) else {"provenance": parsed},
+                "others": [{"folder": f, "subset": s} for f, s in others]}
+
+    # ------------------------------------------------------------------------------------------------------
+    # Stages: the funnel and the dropped records
+
+    def record_stages(self) -> list[pipeline.Stage]:
+        """The pipeline's stages that write record tables and have some under this results folder."""
+        return [s for s in pipeline.STAGES if s.table and self.stage_tables(s.name)]
+
+    def stage_tables(self, stage: str) -> list[Path]:
+        st = pipeline.BY_NAME.get(stage)
+        if st is None:
+            raise ExploreError(f"unknown stage {stage!r}: expected one of {list(pipeline.stage_order())}")
+        base = self.root / st.name
+        pattern = "*/*.parquet" if st.per_subset else "*.parquet"
+        return sorted(p for p in base.glob(pattern) if _SHARD_TABLE.match(p.name))
+
+    def funnel(self) -> list[Any]:
+        """``finet2i.reporting.funnel.read_stats`` over every stage's per-shard stats JSONs (the report's funnel)."""
+        from finet2i.reporting.funnel import read_stats
+
+        paths = []
+        subsets = set()
+        for st in pipeline.STAGES:
+            base = self.root / st.name
+            for p in base.glob("*/*.stats.json" if st.per_subset else "*.stats.json"):
+                stem = p.name[: -len(".stats.json")]
+                if any(q.name != p.name and q.name.startswith(stem + ".") for q in p.parent.glob(stem + ".*")):
+                    paths.append(p)  # a shard's stats beside its output (not dedup/cross.stats.json)
+                    if st.per_subset:
+                        subsets.add(p.parent.name)
+        return read_stats(sorted(paths), [*sorted(subsets), "real"])
+
+    def _columns(self, files: Sequence[Path]) -> list[str]:
+        key = tuple(str(f) for f in files)
+        if key not in self._describe:
+            src = f"read_parquet({_files_sql(files)}, union_by_name=true)"
+            self._describe[key] = [r[0] for r in self._cursor().execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
+                                   if r[1] != "BLOB" or r[0] == "image"]  # bytes are served, never shown
+        return self._describe[key]
+
+    def _upstream_with_table(self, stage: pipeline.Stage) -> pipeline.Stage | None:
+        """The stage whose table this one read: ``reads``, else the nearest earlier stage of its branch with
+        tables in this results folder (the run's config decided which were on)."""
+        if stage.reads:
+            return pipeline.BY_NAME[stage.reads]
+        before = pipeline.STAGES[: pipeline.STAGES.index(stage)]
+        for st in reversed(before):
+            if st.branch == stage.branch and st.table and self.stage_tables(st.name):
+                return st
+        return None
+
+    def evidence_columns(self, stage: str) -> list[str]:
+        st = pipeline.BY_NAME[stage]
+        own = self._columns(self.stage_tables(stage))
+        up = self._upstream_with_table(st)
+        upstream = set(self._columns(self.stage_tables(up.name))) if up else set()
+        shown_anyway = {"id", "kept", "drop_reason", "image", *SHOWN_FIRST}
+        return [c for c in own if c not in upstream and c not in shown_anyway]
+
+    def image_stage(self, stage: str) -> str | None:
+        """The nearest stage at or above ``stage`` whose table holds ``image`` bytes for its records."""
+        st: pipeline.Stage | None = pipeline.BY_NAME[stage]
+        while st is not None:
+            files = self.stage_tables(st.name)
+            if files and "image" in self._columns(files):
+                return st.name
+            st = self._upstream_with_table(st)
+        return None
+
+    def dropped(self, stage: str, *, subset: str | None = None, reason: str | None = None, page: int = 0,
+                page_size: int = DROPPED_PAGE_SIZE) -> DroppedPage:
+        files = self.stage_tables(stage)
+        if not files:
+            raise ExploreError(f"{self.root / stage}: no record table of stage {stage!r} (has it run?)")
+        cols = self._columns(files)
+        st = pipeline.BY_NAME[stage]
+        src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
+        sub = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+$', 1)" if st.per_subset else "NULL::VARCHAR"
+        shard = r"regexp_extract(filename, '([^/\\]+)\.parquet$', 1)"
+        reasons = [{"subset": s, "reason": r, "count": n} for s, r, n in self._cursor().execute(
+            f"SELECT {sub} AS s, drop_reason, count(*) FROM {src} WHERE NOT kept GROUP BY ALL ORDER BY 1, 3 DESC"
+        ).fetchall()]
+        if reason is None and reasons:
+            first = next((r for r in reasons if subset is None or r["subset"] == subset), reasons[0])
+            reason = first["reason"]
+        evidence = self.evidence_columns(stage)
+        shown = [c for c in ("id", *SHOWN_FIRST, *evidence) if c in cols]
+        where, args = ["NOT kept", "drop_reason = ?"], [reason]
+        if subset is not None and st.per_subset:
+            where.append(f"{sub} = ?")
+            args.append(subset)
+        cond = " AND ".join(where)
+        total = self._cursor().execute(f"SELECT count(*) FROM {src} WHERE {cond}", args).fetchone()[0]
+        select = ", ".join(f'"{c}"' for c in shown)
+        cur = self._cursor().execute(
+            f"SELECT {select}, {sub} AS _subset, {shard} AS _shard FROM {src} WHERE {cond} "
+            f"ORDER BY filename, id LIMIT ? OFFSET ?", [*args, page_size, page * page_size])
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        duplicates: dict[str, str] = {}
+        wanted = sorted({r["duplicate_of"] for r in rows if r.get("duplicate_of")})
+        if wanted and "prompt" in cols:
+            duplicates = dict(self._cursor().execute(
+                f"SELECT id, prompt FROM {src} WHERE list_contains(?, id)", [wanted]).fetchall())
+        return DroppedPage(stage, reasons, reason, subset, total, rows, evidence, self.image_stage(stage), page,
+                           max(1, -(-total // page_size)), duplicates)
+
+    def record_image_table(self, stage: str, subset: str | None, shard: str) -> Path | None:
+        """The table of ``stage`` (one that holds image bytes) for one subset and shard, if it exists."""
+        st = pipeline.BY_NAME.get(stage)
+        if st is None or not _SAFE_ID.match(shard) or (subset is not None and not _SAFE_ID.match(subset)):
+            return None
+        path = self.root / st.name / (subset or "") / f"{shard}.parquet" if st.per_subset and subset else \
+            self.root / st.name / f"{shard}.parquet"
+        return path if path in set(self.stage_tables(stage)) else None
+
+
+# Shown first for every dropped record when its table has them: what the record was and its score.
+SHOWN_FIRST = ("prompt", "enhanced_prompt", "aesthetic_predictor_v_2_5_score", "source", "locator")
+
+
+def safe_id(value: str) -> bool:
+    return bool(_SAFE_ID.match(value))
