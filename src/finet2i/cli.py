@@ -138,6 +138,45 @@ def validate(dataset_dir: Path, max_samples: int | None, as_json: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+@main.command("explore")
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; the default answers this machine only. 0.0.0.0 shares it with the network.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Thumbnails and the samples table [default: ~/.cache/finet2i/explore/<hash of RESULTS_DIR>].")
+@click.option("--static", "static_out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a self-contained export (HTML, thumbnails, images) to this folder instead of serving.")
+@click.option("--per-facet", type=click.IntRange(min=1), default=12, show_default=True,
+              help="With --static: samples exported per value of each facet (and per drop reason).")
+def explore(results_dir: Path, port: int, host: str, cache_dir: Path | None, static_out: Path | None,
+            per_facet: int) -> None:
+    """Browse a run's outputs in a web browser: the samples (filters, search, detail views), what each stage
+    dropped and why, and the funnel (docs/explore.md). RESULTS_DIR is the run's results folder."""
+    from finet2i.explore.catalog import ExploreError
+    from finet2i.explore.server import App, make_server
+
+    try:
+        app = App(results_dir, cache_dir)
+        if static_out is not None:
+            from finet2i.explore.static import export
+
+            index = export(app, static_out, per_facet=per_facet)
+            click.echo(f"static export: {index} (open it in a browser; the folder can be copied anywhere)")
+            return
+        server = make_server(app, host, port)
+    except (ExploreError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    bound_host, bound_port = server.server_address[:2]
+    click.echo(f"finet2i explore: {app.root} at http://{bound_host}:{bound_port}/ (Ctrl-C stops it)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def _register_optional() -> None:
     # Stage tools live beside their stage; registering them here keeps `finet2i --help` complete.
     try:
