@@ -105,7 +105,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "max-age=3600")
         self.end_headers()
         if not head:
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the browser moved on before the bytes came
+                log.debug("explore: %s: client went away", self.path)
 
     def _error(self, status: int, message: str) -> Response:
         return status, "text/html; charset=utf-8", pages.render_error(self.app.urls, status, message).encode()
