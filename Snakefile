@@ -31,6 +31,8 @@ onstart:
 
 
 include: "rules/common.smk"
+# The real sources' listings (Unsplash Lite, Pexels, Pixabay) before the stages that read their manifests.
+include: "rules/curated_list.smk"
 
 
 # One rule file per stage, named for it, in the order finet2i.pipeline declares.

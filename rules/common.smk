@@ -8,11 +8,16 @@ import os
 from finet2i import pipeline, release
 from finet2i.codehash import script_fingerprint
 from finet2i.config import output_settings, source_path
+from finet2i.sources import is_listed, listed_name, manifest_path
 
 SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
 CURATED_SHARDS = [f"{i:05d}" for i in range(config["curated"]["shards"])]
 SUBSETS = list(config["generate"]["subsets"])
 GROUPS = [f"{g:03d}" for g in range(config["dedup"]["groups"])]
+# Sources listed into a manifest first (rule curated_list): Unsplash Lite, Pexels, Pixabay; by name.
+LISTED = {listed_name(s): s for s in config["curated"]["sources"] if is_listed(s)}
+# Keys of a listed source that set how its listing runs (pace, patience), never what it lists.
+LISTING_RUNTIME_KEYS = ("timeout_s", "retries", "backoff_s", "max_wait_s", "rate_limit")
 
 
 wildcard_constraints:
@@ -20,6 +25,7 @@ wildcard_constraints:
     cshard=r"\d{5}",
     group=r"\d{3}",
     subset="|".join(SUBSETS + ["real"]),
+    source="|".join(LISTED) or "no-listed-source",
 
 
 def script_code(script):
@@ -96,3 +102,19 @@ def report_inputs(wildcards):
         "indexes": [t for subset in packaged_subsets() for t in package_tables(subset)],
         "similarity_histogram": ["results/dedup/similarity_histogram.json"],
     }
+
+
+def curated_inputs():
+    """What curated_ingest reads: each folder or URL list, and each listed source's manifest."""
+    return [manifest_path(listed_name(s)) if is_listed(s) else source_path(s) for s in config["curated"]["sources"]]
+
+
+def listing_input(wildcards):
+    """The Unsplash Lite table a listing reads (a rerun follows a new release of it); nothing for an API."""
+    entry = LISTED[wildcards.source]
+    return [entry["path"]] if entry.get("path") else []
+
+
+def listed_entry(wildcards):
+    """The listed source's entry without the keys that only pace the listing: what its manifest depends on."""
+    return {k: v for k, v in LISTED[wildcards.source].items() if k not in LISTING_RUNTIME_KEYS}

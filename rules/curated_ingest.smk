@@ -5,7 +5,7 @@
 
 rule curated_ingest:
     input:
-        sources=[source_path(s) for s in config["curated"]["sources"]],
+        sources=curated_inputs(),
     output:
         table="results/curated_ingest/{cshard}.parquet",
         stats="results/curated_ingest/{cshard}.stats.json",

@@ -117,8 +117,11 @@ def _semantic_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
         p = base_dir / config[key]
         if not p.exists():
             yield f"config key {key}: file {p} does not exist"
+    yield from _listed_source_errors(config)
     for i, entry in enumerate((config.get("curated") or {}).get("sources") or []):
         src = source_path(entry)
+        if src is None:
+            continue
         if "://" in src:
             yield (f"config key curated.sources[{i}]: {src} is a URL; a source is a local folder of images or a "
                    f"local file with one URL per line (put the URL in such a file)")
@@ -144,18 +147,76 @@ def _taxonomy_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
         yield f"config key taxonomy ({p}): {e}"
 
 
-def source_path(entry: Any) -> str:
-    """The path of a curated.sources entry (``"path"`` or ``{path: ..., name: ...}``)."""
-    return str(entry["path"]) if isinstance(entry, dict) else str(entry)
+def source_path(entry: Any) -> str | None:
+    """The path of a curated.sources entry (``"path"`` or ``{path: ..., name: ...}``); None for an API source."""
+    if isinstance(entry, dict):
+        return str(entry["path"]) if entry.get("path") else None
+    return str(entry)
+
+
+def _source_errors(config: dict[str, Any], schema: dict[str, Any]) -> Iterator[str]:
+    """Each object in curated.sources against ``definitions/source_<type>`` (filling that type's defaults), so
+    that an error names the entry's key and a Pexels entry never gets Pixabay's defaults."""
+    for i, entry in enumerate((config.get("curated") or {}).get("sources") or []):
+        if not isinstance(entry, dict):
+            continue
+        kind = entry.get("type") or "folder"
+        definition = schema["definitions"].get(f"source_{'folder' if kind == 'url_list' else kind}")
+        if definition is None:
+            yield (f"config key curated.sources[{i}].type: unknown source type {kind!r}; one of folder, url_list, "
+                   f"unsplash_lite, pexels, pixabay")
+            continue
+        sub = {**definition, "definitions": schema["definitions"]}
+        for msg in _schema_errors(entry, sub):
+            yield msg.replace("config key ", f"config key curated.sources[{i}].", 1).replace(
+                f"curated.sources[{i}].<top level>", f"curated.sources[{i}]")
+
+
+def _listed_source_errors(config: dict[str, Any]) -> Iterator[str]:
+    from finet2i.sources import API_TYPES, is_listed, listed_name
+
+    seen: dict[str, int] = {}
+    for i, entry in enumerate((config.get("curated") or {}).get("sources") or []):
+        if not is_listed(entry):
+            continue
+        name = listed_name(entry)
+        if name in seen:
+            yield (f"config key curated.sources[{i}].name: {name!r} is also the name of curated.sources"
+                   f"[{seen[name]}]; give each listed source its own name")
+        seen[name] = i
+        if entry["type"] in API_TYPES and not entry.get("queries") and not entry.get("curated"):
+            yield f"config key curated.sources[{i}].queries: a {entry['type']} source needs at least one query"
+
+
+def missing_keys(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".",
+                 environ: Any = None) -> list[str]:
+    """Messages for every API source whose key is not in the environment and whose manifest is not listed yet."""
+    from finet2i.sources import API_TYPES, listed_name, manifest_path
+
+    env = os.environ if environ is None else environ
+    out = []
+    if not config.get("curated", {}).get("enabled", True):
+        return out
+    for i, entry in enumerate(config["curated"].get("sources", [])):
+        if not isinstance(entry, dict) or entry.get("type") not in API_TYPES:
+            continue
+        if (Path(base_dir) / manifest_path(listed_name(entry))).exists():
+            continue  # listed already: the key is needed no more
+        if not (env.get(entry["key_env"]) or "").strip():
+            out.append(f"config key curated.sources[{i}] ({entry['type']}): the API key is not set: export "
+                       f"{entry['key_env']}=<your key> on the node that runs the listing (README: 'Real photos')")
+    return out
 
 
 def missing_sources(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[str]:
-    """Messages for every curated source (folder or URL-list file) that does not exist."""
+    """Messages for every curated source (folder, URL-list file, Unsplash Lite table) that does not exist, and
+    every API source without its key."""
     out = []
     if config.get("curated", {}).get("enabled", True):
+        out += missing_keys(config, base_dir)
         for i, entry in enumerate(config["curated"].get("sources", [])):
             src = source_path(entry)
-            if "://" not in src and not (Path(base_dir) / src).exists():
+            if src is not None and "://" not in src and not (Path(base_dir) / src).exists():
                 out.append(f"config key curated.sources[{i}]: {src} does not exist (a folder of images or a "
                            f"file with one URL per line)")
     return out
@@ -211,7 +272,10 @@ def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] 
     """Validate ``config`` in place (filling defaults) and return it; raise :class:`ConfigError` listing all
     problems. With ``dryrun=True`` missing models are logged as warnings instead of failing."""
     base = Path(base_dir)
-    errors = list(_schema_errors(config, _schema(schema_path)))
+    schema = _schema(schema_path)
+    errors = list(_schema_errors(config, schema))
+    if not errors:
+        errors += list(_source_errors(config, schema))
     if not errors:
         errors += list(_semantic_errors(config, base))
         errors += list(_taxonomy_errors(config, base))

@@ -1,15 +1,21 @@
 """Stage ``curated_ingest`` (paper 3.2): real photographs from ``curated.sources`` into fixed shards, validated.
 
-Sources are folders of image files, or URL-list files with one URL per line and ``#`` comments. An item's
-shard is a stable hash of its key (the URL, or ``<source>/<relative path>`` for a file), so the DAG is known
-from the config alone and a rerun never reshuffles. Per item, img2dataset-style: fetch (``finet2i.download``),
+Sources are folders of image files, URL-list files with one URL per line and ``#`` comments, or the manifests
+that ``curated_list`` wrote for Unsplash Lite, Pexels and Pixabay (:mod:`finet2i.sources`): one item per
+manifest row, fetched from its ``image_url``, with its credits (photographer, page, license) and the source's
+own text carried into the record. An item's shard is a stable hash of its key (the URL, ``<source>/<relative
+path>`` for a file, ``<source>:<photo id>`` for a manifest row), so the DAG is known from the config alone and
+a rerun never reshuffles. Every downloaded body is kept in ``<table>.fetched/`` until the table is written, so
+a killed job's rerun fetches only what it had not received. Per item, img2dataset-style: fetch (``finet2i.download``),
 decide the real format from the bytes (the file name is ignored), check the header's size *before* decoding,
 decode, convert to RGB and re-encode as JPEG (``finet2i.images``). Every failure is a counted drop reason,
 never a failed job:
 
 ``unreachable`` (fetch failed after retries), ``not_an_image``, ``corrupt``, ``truncated``, ``too_large``
 (header over ``max_pixels``, or the download over ``max_bytes``), ``too_small`` (short side < ``min_side``),
-``duplicate`` (same pixels as an earlier item of the shard; evidence in ``duplicate_of``).
+``duplicate`` (same pixels as an earlier item of the shard; evidence in ``duplicate_of``), ``missing_fields``
+(the source's answer lacked the photo's URL, id or page). Kept images get a perceptual hash (``phash``) for
+``curated_dedup``, which finds the same photo across shards and sources.
 
 The table is streamed in small row groups: a shard of a few thousand photographs is gigabytes of bytes, and
 holding it twice in Python objects would set the memory bill of every job.
@@ -29,9 +35,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from finet2i import shards
+from finet2i import phash, shards
 from finet2i.download import (
     NOT_A_FILE,
+    REFUSED_URL,
     UNREACHABLE,
     URL_SCHEMES,
     Fetched,
@@ -43,6 +50,7 @@ from finet2i.download import (
 )
 from finet2i.images import Rejected, normalise_image
 from finet2i.settings import default, from_section
+from finet2i.sources import is_listed, listed_name, manifest_path
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,13 @@ INGEST_SCHEMA = pa.schema([
     ("sha256", pa.string()),
     ("duplicate_of", pa.string()),
     ("error", pa.string()),
+    ("phash", pa.string()),
+    ("source_id", pa.string()),
+    ("page_url", pa.string()),
+    ("photographer", pa.string()),
+    ("photographer_url", pa.string()),
+    ("license", pa.string()),
+    ("source_text", pa.string()),
     ("image", pa.binary()),
     (shards.KEPT, pa.bool_()),
     (shards.DROP_REASON, pa.string()),
@@ -123,18 +138,26 @@ class SourceItem:
     url: str | None = None  # the URL as listed (with its query string): fetched, never recorded
     problem: str | None = None  # a drop reason found while listing
     detail: str | None = None
+    credit: tuple[tuple[str, Any], ...] = ()  # a manifest row's CREDIT_COLUMNS
+
+
+CREDIT_COLUMNS = ("source_id", "page_url", "photographer", "photographer_url", "license", "source_text")
 
 
 Source = str | Mapping[str, str]  # a curated.sources entry: "path", or {path: ..., name: ...}
 
 
 def source_path(source: Source) -> str:
+    if is_listed(source):
+        return manifest_path(listed_name(source))  # type: ignore[arg-type]
     return str(source["path"]) if isinstance(source, Mapping) else source
 
 
 def source_name(source: Source) -> str:
     """What the dataset records as a real image's ``image_generator``: the entry's ``name`` (``pexels``), else
     the folder's name, else the URL-list file's stem."""
+    if is_listed(source):
+        return listed_name(source)  # type: ignore[arg-type]
     if isinstance(source, Mapping) and source.get("name"):
         return str(source["name"])
     p = Path(source_path(source).rstrip("/"))
@@ -213,6 +236,27 @@ def _list_file(name: str, prefix: str, p: Path) -> list[SourceItem]:
     return items
 
 
+def _list_manifest(name: str, prefix: str, p: Path) -> list[SourceItem]:
+    """One item per manifest row; the locator (what the release key hashes) is the photo's page URL."""
+    import pyarrow.parquet as pq
+
+    if not p.is_file():
+        raise FileNotFoundError(f"curated.sources: {name!r} has no manifest at {p}; the curated_list rule writes "
+                                f"it (snakemake lists before it ingests)")
+    items = []
+    for row in pq.read_table(p).to_pylist():
+        sid = row.get("source_id")
+        locator = row.get("page_url") or f"{name}:{sid}"
+        credit = tuple((k, row.get(k)) for k in CREDIT_COLUMNS)
+        url = row.get("image_url")
+        problem, detail = row.get("problem"), row.get("detail")
+        if url and not url.startswith(URL_SCHEMES) and problem is None:
+            problem, detail = REFUSED_URL, "the manifest's image_url is not an http(s) URL"
+        items.append(SourceItem(name, redact(locator) if locator.startswith(URL_SCHEMES) else locator, None,
+                                f"{prefix}:{sid}", url=url, problem=problem, detail=detail, credit=credit))
+    return items
+
+
 def list_source(source: Source, prefix: str | None = None) -> tuple[list[SourceItem], int]:
     """The items of one ``curated.sources`` entry and how many hidden names it skipped.
 
@@ -221,6 +265,8 @@ def list_source(source: Source, prefix: str | None = None) -> tuple[list[SourceI
     """
     p = Path(source_path(source))
     name = source_name(source)
+    if is_listed(source):
+        return _list_manifest(name, prefix or name, p), 0
     if p.is_dir():
         return _list_folder(name, prefix or name, p.resolve())
     if p.is_file():
@@ -263,7 +309,7 @@ def _items_for_shard(sources: Sequence[Source], cshard: str | int,
     for i, it in enumerate(chosen):
         if i and it.key == chosen[i - 1].key and it.problem is None:
             it = SourceItem(it.source, it.locator, None, it.key, problem=DUPLICATE_LISTING,
-                            detail="listed again; ingested once")
+                            detail="listed again; ingested once", credit=it.credit)
         out.append(it)
     return out, hidden
 
@@ -288,7 +334,7 @@ def ingest_record(item: SourceItem, fetched: Fetched, *, cshard: str, index: int
         "locator": item.locator, "source_format": None, "source_mode": None,
         "bytes_in": len(fetched.data) if fetched.data is not None else None, "attempts": fetched.attempts,
         "width": None, "height": None, "sha256": None, "duplicate_of": None, "error": fetched.error,
-        "image": None,
+        "image": None, "phash": None, **dict.fromkeys(CREDIT_COLUMNS), **dict(item.credit),
     }
     if fetched.data is None:
         return shards.mark(rec, fetched.reason or UNREACHABLE)
@@ -299,8 +345,43 @@ def ingest_record(item: SourceItem, fetched: Fetched, *, cshard: str, index: int
         rec["error"] = e.detail
         return shards.mark(rec, e.reason)
     rec.update(source_format=n.source_format, source_mode=n.source_mode, width=n.width, height=n.height,
-               image=n.jpeg, sha256=hashlib.sha256(n.jpeg).hexdigest())
+               image=n.jpeg, sha256=hashlib.sha256(n.jpeg).hexdigest(), phash=phash.phash(n.jpeg))
     return shards.mark(rec, None)
+
+
+class FetchCache:
+    """Downloaded bodies of one shard, kept until its table is written: a killed job's rerun reads them instead
+    of fetching again. One file per item (``<sha256 of its key>``: 4 bytes of attempts, then the body)."""
+
+    def __init__(self, table: str | os.PathLike[str]) -> None:
+        self.dir = Path(f"{table}.fetched")
+        self.hits = 0
+
+    def _path(self, item: SourceItem) -> Path:
+        return self.dir / hashlib.sha256(item.key.encode("utf-8", "backslashreplace")).hexdigest()
+
+    def fetch(self, item: SourceItem, settings: IngestSettings) -> Fetched:
+        if item.problem is not None or item.path is not None:
+            return fetch(item, settings)  # nothing to fetch, or a local file (reading it again costs nothing)
+        p = self._path(item)
+        try:
+            raw = p.read_bytes()
+            self.hits += 1
+            return Fetched(raw[4:], int.from_bytes(raw[:4], "big"))
+        except OSError:
+            pass
+        got = fetch(item, settings)
+        if got.data is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with shards.atomic_path(p) as tmp:
+                tmp.write_bytes(got.attempts.to_bytes(4, "big") + got.data)
+        return got
+
+    def remove(self) -> None:
+        if self.dir.exists():
+            for f in self.dir.iterdir():
+                f.unlink()
+            self.dir.rmdir()
 
 
 def run_curated_ingest(sources: Sequence[Source], out_path: str | os.PathLike[str], *, cshard: str,
@@ -317,7 +398,8 @@ def run_curated_ingest(sources: Sequence[Source], out_path: str | os.PathLike[st
     per_source: Counter[str] = Counter()
     bytes_fetched = 0
     with shards.StreamWriter(out_path, INGEST_SCHEMA, WRITE_BATCH) as out:
-        fetched_iter = ordered_map(lambda it: fetch(it, cfg), items, workers)
+        cache = FetchCache(out_path)
+        fetched_iter = ordered_map(lambda it: cache.fetch(it, cfg), items, workers)
         for index, (item, fetched) in enumerate(zip(items, fetched_iter, strict=True)):
             rec = ingest_record(item, fetched, cshard=cshard, index=index, settings=cfg)
             listed_first = first_listing.setdefault(item.key, rec["id"])
@@ -337,6 +419,10 @@ def run_curated_ingest(sources: Sequence[Source], out_path: str | os.PathLike[st
                          rec["error"] or "")
             out.write(rec)
             light.append({k: rec[k] for k in ("id", shards.KEPT, shards.DROP_REASON)})
-    return shards.write_stats(stats_path, light, stage=STAGE, shard=cshard, started=started,
-                              bytes_fetched=bytes_fetched, kept_by_source=dict(per_source), n_shards=n_shards,
-                              skipped_hidden=hidden)
+    if cache.hits:
+        log.info("resumed: %d downloads came from %s, not the network", cache.hits, cache.dir)
+    stats = shards.write_stats(stats_path, light, stage=STAGE, shard=cshard, started=started,
+                               bytes_fetched=bytes_fetched, kept_by_source=dict(per_source), n_shards=n_shards,
+                               skipped_hidden=hidden, downloads_resumed=cache.hits)
+    cache.remove()
+    return stats

@@ -1,0 +1,76 @@
+"""The curated set's real sources (paper 3.2): what a ``curated.sources`` entry is, and the manifest a listing writes.
+
+Source types (``type:`` in a ``curated.sources`` entry; a plain path, or ``{path, name}``, is a ``folder`` or a
+``url_list`` as before):
+
+* ``unsplash_lite``: the Unsplash Lite dataset's ``photos.tsv000`` (or its folder), read offline
+  (:mod:`finet2i.sources.unsplash_lite`);
+* ``pexels``: Pexels API v1 search / curated (:mod:`finet2i.sources.pexels`);
+* ``pixabay``: the Pixabay API (:mod:`finet2i.sources.pixabay`).
+
+Each is listed by the ``curated_list`` rule (:mod:`finet2i.sources.listing`) into a manifest,
+``results/curated_list/<name>.parquet``: one row per photo, with the columns of :data:`MANIFEST_COLUMNS`.
+``curated_ingest`` downloads from the manifests; the credits travel with every record to the release.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+LISTED_TYPES = ("unsplash_lite", "pexels", "pixabay")  # sources that are listed into a manifest first
+API_TYPES = ("pexels", "pixabay")  # sources that need a key and the network to be listed
+FILE_TYPES = ("folder", "url_list")
+
+# A manifest row: where the photo is, who made it, under which license, and the source's own words about it.
+MANIFEST_COLUMNS = (
+    "source",  # the source's name (image_generator in the release)
+    "source_id",  # the photo's id in its source, as text
+    "image_url",  # the image at the chosen size (fetched by curated_ingest)
+    "page_url",  # the photo's page: the credit link, and the locator its release key is made from
+    "photographer",
+    "photographer_url",
+    "license",
+    "width",  # the size the source declares for the photo (its original)
+    "height",
+    "source_text",  # Unsplash ai_description (else description), Pexels alt, Pixabay tags
+    "query",  # the query that listed it first ("" for a dataset)
+    "problem",  # a drop reason found while listing (missing_fields), else null
+    "detail",
+)
+MISSING_FIELDS = "missing_fields"
+
+
+def source_type(entry: Any) -> str:
+    """``folder`` / ``url_list`` for a path entry (decided on disk), else the entry's ``type``."""
+    if isinstance(entry, Mapping) and entry.get("type"):
+        return str(entry["type"])
+    path = str(entry["path"]) if isinstance(entry, Mapping) else str(entry)
+    return "folder" if os.path.isdir(path) else "url_list"
+
+
+def is_listed(entry: Any) -> bool:
+    return isinstance(entry, Mapping) and entry.get("type") in LISTED_TYPES
+
+
+def listed_name(entry: Mapping[str, Any]) -> str:
+    """A listed source's name: its ``name``, else its type (``pexels``)."""
+    return str(entry.get("name") or entry["type"])
+
+
+def manifest_path(name: str) -> str:
+    return f"results/curated_list/{name}.parquet"
+
+
+def manifest_row(**values: Any) -> dict[str, Any]:
+    row = dict.fromkeys(MANIFEST_COLUMNS)
+    row.update(values)
+    for k in ("source_id", "page_url", "image_url"):
+        if row[k] is not None:
+            row[k] = str(row[k])
+    return row
+
+
+def missing(row: Mapping[str, Any], required: tuple[str, ...]) -> list[str]:
+    return [k for k in required if row.get(k) in (None, "")]
