@@ -5,6 +5,7 @@
 rule curated_score:
     input:
         table=upstream_table("curated_score"),
+        images="results/curated_ingest/{cshard}.parquet",
     output:
         table="results/curated_score/{cshard}.parquet",
         stats="results/curated_score/{cshard}.stats.json",

@@ -246,3 +246,33 @@ def test_three_sources_end_to_end_every_row_accounted_cdn_redirects_and_a_killed
         if f.is_file():
             assert KEY.encode() not in f.read_bytes(), f
     assert KEY not in caplog.text
+
+
+def test_the_same_photo_from_two_sites_is_kept_once_across_shards_with_evidence(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from finet2i import phash, shards
+    from finet2i.stages.curated_dedup import run_curated_dedup
+
+    a, b, c = (p.jpeg for p in make_photos(3, seed=3, size=(640, 480)))
+    im = Image.open(io.BytesIO(a)).resize((512, 384))  # the Pixabay copy: smaller, recompressed
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=70)
+    assert phash.distance(phash.phash(a), phash.phash(buf.getvalue())) <= 4
+    assert phash.distance(phash.phash(a), phash.phash(b)) > 10
+    tables = []
+    for cshard, rows in (("00000", [("real-00000-000000", "pexels", a), ("real-00000-000001", "pexels", c)]),
+                         ("00001", [("real-00001-000000", "pixabay", buf.getvalue()),
+                                    ("real-00001-000001", "pixabay", b)])):
+        recs = [shards.mark({"id": i, "source": s, "phash": phash.phash(x), "image": x}, None) for i, s, x in rows]
+        path = tmp_path / f"ingest-{cshard}.parquet"
+        shards.write_stage_output(path, recs, stage="curated_ingest", shard=cshard, started=time.monotonic())
+        tables.append(path)
+    stats = run_curated_dedup(tables[1], tables, tmp_path / "dedup.parquet", cshard="00001",
+                              settings={"near_duplicates": {"max_distance": 4}}, stats_path=tmp_path / "d.json")
+    out = pq.read_table(tmp_path / "dedup.parquet").to_pylist()
+    assert [(r["id"], r["drop_reason"], r["duplicate_of"]) for r in out] == [
+        ("real-00001-000000", "near_duplicate", "real-00000-000000"), ("real-00001-000001", None, None)]
+    assert stats.dropped == {"near_duplicate": 1} and out[0]["phash_distance"] <= 4

@@ -6,7 +6,7 @@ def main(smk) -> None:
     run = adapter(smk)
     run_curated_score(smk.input.table, smk.output.table, cshard=run.shard, settings=run.section("curated"),
                       encoder=run.model("aesthetic_encoder"), head=run.model("aesthetic_head"),
-                      stats_path=smk.output.stats)
+                      stats_path=smk.output.stats, images_path=smk.input.images)
 
 
 if __name__ == "__main__":

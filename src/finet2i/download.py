@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
 import ipaddress
 import itertools
 import os
@@ -31,6 +32,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from finet2i.images import TOO_LARGE  # one reason for an oversized download, file or image header
@@ -277,3 +279,36 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
             if done not in pending:
                 return
             yield pending.pop(done).result()
+
+
+class FetchCache:
+    """Downloaded bodies of one shard, kept until its table is written (then :meth:`remove`): a killed job's
+    rerun reads them instead of fetching again. One file per item key (its sha256): 4 bytes of attempts, then
+    the body, written atomically."""
+
+    def __init__(self, table: str | os.PathLike[str]) -> None:
+        self.dir = Path(f"{table}.fetched")
+        self.hits = 0
+
+    def fetch(self, key: str, get: Callable[[], Fetched]) -> Fetched:
+        from finet2i.shards import atomic_path
+
+        p = self.dir / hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()
+        try:
+            raw = p.read_bytes()
+            self.hits += 1
+            return Fetched(raw[4:], int.from_bytes(raw[:4], "big"))
+        except OSError:
+            pass
+        got = get()
+        if got.data is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(p) as tmp:
+                tmp.write_bytes(got.attempts.to_bytes(4, "big") + got.data)
+        return got
+
+    def remove(self) -> None:
+        if self.dir.exists():
+            for f in self.dir.iterdir():
+                f.unlink()
+            self.dir.rmdir()

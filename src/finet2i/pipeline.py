@@ -54,6 +54,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("pair_filter", per_subset=True, all_subsets_in_one_job=True, models=("judge",)),  # one judge load
     Stage("package", per_subset=True),  # finished samples; `assemble` cuts them into the release's tars
     Stage("curated_ingest", branch=CURATED, switch="curated.enabled"),
+    Stage("curated_dedup", branch=CURATED, switch="curated.enabled"),  # one photo from two sites: kept once
     Stage("curated_score", branch=CURATED, switch="curated.enabled",
           models=("aesthetic_encoder", "aesthetic_head")),
     Stage("curated_caption", branch=CURATED, switch="curated.enabled", models=("captioner",)),

@@ -41,6 +41,7 @@ from finet2i.download import (
     REFUSED_URL,
     UNREACHABLE,
     URL_SCHEMES,
+    FetchCache,
     Fetched,
     FetchSettings,
     fetch_url,
@@ -349,39 +350,10 @@ def ingest_record(item: SourceItem, fetched: Fetched, *, cshard: str, index: int
     return shards.mark(rec, None)
 
 
-class FetchCache:
-    """Downloaded bodies of one shard, kept until its table is written: a killed job's rerun reads them instead
-    of fetching again. One file per item (``<sha256 of its key>``: 4 bytes of attempts, then the body)."""
-
-    def __init__(self, table: str | os.PathLike[str]) -> None:
-        self.dir = Path(f"{table}.fetched")
-        self.hits = 0
-
-    def _path(self, item: SourceItem) -> Path:
-        return self.dir / hashlib.sha256(item.key.encode("utf-8", "backslashreplace")).hexdigest()
-
-    def fetch(self, item: SourceItem, settings: IngestSettings) -> Fetched:
-        if item.problem is not None or item.path is not None:
-            return fetch(item, settings)  # nothing to fetch, or a local file (reading it again costs nothing)
-        p = self._path(item)
-        try:
-            raw = p.read_bytes()
-            self.hits += 1
-            return Fetched(raw[4:], int.from_bytes(raw[:4], "big"))
-        except OSError:
-            pass
-        got = fetch(item, settings)
-        if got.data is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with shards.atomic_path(p) as tmp:
-                tmp.write_bytes(got.attempts.to_bytes(4, "big") + got.data)
-        return got
-
-    def remove(self) -> None:
-        if self.dir.exists():
-            for f in self.dir.iterdir():
-                f.unlink()
-            self.dir.rmdir()
+def _fetch_resumable(cache: FetchCache, item: SourceItem, settings: IngestSettings) -> Fetched:
+    if item.problem is not None or item.path is not None:
+        return fetch(item, settings)  # nothing to fetch, or a local file (reading it again costs nothing)
+    return cache.fetch(item.key, lambda: fetch(item, settings))
 
 
 def run_curated_ingest(sources: Sequence[Source], out_path: str | os.PathLike[str], *, cshard: str,
@@ -399,7 +371,7 @@ def run_curated_ingest(sources: Sequence[Source], out_path: str | os.PathLike[st
     bytes_fetched = 0
     with shards.StreamWriter(out_path, INGEST_SCHEMA, WRITE_BATCH) as out:
         cache = FetchCache(out_path)
-        fetched_iter = ordered_map(lambda it: cache.fetch(it, cfg), items, workers)
+        fetched_iter = ordered_map(lambda it: _fetch_resumable(cache, it, cfg), items, workers)
         for index, (item, fetched) in enumerate(zip(items, fetched_iter, strict=True)):
             rec = ingest_record(item, fetched, cshard=cshard, index=index, settings=cfg)
             listed_first = first_listing.setdefault(item.key, rec["id"])

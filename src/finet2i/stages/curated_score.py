@@ -73,13 +73,15 @@ def _summary(out: list[shards.Record]) -> dict[str, Any]:
 
 def run_curated_score(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, cshard: str,
                       settings: Mapping[str, Any], encoder: ModelSpec, head: ModelSpec,
-                      stats_path: str | os.PathLike[str], scorer: Any = None) -> shards.StageStats:
-    """Score the kept rows of ``results/curated_ingest/{cshard}`` -> ``results/curated_score/{cshard}``."""
+                      stats_path: str | os.PathLike[str], scorer: Any = None,
+                      images_path: str | os.PathLike[str] | None = None) -> shards.StageStats:
+    """Score the kept rows of the upstream table -> ``results/curated_score/{cshard}``; the bytes come from
+    ``images_path`` (the ingest table; default: the input table itself)."""
     s = ScoreSettings.from_config(settings)
     lazy = _LazyScorer(encoder, head, scorer)
 
     def process(chunk: list[shards.Record]) -> list[shards.Record]:
-        return score_chunk(chunk, image_bytes(in_path, "id", [r["id"] for r in chunk]), lazy,
+        return score_chunk(chunk, image_bytes(images_path or in_path, "id", [r["id"] for r in chunk]), lazy,
                            s.aesthetic_threshold)
 
     stage = runner.ChunkedStage(
