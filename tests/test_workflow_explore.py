@@ -353,3 +353,44 @@ def test_the_command_binds_loopback_by_default(results, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The static export
+
+
+def test_static_export_works_from_file_urls(results, browser, tmp_path, shots):
+    out = tmp_path / "export"
+    cli = [sys.executable, "-c", "from finet2i.cli import main; main()"]
+    subprocess.run([*cli, "explore", str(results), "--static", str(out), "--per-facet", "2",
+                    "--cache", str(tmp_path / "cache")], check=True, capture_output=True, text=True)
+    rows = index_rows(results)
+    pages = sorted(out.glob("sample/*/*.html"))
+    assert 0 < len(pages) <= len(rows)
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((out / "index.html").as_uri())
+    assert count_shown(page) == len(pages)
+    assert_images_loaded(page, "#grid li.card img")
+
+    # The filters work in the page (no server): a subset, then a search word.
+    subset = page.locator("#f-subset option").nth(1).get_attribute("value")
+    exported = [(p.parent.name, p.stem) for p in pages]
+    in_subset = [r for r in rows if (r["folder"], r["id"]) in set(exported) and r["subset"] == subset]
+    page.select_option("#f-subset", subset)
+    page.click("#apply")
+    assert count_shown(page) == len(in_subset)
+    assert page.locator("#grid li.card:not(.hidden)").count() == len(in_subset)
+
+    # A sample page and the judge's dropped records, with their images, from file://.
+    page.locator("#grid li.card:not(.hidden) a").first.click()
+    page.wait_for_url(re.compile(r"/sample/.*\.html$"))
+    assert_images_loaded(page, "#full-image")
+    page.click("header nav >> text=pair_filter")
+    page.wait_for_url(re.compile(r"/dropped/pair_filter\.html$"))
+    assert page.locator("#dropped li.record").count() > 0
+    assert_images_loaded(page, "#dropped li.record img")
+    screenshot(page, shots, "explore-static-dropped")
+    assert all(u.startswith(out.as_uri()) for u in requests), [u for u in requests if not u.startswith("file:")]
+    page.close()

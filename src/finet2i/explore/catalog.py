@@ -160,6 +160,8 @@ class Catalog:
         self.index_files = sorted(self.root.glob(INDEX_GLOB))
         self._lock = threading.Lock()
         self._describe: dict[tuple[str, ...], list[str]] = {}
+        self._tables: dict[str, list[Path]] = {}
+        self._funnel: list[Any] | None = None
         self.con = duckdb.connect(str(self._samples_db()), read_only=True)
         self.subset_codes = sorted({f for f in self._scalar_list("SELECT DISTINCT subset FROM samples") if f})
 
@@ -240,12 +242,11 @@ class Catalog:
     # Samples
 
     @staticmethod
-    def _where(q: Query, skip: str | None = None) -> tuple[str, list[Any]]:
+    def _where(q: Query, facets: bool = True) -> tuple[str, list[Any]]:
         clauses, args = [], []
-        for param, value in q.facets:
-            if param != skip:
-                clauses.append(f"{FACET_BY_PARAM[param].column} = ?")
-                args.append(value)
+        for param, value in q.facets if facets else ():
+            clauses.append(f"{FACET_BY_PARAM[param].column} = ?")
+            args.append(value)
         for word in q.text.lower().split():
             clauses.append("contains(text, ?)")
             args.append(word)
@@ -259,31 +260,40 @@ class Catalog:
 
     def facet_counts(self, q: Query) -> tuple[int, dict[str, list[tuple[str, int]]]]:
         """The number of samples matching ``q``, and per facet the count of each value. A facet the query sets is
-        counted without its own filter (the other values it could switch to); the rest in one grouped scan."""
-        where, args = self._where(q)
-        free = [f for f in FACETS if not q.value(f.param)]
-        sets = ", ".join(["()"] + [f"({f.column})" for f in free])
-        cols = ", ".join(f.column for f in free) or "NULL"
-        groupings = ", ".join(f"GROUPING({f.column})" for f in free) or "0"
-        rows = self._cursor().execute(
-            f"SELECT {cols}, [{groupings}], count(*) FROM samples{where} GROUP BY GROUPING SETS ({sets})",
-            args).fetchall()
+        counted without its own filter (the values it could switch to), the others with every filter.
+
+        One statement, one pass over ``samples``: the rows that match the search and score filters and all but
+        at most one facet filter are kept (``m``, small once a filter is set), each with a 0/1 column per set
+        facet; every count is then a GROUP BY over ``m``."""
+        where, args = self._where(q, facets=False)
+        active = [(FACET_BY_PARAM[p], v) for p, v in q.facets]
+        k = len(active)
+        flags = ", ".join(f"({f.column} = ?)::INT AS _f{i}" for i, (f, _) in enumerate(active))
+        flag_args = [v for _, v in active]
+        hits = " + ".join(f"_f{i}" for i in range(k)) or "0"
+        cols = ", ".join(f.column for f in FACETS)
+        if k > 1:
+            # DuckDB evaluates the cheap facet test before the text search; it keeps m small.
+            near = " OR ".join("(" + " AND ".join(f"{f.column} = ?" for j, (f, _) in enumerate(active) if j != i)
+                               + ")" for i in range(k))
+            near_args = [v for i in range(k) for j, (_, v) in enumerate(active) if j != i]
+            where = f"{where} AND ({near})" if where else f" WHERE ({near})"
+            args = [*args, *near_args]
+        parts = [f"SELECT '' AS facet, NULL AS value, count(*) AS n FROM m WHERE {hits} = {k}"]
+        for f in FACETS:
+            i = next((i for i, (a, _) in enumerate(active) if a.param == f.param), None)
+            cond = f"{hits} = {k}" if i is None else f"{hits} - _f{i} = {k - 1}"
+            parts.append(f"SELECT '{f.param}', {f.column}::VARCHAR, count(*) FROM m WHERE {cond} "
+                         f"AND {f.column} IS NOT NULL GROUP BY {f.column}")
+        sql = (f"WITH m AS MATERIALIZED (SELECT {cols}{', ' + flags if flags else ''} FROM samples{where}) "
+               + " UNION ALL ".join(parts))
         counts: dict[str, list[tuple[str, int]]] = {f.param: [] for f in FACETS}
         total = 0
-        for r in rows:
-            grouping, n = r[-2], r[-1]
-            if all(grouping):
+        for facet, value, n in self._cursor().execute(sql, [*flag_args, *args]).fetchall():
+            if facet == "":
                 total = n
-                continue
-            i = list(grouping).index(0)
-            if r[i] is not None:
-                counts[free[i].param].append((str(r[i]), n))
-        for f in FACETS:
-            if q.value(f.param):
-                where_f, args_f = self._where(q, skip=f.param)
-                counts[f.param] = [(str(v), n) for v, n in self._cursor().execute(
-                    f"SELECT {f.column}, count(*) FROM samples{where_f} GROUP BY 1", args_f).fetchall()
-                    if v is not None]
+            else:
+                counts[facet].append((value, n))
         for v in counts.values():
             v.sort(key=lambda x: (-x[1], x[0]))
         return total, counts
@@ -292,12 +302,25 @@ class Catalog:
         total, counts = self.facet_counts(q)
         where, args = self._where(q)
         cur = self._cursor().execute(
-            f"SELECT rid, folder, id, subset, prompt, enhanced_prompt, prompt_used, score, category, subcategory, "
-            f"style, task_label, image_generator, image_aspect_ratio FROM samples{where} ORDER BY {ORDERS[q.order]} "
+            f"SELECT {self._ROW_COLUMNS} FROM samples{where} ORDER BY {ORDERS[q.order]} "
             f"LIMIT ? OFFSET ?", [*args, page_size, q.page * page_size])
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         return SamplePage(total, rows, counts, q.page, max(1, -(-total // page_size)))
+
+    _ROW_COLUMNS = ("rid, folder, id, subset, prompt, enhanced_prompt, prompt_used, score, category, subcategory, "
+                    "style, task_label, image_generator, image_aspect_ratio")
+
+    def sampled(self, per_value: int) -> list[dict[str, Any]]:
+        """Up to ``per_value`` samples (the first in tar order) for each value of each facet, as grid rows: the
+        static export's selection, so that every facet value has samples to show."""
+        parts = " UNION ".join(
+            f"SELECT rid FROM (SELECT rid, row_number() OVER (PARTITION BY {f.column} ORDER BY rid) AS n "
+            f"FROM samples WHERE {f.column} IS NOT NULL) WHERE n <= {int(per_value)}" for f in FACETS)
+        cur = self._cursor().execute(
+            f"SELECT {self._ROW_COLUMNS} FROM samples WHERE rid IN ({parts}) ORDER BY rid")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def locate(self, folder: str, key: str) -> dict[str, Any] | None:
         """Where a sample lies: its index file, row, tar and the image's offset and size (None if unknown)."""
@@ -348,14 +371,23 @@ class Catalog:
         return [s for s in pipeline.STAGES if s.table and self.stage_tables(s.name)]
 
     def stage_tables(self, stage: str) -> list[Path]:
+        """A stage's record tables (listed once: the explorer looks at a finished run)."""
         st = pipeline.BY_NAME.get(stage)
         if st is None:
             raise ExploreError(f"unknown stage {stage!r}: expected one of {list(pipeline.stage_order())}")
-        base = self.root / st.name
-        pattern = "*/*.parquet" if st.per_subset else "*.parquet"
-        return sorted(p for p in base.glob(pattern) if _SHARD_TABLE.match(p.name))
+        if st.name not in self._tables:
+            pattern = "*/*.parquet" if st.per_subset else "*.parquet"
+            self._tables[st.name] = sorted(p for p in (self.root / st.name).glob(pattern)
+                                           if _SHARD_TABLE.match(p.name))
+        return self._tables[st.name]
 
     def funnel(self) -> list[Any]:
+        """The report's funnel (read once: at 1,120 shards it is some 20,000 stats JSONs)."""
+        if self._funnel is None:
+            self._funnel = self._read_funnel()
+        return self._funnel
+
+    def _read_funnel(self) -> list[Any]:
         """``finet2i.reporting.funnel.read_stats`` over every stage's per-shard stats JSONs (the report's funnel)."""
         from finet2i.reporting.funnel import read_stats
 
@@ -444,7 +476,7 @@ class Catalog:
             duplicates = dict(self._cursor().execute(
                 f"SELECT id, prompt FROM {src} WHERE list_contains(?, id)", [wanted]).fetchall())
         return DroppedPage(stage, reasons, reason, subset, total, rows, evidence, self.image_stage(stage), page,
-                           max(1, -(-total // page_size)), duplicates)
+                           max(1, -(-total // max(1, page_size))), duplicates)
 
     def record_image_table(self, stage: str, subset: str | None, shard: str) -> Path | None:
         """The table of ``stage`` (one that holds image bytes) for one subset and shard, if it exists."""

@@ -8,6 +8,7 @@ served app and the static export; they differ only in how links are made (:class
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ class ServerUrls:
         return f"/record-image/{quote(stage)}/{quote(subset or '-')}/{quote(shard)}/{quote(record_id)}"
 
 
+@functools.cache
 def environment() -> Any:
+    """One jinja2 environment per process: templates are compiled once."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
