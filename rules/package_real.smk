@@ -8,6 +8,8 @@ rule package_real:
     output:
         table="results/package_real/{cshard}.parquet",
         stats="results/package_real/{cshard}.stats.json",
+        # photographer, page and license of every shipped photo, by release key (the sources ask for credits)
+        credits="results/package_real/{cshard}.credits.jsonl",
     log:
         "logs/package_real/{cshard}.log",
     conda:

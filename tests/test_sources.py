@@ -241,6 +241,25 @@ def test_three_sources_end_to_end_every_row_accounted_cdn_redirects_and_a_killed
     assert all(r["photographer"] and r["page_url"] and r["license"] and r["phash"] for r in kept)
     # The same photos on both sites: byte-identical copies are dropped here; near-copies by curated_dedup.
     assert any(r["drop_reason"] == "duplicate" for r in rows)
+    # Packaged (score and captions as their stages add them): image_generator is the source's name, credits in
+    # the provenance and in the shard's credits file, one line per shipped photo.
+    from finet2i import shards
+    from finet2i.stages.package import run_package_real
+
+    rows = shards.read_kept("out/00000.parquet", exclude=("image",))
+    for r in rows:
+        r.update(aesthetic_predictor_v_2_5_score=7.0, prompt="a photo", enhanced_prompt="a detailed photo",
+                 prompt_generator="cap", enhancer="cap")
+        shards.mark(r, None)
+    shards.write_table("caption.parquet", rows)
+    run_package_real("caption.parquet", "out/00000.parquet", "real.parquet", cshard="00000", seed=0, settings={},
+                     stats_path="real.stats.json", credits_path="real.credits.jsonl")
+    shipped = [r for r in pq.read_table("real.parquet").to_pylist() if r["kept"]]
+    assert {json.loads(r["json"])["image_generator"] for r in shipped} == {"pexels", "pixabay", "unsplash_lite"}
+    assert all(json.loads(r["provenance"])["photographer"] for r in shipped)
+    credits = [json.loads(line) for line in Path("real.credits.jsonl").read_text().splitlines()]
+    assert [c["key"] for c in credits] == sorted(r["key"] for r in shipped) and Path("real.stats.json").exists()
+    assert all(c["photographer"] and c["page_url"] and c["license"] for c in credits)
     # The key is nowhere: not in a file written, not in a log line.
     for f in tmp_path.rglob("*"):
         if f.is_file():

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from math import gcd
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -324,13 +325,35 @@ def run_package(pairs_path: str | os.PathLike[str], images_path: str | os.PathLi
                         stats_path=stats_path, settings=settings, started=started)
 
 
+# What a credit line needs (the sources ask for the photographer, a link to the photo, and the license).
+CREDIT_FIELDS = ("source", "source_id", "page_url", "photographer", "photographer_url", "license")
+
+
+def write_credits(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]],
+                  keys: dict[str, str]) -> int:
+    """One JSON line per shipped real image, in key order: its release key and its credit fields."""
+    lines = sorted((keys[r["id"]], json.dumps({"key": keys[r["id"]], **{k: r.get(k) for k in CREDIT_FIELDS}},
+                                              ensure_ascii=False, sort_keys=True))
+                   for r in rows if r["id"] in keys)
+    with shards.atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for _, line in lines), encoding="utf-8")
+    return len(lines)
+
+
 def run_package_real(table_path: str | os.PathLike[str], ingest_path: str | os.PathLike[str],
                      out_path: str | os.PathLike[str], *, cshard: str, seed: int | str,
-                     settings: dict[str, Any] | None,
-                     stats_path: str | os.PathLike[str]) -> shards.StageStats:
-    """Finish one curated shard: the kept rows of the last curated stage, image bytes from the ingest table."""
+                     settings: dict[str, Any] | None, stats_path: str | os.PathLike[str],
+                     credits_path: str | os.PathLike[str] | None = None) -> shards.StageStats:
+    """Finish one curated shard: the kept rows of the last curated stage, image bytes from the ingest table;
+    ``credits_path`` gets the shard's credits (:func:`write_credits`), written before the stats."""
     started = time.monotonic()
     kept = shards.read_kept(table_path, exclude=("image",))
     images = image_bytes(ingest_path, "id", [r["id"] for r in kept])
-    return package_rows(kept, images, subset=REAL, shard=cshard, seed=seed, out_path=out_path,
-                        stats_path=stats_path, settings=settings, started=started, stage=STAGE_REAL)
+    stats_file = Path(f"{out_path}.stats-pending.json") if credits_path else Path(stats_path)
+    stats = package_rows(kept, images, subset=REAL, shard=cshard, seed=seed, out_path=out_path,
+                         stats_path=stats_file, settings=settings, started=started, stage=STAGE_REAL)
+    if credits_path:
+        shipped = pq.read_table(out_path, columns=["id", "key", shards.KEPT]).to_pylist()
+        write_credits(credits_path, kept, {r["id"]: r["key"] for r in shipped if r[shards.KEPT]})
+        os.replace(stats_file, stats_path)  # the stats stay the completion marker: last
+    return stats
