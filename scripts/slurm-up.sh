@@ -125,6 +125,14 @@ MpiDefault=none
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:$NGPU State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
+# For the preflight tests (tests/test_preflight.py): a partition with a 60-minute limit, and a CPU-only partition
+# whose one node exists on paper only (State=CLOUD: powered down, never started; nothing is ever scheduled
+# there) so that "GPUs asked in a partition without GPUs" meets a real partition table.
+# PrivateData=cloud: show that powered-down node in sinfo/scontrol (hidden otherwise), as cloud sites do.
+PrivateData=cloud
+NodeName=finet2i-cpuonly CPUs=16 RealMemory=64000 State=CLOUD
+PartitionName=short Nodes=$NODE Default=NO MaxTime=60 State=UP
+PartitionName=cpuonly Nodes=finet2i-cpuonly Default=NO MaxTime=INFINITE State=UP
 EOF
 )
 new_gres_conf=$(cat <<EOF
@@ -232,6 +240,15 @@ sacctmgr -n -P show account format=account | grep -qx "$ACCOUNT" \
 sacctmgr -n -P show assoc where user=root account="$ACCOUNT" format=user | grep -qx root \
   || { sacctmgr -i add user root account="$ACCOUNT" defaultaccount="$ACCOUNT" cluster="$CLUSTER" >/dev/null \
        && log "added association root/$ACCOUNT"; }
+
+# A second account whose only association is with the cpu partition (preflight tests: "account without an
+# association for that partition", rejected by sbatch as on a real cluster).
+sacctmgr -n -P show account format=account | grep -qx "$ACCOUNT-cpuonly" \
+  || { sacctmgr -i add account "$ACCOUNT-cpuonly" cluster="$CLUSTER" description="finet2i preflight tests" organization=finet2i >/dev/null \
+       && log "added account $ACCOUNT-cpuonly"; }
+sacctmgr -n -P show assoc where user=root account="$ACCOUNT-cpuonly" format=partition | grep -qx cpu \
+  || { sacctmgr -i add user root account="$ACCOUNT-cpuonly" partition=cpu cluster="$CLUSTER" >/dev/null \
+       && log "added association root/$ACCOUNT-cpuonly/cpu"; }
 
 if ! pid_alive /run/slurmctld.pid; then
   log "starting slurmctld"

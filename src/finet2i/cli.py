@@ -177,6 +177,27 @@ def explore(results_dir: Path, port: int, host: str, cache_dir: Path | None, sta
         server.server_close()
 
 
+@main.command("preflight")
+@click.option("--profile", type=click.Path(exists=True, path_type=Path), default=None,
+              help="The Snakemake profile to check against the live cluster (e.g. profiles/slurm).")
+@click.option("--configfile", "configfiles", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Config file(s), merged in order as --configfile does; default config/config.yaml.")
+@click.option("--results", type=click.Path(path_type=Path), default=None,
+              help="The results folder whose filesystem must hold the run (default: ./results).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report (per-stage disk sizes too) as JSON.")
+def preflight(profile: Path | None, configfiles: tuple[Path, ...], results: Path | None, as_json: bool) -> None:
+    """Check a run before the first GPU-hour: config, models (present, pinned, on a shared filesystem), the
+    profile against the live Slurm cluster (partitions, accounts, GPUs, memory and runtime of every rule at
+    every attempt), disk for the whole run, and where the rules that download run. Submits nothing.
+
+    Run it on the login node, in the workflow folder. Exit status 0 when everything is GO, 1 on any NO-GO."""
+    from finet2i.preflight import run_preflight
+
+    report = run_preflight(configfiles or (Path("config/config.yaml"),), profile=profile, results=results)
+    click.echo(report.to_json() if as_json else report.table())
+    sys.exit(0 if report.ok else 1)
+
+
 def _register_optional() -> None:
     # Stage tools live beside their stage; registering them here keeps `finet2i --help` complete.
     try:

@@ -118,4 +118,4 @@ class ModelSpec:
         except Exception as e:  # the hub raises several types for "not in cache"
             raise ModelNotAvailable(
                 f"{self.key}: {self.label} is not in the Hugging Face cache ({e.__class__.__name__}); run "
-                f"`finet2i fetch-models --config <your config>` on a node with network first") from e
+                f"`finet2i fetch-models <your config>` on a node with network first") from e
