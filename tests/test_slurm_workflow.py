@@ -48,6 +48,8 @@ from finet2i import pipeline
 # Rules that declare `gpu=1` (rules/*.smk). test_profile_matches_rules fails when this drifts from the rules.
 GPU_RULES = {"prompts", "embed", "dedup_group", "dedup_cross", "guard", "attributes", "enhance", "guard_enhanced",
              "generate", "pair_filter", "curated_score", "curated_caption", "curated_enhance", "curated_guard"}
+# The memory caps of profiles/slurm (largest node per partition, which the user sets).
+PROFILE_CAP_MB = {"gpu": 250000, "cpu": 120000}
 DEMO = yaml.safe_load((ROOT / DEMO_CONFIG).read_text())
 POLL_SECONDS = 2  # the only plugin setting a test may change: status-poll delay after a submission
 
@@ -224,20 +226,19 @@ class DemoRun:
 
 @pytest.fixture(scope="module")
 def demo_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, DemoRun]:
-    """The demo once with the local executor (profiles/local, as `finet2i demo` runs it) and once on Slurm.
+    """The demo once with the local executor (profiles/local, as `finet2i demo` runs it) and once on Slurm,
+    the latter by following the README's first-run section word for word (run_readme_first_run).
 
     The local run is the session's shared one (workflow_helpers.local_demo): if no earlier test started it,
     it runs in the background while the Slurm run waits on the queue and its polls.
     """
     local = local_demo(tmp_path_factory)  # the session's shared run; started here if no test started it
     slurm_wd = demo_workdir(tmp_path_factory.mktemp("slurm"))
-    profile = write_test_profile(slurm_wd, slurm_cluster)
     since = datetime.now()
     t0 = time.monotonic()
-    proc = run_snakemake_slurm(slurm_wd, *slurm_args(profile), timeout=2400)
+    out = run_readme_first_run(slurm_wd, slurm_cluster, tmp_path_factory.mktemp("hf_home"))
     slurm_seconds = time.monotonic() - t0
     local_wd = local.wait()
-    out = proc.stdout + proc.stderr
     runs = {
         "local": DemoRun(local_wd, dataset_digest(local_wd / "results"), job_counts(local.log.read_text()),
                          local.seconds or 0.0),
@@ -246,6 +247,56 @@ def demo_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, DemoRu
     }
     print(f"\ndemo: Slurm {slurm_seconds:.0f} s")
     return runs
+
+
+README_VALUES = ("CONFIG", "ACCOUNT", "CPU_PARTITION", "GPU_PARTITION", "export HF_HOME")
+
+
+def readme_first_run() -> str:
+    """The README's first-run block (between its first-run markers), as a user would paste it."""
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index("<!-- first-run:start -->"), text.index("<!-- first-run:end -->")
+    block = text[start:end].split("```bash\n", 1)[1].rsplit("```", 1)[0]
+    return block
+
+
+def run_readme_first_run(wd: Path, cluster: SlurmCluster, hf_home: Path) -> str:
+    """Follow the README's first run in `wd` on the local cluster: the block runs as written, in bash with
+    -e (a NO-GO from preflight stops it), after its five values are given this cluster's (the README says which
+    lines are yours). The one change outside the block: the profile's status-poll delay (POLL_SECONDS, the
+    only plugin setting a test may change), or each of the demo's ~15 levels would wait 40 s.
+    Returns everything the block printed."""
+    block = readme_first_run()
+    values = {"CONFIG": DEMO_CONFIG, "ACCOUNT": cluster.account, "CPU_PARTITION": cluster.cpu_partition,
+              "GPU_PARTITION": cluster.gpu_partition, "export HF_HOME": str(hf_home)}
+    lines = block.splitlines()
+    for name in README_VALUES:
+        found = [i for i, line in enumerate(lines) if line.startswith(f"{name}=")]
+        assert len(found) == 1, f"README first run: expected one line `{name}=...`, found {len(found)}"
+        lines[found[0]] = f"{name}={values[name]}"
+    profile = wd / "profiles" / "slurm" / "config.yaml"
+    text = profile.read_text()
+    assert "slurm-init-seconds-before-status-checks: 40" in text
+    profile.write_text(text.replace("slurm-init-seconds-before-status-checks: 40",
+                                    f"slurm-init-seconds-before-status-checks: {POLL_SECONDS}"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    started = datetime.now()
+    try:
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=wd, env=env,
+                              capture_output=True, text=True, timeout=2400)
+    except subprocess.TimeoutExpired as exc:
+        out = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                      for x in (exc.stdout, exc.stderr))
+        if uuid := run_uuid(out):
+            cancel_jobs(uuid)
+        raise AssertionError(f"the README's first run did not finish in 2400 s (since {started}):\n"
+                             f"{out[-4000:]}") from exc
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"the README's first run failed ({proc.returncode}):\n{out[-8000:]}"
+    assert re.search(r"^GO \(", proc.stdout, re.M), f"preflight did not say GO:\n{out[-8000:]}"
+    assert "models.aesthetic_head: local" in proc.stdout, out[-4000:]
+    assert "CHANGE_ME" not in profile.read_text()
+    return out
 
 
 def resume_copy(ref: DemoRun, dest: Path, subset: str, shard: str) -> tuple[Path, str]:
@@ -304,7 +355,8 @@ def assert_same_tar(ref: DemoRun, wd: Path, target: str) -> None:
 
 def test_profile_matches_rules() -> None:
     """Every rule with gpu=1 goes to the GPU partition and nothing else does; no gres anywhere (the plugin
-    would ask for the GPU twice); the profile's memory is the rule's own value times `attempt`."""
+    would ask for the GPU twice); the profile's memory is the rule's own value times `attempt`, capped at the
+    largest node's memory of its partition (one cap per partition, which the user sets)."""
     rules = rule_resources()
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     declared_gpu = {r for r, res in rules.items() if res.get("gpu") == "1"}
@@ -320,8 +372,10 @@ def test_profile_matches_rules() -> None:
             continue
         assert rule in set_res, f"profiles/slurm: no set-resources for rule {rule}"
         expr = str(set_res[rule]["mem_mb"])
+        cap = PROFILE_CAP_MB["gpu" if rule in GPU_RULES else "cpu"]
+        assert expr == f"min({res['mem_mb']} * attempt, {cap})", (rule, expr)
         for attempt in (1, 2, 3):
-            assert eval(expr, {}, {"attempt": attempt}) == int(res["mem_mb"]) * attempt, (rule, expr)  # noqa: S307
+            assert eval(expr, {}, {"attempt": attempt}) == min(int(res["mem_mb"]) * attempt, cap), (rule, expr)  # noqa: S307
     for key in ("retries", "rerun-incomplete", "latency-wait", "group-components", "groups"):
         assert profile.get(key), key
     assert profile["slurm-status-command"] == "squeue"
@@ -409,7 +463,9 @@ def test_scancel_gpu_job_is_retried_and_resumes_from_checkpoint(demo_runs, slurm
                       key=lambda j: int(j["JobIDRaw"]))
     assert [(j["state"], j["Partition"], j["gpus"]) for j in generate] == [
         ("CANCELLED", "gpu", 1), ("COMPLETED", "gpu", 1)], generate
-    assert generate[1]["mem_mb"] == 2 * generate[0]["mem_mb"], "retry did not get attempt-scaled memory"
+    assert generate[1]["mem_mb"] == min(2 * generate[0]["mem_mb"], PROFILE_CAP_MB["gpu"]), \
+        "retry did not get attempt-scaled, capped memory"
+    assert generate[1]["mem_mb"] > generate[0]["mem_mb"]
     m = resumed_from(wd, subset, shard)
     assert m and int(m.group(1)) >= done_at_kill >= 1, (wd / f"logs/generate/{subset}/{shard}.log").read_text()[-3000:]
     assert int(m.group(1)) < int(m.group(2)), "the job was cancelled after its last chunk: nothing to resume"
