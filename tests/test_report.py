@@ -295,3 +295,11 @@ def test_snakemake_report_smoke(run_dir):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (wd / "smk-report.html").stat().st_size > 10_000
+
+
+def test_the_report_says_how_to_browse_the_run(run_dir):
+    tmp, stats, indexes, sim = run_dir
+    run_report(stats, indexes, sim, str(tmp / "report"), demo=False, config=CONFIG)
+    html = (tmp / "report" / "report.html").read_text()
+    assert f"<code>finet2i explore {tmp}</code>" in html and 'href="http://127.0.0.1:8000/"' in html
+    assert f"`finet2i explore {tmp}`" in (tmp / "report" / "report.md").read_text()

@@ -20,6 +20,14 @@ DEMO_BANNER = ("DEMO OUTPUT IS NOT A DATASET: this run used tiny random-weight m
                "its numbers only show that the pipeline runs end to end.")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 HTML_TEMPLATE = "report.html.j2"
+EXPLORE_URL = "http://127.0.0.1:8000/"  # where `finet2i explore` serves by default
+
+
+def explore_line(results_dir: str) -> str:
+    """How to browse this run's samples and dropped records (``finet2i explore``, docs/explore.md)."""
+    return (f"Browse the samples and every record a stage dropped, with its reason and evidence: run "
+            f"`finet2i explore {results_dir}` and open {EXPLORE_URL} (docs/explore.md); "
+            f"`finet2i explore {results_dir} --static DIR` writes a copy that opens from disk.")
 
 
 def _meta_line(meta: dict[str, Any]) -> str:
@@ -27,11 +35,13 @@ def _meta_line(meta: dict[str, Any]) -> str:
 
 
 def render_markdown(tables: list[Table], figures: dict[str, tuple[str, bytes]], flags: list[str],
-                    meta: dict[str, Any], demo: bool) -> str:
+                    meta: dict[str, Any], demo: bool, results_dir: str | None = None) -> str:
     lines = [f"# {TITLE}", ""]
     if demo:
         lines += [f"> **{DEMO_BANNER}**", ""]
     lines += [_meta_line(meta), ""]
+    if results_dir is not None:
+        lines += [explore_line(results_dir), ""]
     lines += ["## Flags", ""] + ([f"- {f}" for f in flags] or ["- none"]) + [""]
     for t in tables:
         lines += [f"## {t.title}", ""]
@@ -60,8 +70,9 @@ def _environment() -> Any:
 
 
 def render_html(tables: list[Table], figures: dict[str, tuple[str, bytes]], flags: list[str],
-                meta: dict[str, Any], demo: bool) -> str:
+                meta: dict[str, Any], demo: bool, results_dir: str | None = None) -> str:
     context = {
+        "explore": None if results_dir is None else {"results": results_dir, "url": EXPLORE_URL},
         "title": TITLE,
         "demo": demo,
         "banner": DEMO_BANNER,

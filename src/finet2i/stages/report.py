@@ -73,8 +73,9 @@ def run_report(stats_paths: list[str], index_paths: list[str], similarity_histog
     tables = [*funnel_tables(rows, comparison), *distribution_tables(dist, idx, subsets),
               aesthetic_bins_table(idx, subsets)]
     shards.write_json(out / "funnel.json", funnel)
-    _write_text(out / "report.md", render_markdown(tables, figs, flags, meta, demo))
-    _write_text(out / "report.html", render_html(tables, figs, flags, meta, demo))
+    results_dir = str(out.parent)  # report/ sits in the run's results folder, which `finet2i explore` opens
+    _write_text(out / "report.md", render_markdown(tables, figs, flags, meta, demo, results_dir))
+    _write_text(out / "report.html", render_html(tables, figs, flags, meta, demo, results_dir))
     log.info("report: %d stage rows, %d samples, %d flags -> %s", len(rows), n_samples, len(flags), out)
     return funnel
 
