@@ -108,7 +108,7 @@ class _Batched(_Scripted):
     def chat(self, conversations, sampling, constraint=None, *, seeds=None, samplings=None):
         self.calls.append(conversations)
         self.samplings.append(list(samplings) if samplings is not None else [sampling] * len(conversations))
-        return [(self.long if c[0]["content"][1]["text"] == LONG_INSTRUCTION else self.short).pop(0)
+        return [(self.long if c[0]["content"][1]["text"].startswith(LONG_INSTRUCTION) else self.short).pop(0)
                 for c in conversations]
 
 
@@ -229,3 +229,17 @@ def test_run_caption_on_tiny_qwen3_vl(tmp_path: Path, tiny_qwen3_vl: Path, tiny_
             assert "enhanced_prompt" not in r
     assert stats.stage == "curated_caption" and stats.records_in == 3
     assert stats.kept >= 1
+
+
+def test_the_sources_own_text_is_a_hint_only_when_asked_for() -> None:
+    rows = real_rows(2)
+    rows[0]["source_text"] = "green trees covered with fog during daytime"
+    for enabled in (False, True):
+        vlm = _Batched([SHORT, SHORT], [LONG, LONG])
+        caption_chunk(rows, vlm, CaptionSettings(source_text_hint=enabled), CAPTIONER, long_prompt="captioner")
+        texts = [c[0]["content"][1]["text"] for c in vlm.calls[0]]
+        if not enabled:  # the default: the paper's captioner sees the image only
+            assert texts == [INSTRUCTION] * 2 + [LONG_INSTRUCTION] * 2
+        else:
+            assert texts[0].startswith(INSTRUCTION) and "green trees covered with fog" in texts[0]
+            assert "green trees covered with fog" in texts[2] and texts[1] == INSTRUCTION  # no text, no hint

@@ -76,6 +76,7 @@ _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 class CaptionSettings(FromSection):
     temperature: float = default("curated.caption.temperature")
     max_tokens: int = default("curated.caption.max_tokens")  # the short prompt
+    source_text_hint: bool = default("curated.caption.source_text_hint")
     long_max_tokens: int = default("curated.caption.long_max_tokens")  # the long one (captioner mode)
     chunk_size: int = default("curated.caption.chunk_size")
     max_image_pixels: int = default("curated.caption.max_image_pixels")  # downscaled first (token budget)
@@ -107,6 +108,16 @@ def clean_caption(text: str | None, long: bool = False) -> str:
     return text if any(ch.isalnum() for ch in text) else ""
 
 
+HINT = (" The site the photo comes from describes it as: \"{text}\". That text may be incomplete or wrong: "
+        "describe what you see, and use it only where the image agrees.")
+
+
+def with_hint(instruction: str, source_text: Any, enabled: bool) -> str:
+    """The instruction, followed by the source's own text (``curated.caption.source_text_hint``)."""
+    text = " ".join(str(source_text or "").split())[:500]
+    return instruction + HINT.format(text=text) if enabled and text else instruction
+
+
 def build_messages(image: Any, instruction: str = INSTRUCTION) -> list[Message]:
     return [{"role": "user",
              "content": [{"type": "image", "image": image}, {"type": "text", "text": instruction}]}]
@@ -134,7 +145,7 @@ def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, mo
         raise ValueError(f"curated.long_prompt: {long_prompt!r} is not one of {', '.join(LONG_PROMPT_WRITERS)}")
     long = long_prompt == CAPTIONER
     out: list[Record] = []
-    todo: list[tuple[Record, Any]] = []
+    todo: list[tuple[Record, Any]] = []  # (row, image); the row still has the source's text
     for src in records:
         r = {k: v for k, v in src.items() if k not in ("image", shards.KEPT, shards.DROP_REASON)}
         r["prompt"], r["prompt_generator"], r["length"], r["caption_raw"] = None, model_name, 0, None
@@ -156,10 +167,12 @@ def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, mo
     if not todo:
         return out
     # One batch: the short prompts, then (captioner mode) the long ones, each with its own token budget.
-    conversations = [build_messages(image) for _, image in todo]
+    hint = settings.source_text_hint
+    conversations = [build_messages(image, with_hint(INSTRUCTION, r.get("source_text"), hint)) for r, image in todo]
     samplings = [settings.sampling()] * len(todo)
     if long:
-        conversations += [build_messages(image, LONG_INSTRUCTION) for _, image in todo]
+        conversations += [build_messages(image, with_hint(LONG_INSTRUCTION, r.get("source_text"), hint))
+                          for r, image in todo]
         samplings += [settings.long_sampling()] * len(todo)
     answers = chat_each(vlm, conversations, samplings)
     if len(answers) != len(conversations):
