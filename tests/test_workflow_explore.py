@@ -175,6 +175,10 @@ def test_browse_filter_search_detail_and_dropped(results, base_url, browser, sho
         page.keyboard.press("Enter")  # submits the form from a text field, as a keyboard user would
     assert count_shown(page) == n_both
     assert page.locator("#f-subset").input_value() == subset and page.locator("#f-style").input_value() == style
+    # Each filter's values are counted under the other filters (the values it could switch to).
+    labels = page.locator("#f-subset option").all_inner_texts()[1:]
+    per_subset = Counter(r["subset"] for r in rows if r["style"] == style)
+    assert sorted(labels) == sorted(f"{s} ({n})" for s, n in per_subset.items())
     screenshot(page, shots, "explore-grid-filtered")
 
     # Full-text search over both prompts (filters cleared first): a word from some prompt.
@@ -251,6 +255,25 @@ def test_browse_filter_search_detail_and_dropped(results, base_url, browser, sho
     page.wait_for_url(re.compile(r"/dropped/pair_filter\?"))
     assert page.locator("#reason-heading").inner_text().startswith(f"{reason} in {subset}")
     page.close()
+
+
+def test_facet_counts_match_the_files(results, tmp_path):
+    """Totals and per-value counts under two filters and a search, against a count over the indexes."""
+    from finet2i.explore.catalog import Catalog, Query
+
+    catalog = Catalog(results, tmp_path)
+    rows = index_rows(results)
+    subset, _ = Counter(r["subset"] for r in rows).most_common(1)[0]
+    style, _ = Counter(r["style"] for r in rows if r["subset"] == subset and r["style"]).most_common(1)[0]
+    for word in ("", "a", "the"):
+        def hit(r, word=word):  # type: ignore[no-untyped-def]
+            return word in f"{r['prompt']} {r['enhanced_prompt'] or ''}".lower()
+
+        total, counts = catalog.facet_counts(Query.from_params({"subset": subset, "style": style, "q": word}))
+        assert total == sum(hit(r) and r["subset"] == subset and r["style"] == style for r in rows), word
+        assert dict(counts["subset"]) == dict(Counter(r["subset"] for r in rows if hit(r) and r["style"] == style))
+        assert dict(counts["style"]) == dict(Counter(r["style"] for r in rows
+                                                     if hit(r) and r["subset"] == subset and r["style"]))
 
 
 # ----------------------------------------------------------------------------------------------------------
