@@ -276,6 +276,61 @@ def test_facet_counts_match_the_files(results, tmp_path):
                                                      if hit(r) and r["subset"] == subset and r["style"]))
 
 
+@pytest.fixture(scope="module")
+def dedup_drops(results, tmp_path_factory) -> Path:
+    """The demo's own prompts and MiniLM embeddings through the real dedup jobs at cosine 0.3 (the demo's 0.45
+    drops nothing among 20 tiny-LLM prompts): a results folder whose dedup tables hold drops."""
+    from finet2i.dedup import DedupSettings
+    from finet2i.stages import dedup as stage
+
+    root = tmp_path_factory.mktemp("dedup-drops") / "results"
+    for part in ("prompts", "embed"):
+        shutil.copytree(results / part, root / part)
+    names = sorted(p.stem for p in (root / "embed").glob("*.npz"))
+    settings = DedupSettings(threshold=0.3, groups=2, kmeans_sample=100, seed=7)
+    emb = [root / "embed" / f"{n}.npz" for n in names]
+    out = root / "dedup"
+    stage.run_dedup_centroids(emb, out / "centroids.npy", out / "similarity_histogram.json", settings=settings)
+    idx, vec = [out / "assign" / f"{n}.npz" for n in names], [out / "assign" / f"{n}.npy" for n in names]
+    for e, v, i in zip(emb, vec, idx, strict=True):
+        stage.run_dedup_assign(e, out / "centroids.npy", v, i, settings=settings)
+    groups = [out / "group" / f"{g:03d}.npz" for g in range(settings.groups)]
+    for g, gp in enumerate(groups):
+        stage.run_dedup_group(idx, vec, gp, group=g, settings=settings)
+    stage.run_dedup_cross(groups, idx, vec, out / "verdicts.npy", out / "kept_ids.npy", out / "cross.stats.json",
+                          settings=settings)
+    for n in names:
+        stage.run_dedup_keep(root / "prompts" / f"{n}.parquet", root / "embed" / f"{n}.npz",
+                             out / "assign" / f"{n}.npz", out / "verdicts.npy", out / "kept_ids.npy",
+                             out / f"{n}.parquet", shard=n, settings=settings, stats_path=out / f"{n}.stats.json")
+    return root
+
+
+def test_dedup_drops_show_both_prompts_and_the_cosine(dedup_drops, browser, shots, tmp_path):
+    tables = sorted(dedup_drops.glob("dedup/*.parquet"))
+    rows = [r for t in tables for r in pq.read_table(t).to_pylist()]
+    prompt_of = {r["id"]: r["prompt"] for r in rows}
+    dropped = sorted((r for r in rows if not r["kept"]), key=lambda r: r["id"])
+    assert dropped, "cosine 0.3 drops some of the demo's prompts"
+    server = serve(dedup_drops, tmp_path / "cache")
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/dropped/dedup")
+        assert page.locator("#reasons a").all_inner_texts() == [f"{dropped[0]['drop_reason']} ({len(dropped)})"]
+        records = page.locator("#dropped li.record")
+        assert records.count() == len(dropped)
+        first = records.first.locator(".duplicate").inner_text()
+        r = next(x for x in dropped if x["id"] in records.first.locator(".rid").inner_text())
+        assert r["duplicate_of"] in first and f"cosine {r['similarity']:.3f}" in first
+        assert prompt_of[r["duplicate_of"]] in first  # the prompt it duplicates, beside its own
+        assert r["prompt"] in records.first.inner_text()
+        screenshot(page, shots, "explore-dropped-dedup-0.3")
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Safety
 
