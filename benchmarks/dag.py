@@ -98,7 +98,8 @@ STATS = expand("results/{{stage}}/{{shard}}.stats.json", stage=STAGES + ["enhanc
 STATS += expand("results/{{stage}}/{{subset}}/{{shard}}.stats.json", stage=["generate", "pair_filter"],
                 subset=SUBSETS, shard=SHARDS)
 STATS += expand("results/{{stage}}/{{cshard}}.stats.json",
-                stage=["curated_ingest", "curated_score", "curated_caption", "curated_guard"], cshard=CSHARDS)
+                stage=["curated_ingest", "curated_dedup", "curated_score", "curated_caption", "curated_guard"],
+                cshard=CSHARDS)
 STATS += [t.replace(".parquet", ".stats.json") for t in PACKAGED]
 ASSIGN = dict(index=expand("results/dedup/assign/{{shard}}.npz", shard=SHARDS),
               vectors=expand("results/dedup/assign/{{shard}}.npy", shard=SHARDS))
@@ -212,8 +213,13 @@ rule curated_ingest:
     output: "results/curated_ingest/{cshard}.parquet", "results/curated_ingest/{cshard}.stats.json"
     shell: "touch {output}"
 
+rule curated_dedup:
+    input: "results/curated_ingest/{cshard}.parquet", expand("results/curated_ingest/{c}.parquet", c=CSHARDS)
+    output: "results/curated_dedup/{cshard}.parquet", "results/curated_dedup/{cshard}.stats.json"
+    shell: "touch {output}"
+
 rule curated_score:
-    input: "results/curated_ingest/{cshard}.parquet"
+    input: "results/curated_dedup/{cshard}.parquet", "results/curated_ingest/{cshard}.parquet"
     output: "results/curated_score/{cshard}.parquet", "results/curated_score/{cshard}.stats.json"
     shell: "touch {output}"
 

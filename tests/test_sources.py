@@ -231,6 +231,7 @@ def test_three_sources_end_to_end_every_row_accounted_cdn_redirects_and_a_killed
         for api in (pex, pix):
             assert max(_images_answered(api).values()) == 1  # no image fetched twice across the kill
         assert len(_images_answered(pex)) == 5 and len(_images_answered(pix)) == 4  # via the CDN host
+        assert len(_images_answered(unsplash_cdn)) == 3 and max(_images_answered(unsplash_cdn).values()) == 1
     rows = pq.read_table("out/00000.parquet").to_pylist()
     assert len(rows) == listed == stats.records_in  # every manifest row ends kept or dropped
     assert stats.extra["downloads_resumed"] == cached and not Path("out/00000.parquet.fetched").exists()
@@ -295,3 +296,16 @@ def test_the_same_photo_from_two_sites_is_kept_once_across_shards_with_evidence(
     assert [(r["id"], r["drop_reason"], r["duplicate_of"]) for r in out] == [
         ("real-00001-000000", "near_duplicate", "real-00000-000000"), ("real-00001-000001", None, None)]
     assert stats.dropped == {"near_duplicate": 1} and out[0]["phash_distance"] <= 4
+
+
+def test_the_production_configs_commented_sources_validate_and_fail_without_keys_naming_the_variable():
+    import yaml
+
+    lines = (ROOT / "config" / "config.yaml").read_text().splitlines()
+    start = lines.index("  # sources:")
+    block = [ln.replace("  # ", "  ", 1) for ln in lines[start:] if ln.startswith("  #   ") or ln == "  # sources:"]
+    sources = yaml.safe_load("curated:\n" + "\n".join(block))["curated"]["sources"]
+    assert [s["type"] for s in sources] == ["unsplash_lite", "pexels", "pixabay"]
+    cfg = validated(sources)
+    msgs = missing_sources(cfg, base_dir=ROOT)
+    assert any("export PEXELS_API_KEY=" in m for m in msgs) and any("export PIXABAY_API_KEY=" in m for m in msgs)

@@ -15,13 +15,11 @@ Each is listed by the ``curated_list`` rule (:mod:`finet2i.sources.listing`) int
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 LISTED_TYPES = ("unsplash_lite", "pexels", "pixabay")  # sources that are listed into a manifest first
 API_TYPES = ("pexels", "pixabay")  # sources that need a key and the network to be listed
-FILE_TYPES = ("folder", "url_list")
 
 # A manifest row: where the photo is, who made it, under which license, and the source's own words about it.
 MANIFEST_COLUMNS = (
@@ -40,14 +38,6 @@ MANIFEST_COLUMNS = (
     "detail",
 )
 MISSING_FIELDS = "missing_fields"
-
-
-def source_type(entry: Any) -> str:
-    """``folder`` / ``url_list`` for a path entry (decided on disk), else the entry's ``type``."""
-    if isinstance(entry, Mapping) and entry.get("type"):
-        return str(entry["type"])
-    path = str(entry["path"]) if isinstance(entry, Mapping) else str(entry)
-    return "folder" if os.path.isdir(path) else "url_list"
 
 
 def is_listed(entry: Any) -> bool:
