@@ -15,6 +15,9 @@ symlink to it), so the disk holds ~the indexes only. Then, over HTTP to a real `
   (read at its offset in the tar);
 * a thumbnail, cached (the first request makes it).
 
+* a page of the judge's dropped records (one subset and reason) over ``pair_filter`` tables of as many
+  judged pairs as samples, 60% dropped.
+
 Baseline, for the same two questions without the explorer's table: a pyarrow dataset scan of every index per
 request (filter, count, slice), and a detail read by a filtered scan plus ``tarfile`` finding the member by
 name. Also printed: the one-off load of the indexes into the DuckDB table (first start), and a restart that
@@ -123,6 +126,34 @@ def write_indexes(root: Path, samples: int, per_tar: int, seed: int = 0) -> list
     return picks
 
 
+def write_judge_tables(root: Path, records: int, per_shard: int, seed: int = 1) -> None:
+    """``pair_filter/<subset>/<shard>.parquet``: ``records`` judged pairs in all, 60% dropped (judge_rejected,
+    judge_unsafe, low_aesthetic), with the judge's reasoning and answer as evidence."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    subsets = ["pe_ar", "pe_as", "po_ar", "po_as"]
+    shards = -(-records // (per_shard * len(subsets)))
+    for subset in subsets:
+        (root / "pair_filter" / subset).mkdir(parents=True)
+        for sh in range(shards):
+            rows = []
+            for i in range(per_shard):
+                x = rng.random()
+                reason = "judge_rejected" if x < 0.5 else "judge_unsafe" if x < 0.55 else \
+                    "low_aesthetic" if x < 0.6 else None
+                answer = " ".join(rng.choice(WORDS) for _ in range(40))
+                rows.append({"id": f"{sh:05d}-{i:06d}", "sample_id": f"{subset}-{sh:05d}-{i:06d}",
+                             "prompt": " ".join(rng.choice(WORDS) for _ in range(20)),
+                             "enhanced_prompt": " ".join(rng.choice(WORDS) for _ in range(50)),
+                             "aesthetic_predictor_v_2_5_score": rng.uniform(4, 7.5),
+                             "judge_reasoning": answer, "judge_violations": "composition,blur",
+                             "judge_raw": '{"verdict": "reject", "reasoning": "' + answer + '"}',
+                             "kept": reason is None, "drop_reason": reason})
+            pq.write_table(pa.Table.from_pylist(rows), root / "pair_filter" / subset / f"{sh:05d}.parquet")
+
+
 def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
     """Median milliseconds of ``repeat`` calls (after one warm-up call)."""
     fn()
@@ -179,6 +210,7 @@ def main() -> None:
         picks_file = root / "picks.json"
         if not picks_file.exists():
             picks = write_indexes(root / "results", args.samples, args.per_tar)
+            write_judge_tables(root / "results", args.samples, args.per_tar)
             picks_file.write_text(json.dumps(picks))
         picks = [tuple(p) for p in json.loads(picks_file.read_text())]
         files = sorted((root / "results" / "dataset").glob("*/train-*.parquet"))
@@ -201,6 +233,10 @@ def main() -> None:
         grid = f"{base}/?subset={subset}&style={urllib.parse.quote(style)}&q={word}&page=3"
         plain = f"{base}/"
         folder, key = picks[len(picks) // 2]
+        dropped = f"{base}/dropped/pair_filter?subset=pe_as&reason=judge_rejected&page=5"
+        t0 = time.perf_counter()
+        get(dropped)
+        dropped_cold = (time.perf_counter() - t0) * 1000
         rows = [
             ("grid, no filter, page 1", timed(lambda: get(plain), args.repeat), None),
             ("grid, subset + style + search, page 4", timed(lambda: get(grid), args.repeat),
@@ -210,13 +246,15 @@ def main() -> None:
                    args.repeat),
              timed(lambda: baseline_detail(files, key), max(1, args.repeat // 2))),
             ("thumbnail, cached", timed(lambda: get(f"{base}/thumb/{folder}/{key}"), args.repeat), None),
+            ("dropped by the judge, one reason, page 6", timed(lambda: get(dropped), args.repeat), None),
         ]
         server.shutdown()
         print(f"{'request':40} {'explore':>9} {'baseline':>9}")
         for label, ours, baseline in rows:
             b = f"{baseline:9.0f}" if baseline is not None else f"{'-':>9}"
             print(f"{label:40} {ours:9.1f} {b}")
-        print(f"first start (indexes -> DuckDB table): {load:.1f} s; restart on the cached table: {reopen:.2f} s")
+        print(f"first start (indexes -> DuckDB table): {load:.1f} s; restart on the cached table: {reopen:.2f} s; "
+              f"first dropped page of a stage (counts its drop reasons): {dropped_cold:.0f} ms")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -40,6 +40,9 @@ DROPPED_PAGE_SIZE = 24
 INDEX_GLOB = "dataset/*/train-*.parquet"
 _SHARD_TABLE = re.compile(r"^[A-Za-z0-9_-]+\.parquet$")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+# A stage table's subset and shard, from its path (results/<stage>/[<subset>/]<shard>.parquet).
+_SUBSET_SQL = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+$', 1)"
+_SHARD_SQL = r"regexp_extract(filename, '([^/\\]+)\.parquet$', 1)"
 
 
 class ExploreError(ValueError):
@@ -162,6 +165,7 @@ class Catalog:
         self._describe: dict[tuple[str, ...], list[str]] = {}
         self._tables: dict[str, list[Path]] = {}
         self._funnel: list[Any] | None = None
+        self._reasons: dict[str, list[dict[str, Any]]] = {}
         self.con = duckdb.connect(str(self._samples_db()), read_only=True)
         self.subset_codes = sorted({f for f in self._scalar_list("SELECT DISTINCT subset FROM samples") if f})
 
@@ -443,43 +447,77 @@ class Catalog:
             st = self._upstream_with_table(st)
         return None
 
+    def drop_reasons(self, stage: str) -> list[dict[str, Any]]:
+        """Per (subset, reason), how many records the stage dropped (counted once: a finished run's tables)."""
+        if stage not in self._reasons:
+            st = pipeline.BY_NAME[stage]
+            files = self.stage_tables(stage)
+            if not files:
+                raise ExploreError(f"{self.root / stage}: no record table of stage {stage!r} (has it run?)")
+            src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
+            sub = _SUBSET_SQL if st.per_subset else "NULL::VARCHAR"
+            self._reasons[stage] = [{"subset": s, "reason": r, "count": n} for s, r, n in self._cursor().execute(
+                f"SELECT {sub} AS s, drop_reason, count(*) FROM {src} WHERE NOT kept GROUP BY ALL ORDER BY 1, 3 DESC"
+            ).fetchall()]
+        return self._reasons[stage]
+
     def dropped(self, stage: str, *, subset: str | None = None, reason: str | None = None, page: int = 0,
                 page_size: int = DROPPED_PAGE_SIZE) -> DroppedPage:
+        """One page of the records ``stage`` dropped for ``reason`` (default: its first), with their evidence.
+
+        Two steps, so that a page over thousands of shard tables stays cheap: the page's (file, id) from the
+        small ``kept``/``drop_reason``/``id`` columns, then the shown columns from the few files on the page."""
         files = self.stage_tables(stage)
-        if not files:
-            raise ExploreError(f"{self.root / stage}: no record table of stage {stage!r} (has it run?)")
-        cols = self._columns(files)
+        reasons = self.drop_reasons(stage)
         st = pipeline.BY_NAME[stage]
-        src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
-        sub = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+$', 1)" if st.per_subset else "NULL::VARCHAR"
-        shard = r"regexp_extract(filename, '([^/\\]+)\.parquet$', 1)"
-        reasons = [{"subset": s, "reason": r, "count": n} for s, r, n in self._cursor().execute(
-            f"SELECT {sub} AS s, drop_reason, count(*) FROM {src} WHERE NOT kept GROUP BY ALL ORDER BY 1, 3 DESC"
-        ).fetchall()]
         if reason is None and reasons:
             first = next((r for r in reasons if subset is None or r["subset"] == subset), reasons[0])
             reason = first["reason"]
+        if not st.per_subset:
+            subset = None
+        total = sum(r["count"] for r in reasons if r["reason"] == reason and subset in (None, r["subset"]))
+        cols = self._columns(files)
         evidence = self.evidence_columns(stage)
         shown = [c for c in ("id", *SHOWN_FIRST, *evidence) if c in cols]
-        where, args = ["NOT kept", "drop_reason = ?"], [reason]
-        if subset is not None and st.per_subset:
-            where.append(f"{sub} = ?")
+        src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
+        cond, args = "NOT kept AND drop_reason = ?", [reason]
+        if subset is not None:
+            cond += f" AND {_SUBSET_SQL} = ?"
             args.append(subset)
-        cond = " AND ".join(where)
-        total = self._cursor().execute(f"SELECT count(*) FROM {src} WHERE {cond}", args).fetchone()[0]
-        select = ", ".join(f'"{c}"' for c in shown)
-        cur = self._cursor().execute(
-            f"SELECT {select}, {sub} AS _subset, {shard} AS _shard FROM {src} WHERE {cond} "
-            f"ORDER BY filename, id LIMIT ? OFFSET ?", [*args, page_size, page * page_size])
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        duplicates: dict[str, str] = {}
+        picked = self._cursor().execute(
+            f"SELECT filename, id FROM {src} WHERE {cond} ORDER BY filename, id LIMIT ? OFFSET ?",
+            [*args, page_size, page * page_size]).fetchall()
+        rows: list[dict[str, Any]] = []
+        if picked:
+            on_page = sorted({Path(f) for f, _ in picked})
+            select = ", ".join(f'"{c}"' for c in shown)
+            cur = self._cursor().execute(
+                f"SELECT {select}, {_SUBSET_SQL if st.per_subset else 'NULL::VARCHAR'} AS _subset, "
+                f"{_SHARD_SQL} AS _shard, filename AS _file FROM read_parquet({_files_sql(on_page)}, "
+                f"union_by_name=true, filename=true) WHERE {cond} AND list_contains(?, id)",
+                [*args, sorted({i for _, i in picked})])
+            names = [d[0] for d in cur.description]
+            found = {(r["_file"], r["id"]): r for r in (dict(zip(names, x, strict=True)) for x in cur.fetchall())}
+            rows = [found[k] for k in picked if k in found]
         wanted = sorted({r["duplicate_of"] for r in rows if r.get("duplicate_of")})
-        if wanted and "prompt" in cols:
-            duplicates = dict(self._cursor().execute(
-                f"SELECT id, prompt FROM {src} WHERE list_contains(?, id)", [wanted]).fetchall())
+        duplicates = self._prompts_of(files, wanted) if wanted and "prompt" in cols else {}
         return DroppedPage(stage, reasons, reason, subset, total, rows, evidence, self.image_stage(stage), page,
                            max(1, -(-total // max(1, page_size))), duplicates)
+
+    def _prompts_of(self, files: Sequence[Path], ids: Sequence[str]) -> dict[str, str]:
+        """The prompts of some records of a stage: a prompt id names its shard (``00003-000042``), so only those
+        shards' tables are read when they exist; other ids are looked up in every table."""
+        by_stem = {f.stem: f for f in files}
+        near = sorted({by_stem[i.split("-", 1)[0]] for i in ids if i.split("-", 1)[0] in by_stem})
+        out: dict[str, str] = {}
+        for where in ([near] if near else []) + [list(files)]:
+            todo = [i for i in ids if i not in out]
+            if not todo:
+                break
+            out.update(self._cursor().execute(
+                f"SELECT id, prompt FROM read_parquet({_files_sql(where)}, union_by_name=true) "
+                f"WHERE list_contains(?, id)", [todo]).fetchall())
+        return out
 
     def record_image_table(self, stage: str, subset: str | None, shard: str) -> Path | None:
         """The table of ``stage`` (one that holds image bytes) for one subset and shard, if it exists."""
