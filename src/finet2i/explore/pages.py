@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from finet2i.explore.catalog import FACETS, Catalog, DroppedPage, Query, SamplePage
+from finet2i.reporting.tables import fmt as report_fmt
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TITLE = "finet2i explore"
@@ -65,19 +66,12 @@ def environment() -> Any:
 
 
 def fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    if isinstance(v, int):
-        return f"{v:,}"
+    """The report's formatting (``finet2i.reporting.tables.fmt``), and lists and objects of provenance."""
     if isinstance(v, (list, tuple)):
         return ", ".join(fmt(x) for x in v) if v else "[]"
     if isinstance(v, dict):
         return json.dumps(v, ensure_ascii=False, default=str)
-    return str(v)
+    return report_fmt(v)
 
 
 def funnel_rows(catalog: Catalog, urls: Any) -> list[dict[str, Any]]:
