@@ -31,7 +31,9 @@ class ServerUrls:
 
     static = False
     css = "/static/explore.css"
-    report = "/files/report/report.html"
+
+    def __init__(self, has_report: bool = True) -> None:
+        self.report = "/files/report/report.html" if has_report else None
 
     def grid(self, params: dict[str, str] | None = None) -> str:
         return "/" + (f"?{urlencode(params)}" if params else "")

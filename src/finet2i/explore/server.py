@@ -52,7 +52,7 @@ class App:
         self.root = self.catalog.root
         self.tars = media.TarImages(self.root)
         self.thumbs = media.ThumbCache(self.cache)
-        self.urls = pages.ServerUrls()
+        self.urls = pages.ServerUrls(has_report=(self.root / "report" / "report.html").is_file())
 
     def sample_image(self, folder: str, key: str) -> bytes | None:
         where = self.catalog.locate(folder, key)
