@@ -25,8 +25,18 @@ from finet2i.config import check_available, validate_config
 
 validate_config(config, base_dir=".", check_models=False)
 
+# The demo lists its real sources from local fake APIs (config/demo.yaml): their key, and their server.
+if config.get("demo"):
+    from finet2i.demo.fake_apis import demo_environment
+
+    demo_environment()
+
 
 onstart:
+    if config.get("demo"):
+        from finet2i.demo.fake_apis import ensure_demo_server
+
+        ensure_demo_server()
     check_available(config, base_dir=".")
 
 

@@ -284,6 +284,8 @@ def test_documented_new_stage_is_planned_between_guard_and_attributes(tmp_path):
                           text=True, timeout=300)
     assert test.returncode == 0, test.stdout + test.stderr
     (repo / "resources" / "demo" / "real-images").mkdir(parents=True)  # a dry run needs the source folder only
+    (repo / "resources" / "demo" / "unsplash-lite").mkdir(parents=True)  # and the Unsplash Lite table it lists
+    (repo / "resources" / "demo" / "unsplash-lite" / "photos.tsv000").write_text("photo_id\n")
     out = snakemake(repo, "-n", "--configfile", "config/demo.yaml", "--cores", "1", env=env, timeout=600)
     jobs = _dry_run_inputs(out.stdout + out.stderr)
     assert jobs["blocklist[shard=00000]"] == ["results/guard/00000.parquet"]

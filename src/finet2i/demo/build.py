@@ -63,9 +63,15 @@ def _steps(out: Path, seed: int) -> list[tuple[str, Callable[[], object]]]:
 
         return write_real_images(out / "real-images")
 
-    return [("all-MiniLM-L6-v2", minilm), ("real-images", real_images), ("z-image", z_image),
-            ("flux2", flux2), ("aesthetic", aesthetic), ("qwen3-vl", qwen3_vl), ("guard-llm", guard_llm),
-            ("prompt-llm", prompt_llm)]
+    def unsplash_lite() -> object:
+        from finet2i.demo.fake_apis import DEMO_PORT
+        from finet2i.demo.real_images import write_unsplash_lite
+
+        return write_unsplash_lite(out / "unsplash-lite", DEMO_PORT)
+
+    return [("all-MiniLM-L6-v2", minilm), ("real-images", real_images), ("unsplash-lite", unsplash_lite),
+            ("z-image", z_image), ("flux2", flux2), ("aesthetic", aesthetic), ("qwen3-vl", qwen3_vl),
+            ("guard-llm", guard_llm), ("prompt-llm", prompt_llm)]
 
 
 def build_all(out: str | Path, *, seed: int = 0, force: bool = False) -> Path:

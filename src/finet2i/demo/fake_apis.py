@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 import urllib.parse
+import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +38,7 @@ class Photo:
     words: tuple[str, ...] = ()  # the queries that find it
 
 
-def make_photos(n: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> list[Photo]:
+def make_photos(n: int, seed: int = 0, size: tuple[int, int] = (320, 240), first_id: int = 1000) -> list[Photo]:
     """``n`` distinct JPEG photographs (smooth random colour fields: each hashes far from the others)."""
     import numpy as np
     from PIL import Image
@@ -46,7 +51,7 @@ def make_photos(n: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> li
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=90)
         words = ("nature",) if i % 2 == 0 else ("city",)
-        photos.append(Photo(1000 + i, buf.getvalue(), size[0], size[1], f"Photographer {i}",
+        photos.append(Photo(first_id + i, buf.getvalue(), size[0], size[1], f"Photographer {i}",
                             f"a {words[0]} photo number {i}", words))
     return photos
 
@@ -55,7 +60,9 @@ def make_photos(n: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> li
 class FakeState:
     key: str
     photos: list[Photo]
-    kind: str  # "pexels" or "pixabay"
+    kind: str  # "pexels", "pixabay", or "demo" (both under /pexels and /pixabay, photos in `catalog`)
+    catalog: dict[str, list[Photo]] = field(default_factory=dict)
+    last_request: float = 0.0
     hits: Counter[str] = field(default_factory=Counter)  # "<path>?<public params>" -> requests
     answered: Counter[str] = field(default_factory=Counter)  # the same, for 200 answers
     faults: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -93,7 +100,10 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         params = dict(urllib.parse.parse_qsl(url.query))
         req = _public(url.path, params)
+        if url.path == "/health":
+            return self._send(200, b"finet2i-demo-sources", "text/plain")
         with st.lock:
+            st.last_request = time.monotonic()
             st.total += 1
             st.hits[req] += 1
             n = st.total
@@ -102,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
             st.release.wait(60)
             self.close_connection = True
             return
-        if self.role == "cdn" or url.path.startswith("/img/"):
+        if self.role == "cdn" or url.path.startswith(("/img/", "/cdn/")):
             return self._image(url.path, req)
         if fault == "429":
             return self._send(429, b'{"error": "rate limited"}', headers={"Retry-After": "7"})
@@ -112,17 +122,23 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(503, b"unavailable", "text/plain")
         if fault == "badjson":
             return self._send(200, b'{"photos": [', headers=self._limits())
-        if st.kind == "pexels":
+        kind = st.kind
+        if kind == "demo":
+            kind = url.path.split("/")[1]
+            if kind not in ("pexels", "pixabay"):
+                return self._send(404, b"not found", "text/plain")
+        if kind == "pexels":
             return self._pexels(url.path, params, req)
         return self._pixabay(params, req)
 
     def _limits(self) -> dict[str, str]:
         return {"X-Ratelimit-Limit": "20000", "X-Ratelimit-Remaining": "19999", "X-Ratelimit-Reset": "1900000000"}
 
-    def _found(self, query: str) -> list[Photo]:
+    def _found(self, query: str, kind: str) -> list[Photo]:
+        photos = self.state.catalog.get(kind, self.state.photos)
         if query in ("", ":curated"):
-            return self.state.photos
-        return [p for p in self.state.photos if query in p.words]
+            return photos
+        return [p for p in photos if query in p.words]
 
     def _image_url(self, p: Photo) -> str:
         host = self.headers.get("Host", "127.0.0.1")
@@ -132,7 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
         st = self.state
         if self.headers.get("Authorization") != st.key:
             return self._send(401, b'{"error": "Unauthorized"}')
-        found = self._found(":curated" if path.endswith("/curated") else params.get("query", ""))
+        found = self._found(":curated" if path.endswith("/curated") else params.get("query", ""), "pexels")
         per_page, page = min(80, int(params.get("per_page", 15))), int(params.get("page", 1))
         chunk = found[(page - 1) * per_page: page * per_page]
         photos = []
@@ -153,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         st = self.state
         if params.get("key") != st.key:
             return self._send(400, b"[ERROR 400] Invalid or missing API key.", "text/plain")
-        found = self._found(params.get("q", ""))
+        found = self._found(params.get("q", ""), "pixabay")
         per_page, page = int(params.get("per_page", 20)), int(params.get("page", 1))
         total_hits = min(500, len(found))
         if (page - 1) * per_page >= max(total_hits, 1):
@@ -174,10 +190,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _image(self, path: str, req: str) -> None:
         st = self.state
         pid = int(path.rsplit("/", 1)[-1].split(".")[0])
-        photo = next((p for p in st.photos if p.id == pid), None)
+        every = [p for photos in (st.photos, *st.catalog.values()) for p in photos]
+        photo = next((p for p in every if p.id == pid), None)
         if photo is None:
             return self._send(404, b"no such photo", "text/plain")
-        if self.role == "api" and st.cdn:  # the API host redirects image URLs to the CDN host
+        if path.startswith("/img/") and st.cdn:  # the API host redirects image URLs to the CDN host
             self.send_response(302)
             self.send_header("Location", f"{st.cdn}/cdn/{pid}.jpg")
             self.send_header("Content-Length", "0")
@@ -217,3 +234,77 @@ class FakeApi:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# -- the demo's sources --------------------------------------------------------------------------------------
+# config/demo.yaml lists Pexels and Pixabay from one such server on a fixed loopback port (the manifests'
+# image URLs must stay valid from one Snakemake run to the next), and its Unsplash Lite table points there too.
+# The Snakefile's onstart starts it (a process of its own that exits after DEMO_IDLE_S without requests), or
+# finds it already running: its answers depend on nothing but this code, so two demos can share one.
+DEMO_PORT = 38917
+DEMO_KEY_ENV = "FINET2I_DEMO_API_KEY"
+DEMO_KEY = "finet2i-demo-key"  # not a secret: the fake APIs' key, set by the Snakefile for the demo only
+DEMO_IDLE_S = 1800
+
+
+def demo_catalog() -> dict[str, list[Photo]]:
+    """Five photos on each site, the first Pexels photo also on Pixabay (re-encoded, smaller: the same photo
+    posted twice, which curated_dedup keeps once), and three for Unsplash Lite."""
+    from PIL import Image
+
+    pexels = make_photos(5, seed=11, size=(480, 360), first_id=1000)
+    pixabay = make_photos(4, seed=12, size=(480, 360), first_id=2000)
+    copy = io.BytesIO()
+    Image.open(io.BytesIO(pexels[0].jpeg)).resize((400, 300)).save(copy, "JPEG", quality=80)
+    pixabay.append(Photo(2004, copy.getvalue(), 400, 300, "Photographer 0", "the same photo, reposted",
+                         pexels[0].words))
+    return {"pexels": pexels, "pixabay": pixabay,
+            "unsplash": make_photos(3, seed=13, size=(480, 360), first_id=3000)}
+
+
+def demo_environment() -> None:
+    """The fake APIs' key, for the demo's listing jobs (a real key is never needed for the demo)."""
+    os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.read() == b"finet2i-demo-sources"
+    except OSError:
+        return False
+
+
+def ensure_demo_server(port: int = DEMO_PORT, wait_s: float = 60.0) -> None:
+    """Start the demo's fake sources in a process of their own unless they already answer on ``port``."""
+    if _healthy(port):
+        return
+    subprocess.Popen([sys.executable, "-m", "finet2i.demo.fake_apis", str(port)], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if _healthy(port):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the demo's fake photo APIs did not start on 127.0.0.1:{port}; is the port taken by "
+                       f"another program? (finet2i.demo.fake_apis.DEMO_PORT)")
+
+
+def serve_demo(port: int = DEMO_PORT, idle_s: float = DEMO_IDLE_S) -> None:
+    state = FakeState(key=DEMO_KEY, photos=[], kind="demo", catalog=demo_catalog())
+    state.cdn = f"http://localhost:{port}"
+    state.last_request = time.monotonic()
+    handler = type("demoHandler", (_Handler,), {"state": state, "role": "api"})
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        return  # another demo's server took the port first: it answers the same
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    while time.monotonic() - state.last_request < idle_s:
+        time.sleep(5)
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    serve_demo(int(sys.argv[1]) if len(sys.argv) > 1 else DEMO_PORT)

@@ -72,3 +72,28 @@ def write_real_images(out_dir: Path) -> Path:
             path.write_bytes(data)
     log.info("demo real images: %d files in %s", len(files), out_dir)
     return out_dir
+
+
+def write_unsplash_lite(out_dir: Path, port: int) -> Path:
+    """The demo's Unsplash Lite table: ``photos.tsv000`` in the dataset's documented columns, three photos whose
+    ``photo_image_url`` is served by the demo's fake sources on ``127.0.0.1:<port>`` (finet2i.demo.fake_apis),
+    and one row without an image URL (listed, then dropped as ``missing_fields``)."""
+    from finet2i.sources.unsplash_lite import DOCUMENTED_COLUMNS
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = ("green trees covered with fog during daytime", "a body of water near a mountain under a blue sky",
+             "a quiet city street in the rain")
+    lines = ["\t".join(DOCUMENTED_COLUMNS)]
+    for i in range(4):
+        row = dict.fromkeys(DOCUMENTED_COLUMNS, "")
+        pid = f"demo{3000 + i}"
+        row.update(photo_id=pid, photo_url=f"https://unsplash.com/photos/{pid}", photo_width="480",
+                   photo_height="360", photographer_username=f"demo_photographer_{i}",
+                   photographer_first_name="Demo", photographer_last_name=f"Photographer {i}",
+                   photo_image_url=f"http://127.0.0.1:{port}/img/{3000 + i}.jpg" if i < 3 else "",
+                   ai_description=texts[i] if i < 3 else "", photo_description="")
+        lines.append("\t".join(row[c] for c in DOCUMENTED_COLUMNS))
+    path = out_dir / "photos.tsv000"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

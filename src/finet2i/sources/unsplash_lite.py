@@ -21,6 +21,15 @@ from finet2i.sources import MISSING_FIELDS, manifest_row, missing
 
 LICENSE = "Unsplash License"
 REQUIRED = ("source_id", "image_url", "page_url")
+# The photos table's header as the dataset's DOCS.md lists it (what a fixture of it must look like).
+DOCUMENTED_COLUMNS = (
+    "photo_id", "photo_url", "photo_image_url", "photo_submitted_at", "photo_featured", "photo_width",
+    "photo_height", "photo_aspect_ratio", "photo_description", "photographer_username", "photographer_first_name",
+    "photographer_last_name", "exif_camera_make", "exif_camera_model", "exif_iso", "exif_aperture_value",
+    "exif_focal_length", "exif_exposure_time", "photo_location_name", "photo_location_latitude",
+    "photo_location_longitude", "photo_location_country", "photo_location_city", "stats_views", "stats_downloads",
+    "ai_description", "ai_primary_landmark_name", "ai_primary_landmark_latitude", "ai_primary_landmark_longitude",
+    "ai_primary_landmark_confidence", "blur_hash")
 COLUMNS = ("photo_id", "photo_url", "photo_image_url", "photo_width", "photo_height", "photo_description",
            "ai_description", "photographer_username", "photographer_first_name", "photographer_last_name")
 
