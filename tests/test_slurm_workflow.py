@@ -423,7 +423,7 @@ def test_demo_on_slurm_places_jobs_and_matches_local(demo_runs: dict[str, DemoRu
     # Grouping: the per-shard CPU jobs ran as fewer Slurm jobs than Snakemake jobs.
     grouped = [j for j in other if j["Comment"].startswith("rule_small_")]
     assert grouped, [j["Comment"] for j in other]
-    cpu_rules = set(local.counts) - GPU_RULES - {"all", "dedup_manifest"}  # dedup_manifest is a localrule
+    cpu_rules = set(local.counts) - GPU_RULES - {"all", "dedup_manifest", "curated_list"}  # localrules
     assert len(other) < sum(local.counts[r] for r in cpu_rules), (len(other), local.counts)
     # Same dataset as the local executor's, byte for byte (model prose: see MODEL_PROSE).
     assert sum(len(samples) for samples in local.digest.values()) > 0, "the local run packaged nothing"
