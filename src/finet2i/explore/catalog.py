@@ -166,6 +166,7 @@ class Catalog:
         self._tables: dict[str, list[Path]] = {}
         self._funnel: list[Any] | None = None
         self._reasons: dict[str, list[dict[str, Any]]] = {}
+        self._counts: dict[tuple[Any, ...], tuple[int, dict[str, list[tuple[str, int]]]]] = {}
         self.con = duckdb.connect(str(self._samples_db()), read_only=True)
         self.subset_codes = sorted({f for f in self._scalar_list("SELECT DISTINCT subset FROM samples") if f})
 
@@ -263,6 +264,19 @@ class Catalog:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def facet_counts(self, q: Query) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+        """:meth:`count_facets`, remembered for the last queries (paging through one result counts it once)."""
+        key = (q.facets, q.text.lower(), q.min_score, q.max_score)
+        with self._lock:
+            hit = self._counts.get(key)
+        if hit is None:
+            hit = self.count_facets(q)
+            with self._lock:
+                self._counts[key] = hit
+                while len(self._counts) > 256:
+                    self._counts.pop(next(iter(self._counts)))
+        return hit
+
+    def count_facets(self, q: Query) -> tuple[int, dict[str, list[tuple[str, int]]]]:
         """The number of samples matching ``q``, and per facet the count of each value. A facet the query sets is
         counted without its own filter (the values it could switch to), the others with every filter.
 
@@ -479,11 +493,12 @@ class Catalog:
         cols = self._columns(files)
         evidence = self.evidence_columns(stage)
         shown = [c for c in ("id", *SHOWN_FIRST, *evidence) if c in cols]
-        src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
         cond, args = "NOT kept AND drop_reason = ?", [reason]
         if subset is not None:
+            files = [f for f in files if f.parent.name == subset] or files  # results/<stage>/<subset>/<shard>
             cond += f" AND {_SUBSET_SQL} = ?"
             args.append(subset)
+        src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
         picked = self._cursor().execute(
             f"SELECT filename, id FROM {src} WHERE {cond} ORDER BY filename, id LIMIT ? OFFSET ?",
             [*args, page_size, page * page_size]).fetchall()
