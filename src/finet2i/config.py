@@ -193,7 +193,11 @@ def missing_keys(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".",
     """Messages for every API source whose key is not in the environment and whose manifest is not listed yet."""
     from finet2i.sources import API_TYPES, listed_name, manifest_path
 
-    env = os.environ if environ is None else environ
+    env = dict(os.environ if environ is None else environ)
+    if config.get("demo"):  # the demo's fake APIs take a key the Snakefile sets for it (finet2i.demo.fake_apis)
+        from finet2i.demo.fake_apis import DEMO_KEY, DEMO_KEY_ENV
+
+        env.setdefault(DEMO_KEY_ENV, DEMO_KEY)
     out = []
     if not config.get("curated", {}).get("enabled", True):
         return out
