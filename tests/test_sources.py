@@ -113,6 +113,19 @@ def test_429_5xx_and_broken_answers_are_retried_with_the_waits_the_server_asked_
     assert "image_url" in bad[0]["detail"] and stats.dropped == {"missing_fields": 1}
 
 
+def test_an_exhausted_window_waits_for_its_reset_before_the_next_request(tmp_path):
+    waits: list[float] = []
+    with FakeApi("pixabay", KEY, make_photos(6)) as api:
+        entry = api_entry("pixabay", api, per_page=3, rate_limit={"requests": 100, "seconds": 60})
+        api.state.faults["/api/?image_type=photo&order=popular&page=1&per_page=3&q=nature&safesearch=true"] = [
+            "exhausted"]  # this answer says X-RateLimit-Remaining: 0, X-RateLimit-Reset: 30
+        run_listing(entry, tmp_path / "x.parquet", tmp_path / "x.stats.json", environ={"FAKE_KEY": KEY},
+                    sleep=waits.append)
+        assert sum(api.state.hits.values()) == 2  # nature, then city: one page each
+    # The city request waited for the reset (30 s); pacing alone would have been 0.6 s (100 per 60 s).
+    assert len(waits) == 1 and 29 <= waits[0] <= 30
+
+
 def test_a_refused_key_is_a_clear_error_and_nothing_is_written(tmp_path, caplog):
     for kind in ("pexels", "pixabay"):
         with FakeApi(kind, KEY, make_photos(3)) as api:

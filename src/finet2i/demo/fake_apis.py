@@ -120,6 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(429, b'{"error": "rate limited"}')
         if fault == "503":
             return self._send(503, b"unavailable", "text/plain")
+        self._exhausted = fault == "exhausted"
         if fault == "badjson":
             return self._send(200, b'{"photos": [', headers=self._limits())
         kind = st.kind
@@ -133,6 +134,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _limits(self) -> dict[str, str]:
         return {"X-Ratelimit-Limit": "20000", "X-Ratelimit-Remaining": "19999", "X-Ratelimit-Reset": "1900000000"}
+
+    def end_headers(self) -> None:
+        if getattr(self, "_exhausted", False):  # scripted: this answer spends the last request of the window
+            self.send_header("X-RateLimit-Remaining", "0")
+            self.send_header("X-RateLimit-Reset", "30")
+        super().end_headers()
 
     def _found(self, query: str, kind: str) -> list[Photo]:
         photos = self.state.catalog.get(kind, self.state.photos)
