@@ -223,3 +223,47 @@ def test_text_engine_refuses_images(prompt_engine: Any) -> None:
                                          {"type": "text", "text": "describe"}]}]
     with pytest.raises(ValueError, match="limit_images=0"):
         prompt_engine.chat([conv], Sampling(max_tokens=4))
+
+
+# ---------------------------------------------------------------------------------------- prefix caching
+def test_prefix_order_puts_shared_system_prompts_together() -> None:
+    from finet2i.backends.vllm_llm import prefix_order
+
+    def conv(system: str, user: str) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    convs = [conv("B", "x"), conv("A", "y"), conv("B", "a"), conv("A", "y"),
+             [{"role": "user", "content": [{"type": "image", "image": None}, {"type": "text", "text": "q"}]}]]
+    order = prefix_order(convs)
+    assert [convs[i][0]["content"] for i in order[:4]] == ["A", "A", "B", "B"]
+    assert order[:2] == [1, 3]  # ties keep the caller's order
+    assert prefix_order([]) == []
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_prefix_cache_saves_the_shared_system_prompts_prefill(prompt_engine: Any) -> None:
+    """The prompts stage's own conversations, two system prompts interleaved: after the first request of each,
+    vLLM reads the shared blocks from its cache (it reports them per request), and the answers come back in
+    the caller's order whatever order they were scheduled in."""
+    from finet2i.stages.prompts import build_messages
+
+    structure = ("Start with the main subject and what it does, then its setting, then the light and the "
+                 "camera or medium, then the mood, in one flowing sentence without lists. ")
+    specs = [{"category": "Animals", "subcategory": "Mammals", "style": s, "task": "Not Specified",
+              "length_target": 20, "template_instruction": t}
+             for s, t in [("Anime", structure), ("Photo", structure * 2)] * 4]
+    convs = [build_messages(s) for s in specs]
+    block = prompt_engine.llm.llm_engine.vllm_config.cache_config.block_size
+    before = prompt_engine.prefix_cache_stats()
+    sampling = Sampling(temperature=1.0, max_tokens=6)
+    seeds = list(range(len(convs)))
+    answers = prompt_engine.chat(convs, sampling, seeds=seeds)
+    after = prompt_engine.prefix_cache_stats()
+    saved = after["cached_tokens"] - before["cached_tokens"]
+    asked = after["prompt_tokens"] - before["prompt_tokens"]
+    assert asked > 0 and saved > 0
+    # Each system prompt is longer than one KV block (128 tokens on CPU, 16 on GPUs): every request after the
+    # first of its system prompt reuses at least one whole block.
+    assert saved >= (len(convs) - 2) * block, (saved, asked, block)
+    assert prompt_engine.chat(convs[::-1], sampling, seeds=seeds[::-1]) == answers[::-1]

@@ -170,12 +170,20 @@ class VLLMChat:
         # whitespace that the grammar allows (seen on tiny models). xgrammar, which is what "auto" picks for
         # choice/regex/JSON schema anyway, reads this setting per engine.
         kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+        # Every stage sends the same instructions with every request (the prompt writer's system prompt, Llama
+        # Guard's category list, the verifier's rubric): with prefix caching their KV blocks are computed once
+        # per engine, not once per request. vLLM's default is on for most models; say so, so that a version
+        # or platform that changes the default cannot silently switch it off. chat() orders requests so that
+        # those sharing a prefix run back to back, and counts what the cache saved (prefix_cache_stats()).
+        kwargs["enable_prefix_caching"] = True
         kwargs.update(engine_kwargs)
         from vllm import LLM
 
         log.info("starting vLLM for %s (%s) on %s", spec.key, spec.label, "GPU" if self.gpu else "CPU")
         self.llm = LLM(**kwargs)
         self.limit_images = limit_images
+        self.prompt_tokens = 0  # prefill tokens asked for, over every chat() call of this engine
+        self.cached_tokens = 0  # of which vLLM read from its prefix cache (RequestOutput.num_cached_tokens)
 
     @staticmethod
     def _read_config(path: str) -> dict[str, Any]:
@@ -223,9 +231,24 @@ class VLLMChat:
         if n_images > self.limit_images:
             raise ValueError(f"{self.spec.key}: a conversation holds {n_images} images but the engine was "
                              f"started with limit_images={self.limit_images}; raise it")
-        messages = [to_vllm_messages(c) for c in conversations]
+        # Requests go in prefix order (answers come back in the caller's order): vLLM schedules first come,
+        # first served, so conversations that share a system prompt run together while its blocks are cached.
+        # The order changes no answer: sampling is seeded per request.
+        order = prefix_order(conversations)
+        messages = [to_vllm_messages(conversations[i]) for i in order]
+        if isinstance(params, list):
+            params = [params[i] for i in order]
         outputs = self.llm.chat(messages, params, use_tqdm=False)
-        return [o.outputs[0].text if o.outputs else "" for o in outputs]
+        answers: list[str] = [""] * len(conversations)
+        for i, o in zip(order, outputs, strict=True):
+            answers[i] = o.outputs[0].text if o.outputs else ""
+            self.prompt_tokens += len(o.prompt_token_ids or ())
+            self.cached_tokens += int(o.num_cached_tokens or 0)
+        return answers
+
+    def prefix_cache_stats(self) -> dict[str, int]:
+        """Prefill tokens asked for and those vLLM read from its prefix cache, since the engine started."""
+        return {"prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens}
 
     @staticmethod
     def _count_images(conversation: Sequence[Message]) -> int:
@@ -242,6 +265,9 @@ class VLLMChat:
         if llm is None:
             return
         self.llm = None
+        if self.prompt_tokens:
+            log.info("prefix cache: %d of %d prompt tokens (%.0f%%) were read from the cache, not prefilled",
+                     self.cached_tokens, self.prompt_tokens, 100.0 * self.cached_tokens / self.prompt_tokens)
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception as e:  # best effort: the process may be exiting anyway
@@ -256,6 +282,25 @@ class VLLMChat:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def prefix_key(conversation: Sequence[Message]) -> tuple[tuple[str, str], ...]:
+    """What a conversation's prompt starts with, message by message (role, text; an image as a marker)."""
+    key = []
+    for m in conversation:
+        content = m.get("content")
+        if isinstance(content, str) or content is None:
+            text = content or ""
+        else:
+            text = "".join(p.get("text", "") if p.get("type") == "text" else "\x00image\x00" for p in content)
+        key.append((str(m.get("role", "")), text))
+    return tuple(key)
+
+
+def prefix_order(conversations: Sequence[Sequence[Message]]) -> list[int]:
+    """Indices of ``conversations`` sorted by their messages, so that the ones sharing a prefix (the same
+    system prompt, then the same leading user text) are neighbours; ties keep their order."""
+    return sorted(range(len(conversations)), key=lambda i: prefix_key(conversations[i]))
 
 
 class LazyChat:
@@ -278,6 +323,10 @@ class LazyChat:
         if self._llm is None:
             self._llm = VLLMChat(self.spec, **self.kwargs)
         return self._llm.chat(conversations, sampling, constraint, seeds=seeds, samplings=samplings)
+
+    def prefix_cache_stats(self) -> dict[str, int]:
+        return self._llm.prefix_cache_stats() if self._llm is not None else {"prompt_tokens": 0,
+                                                                             "cached_tokens": 0}
 
     def close(self) -> None:
         if self._llm is not None:
