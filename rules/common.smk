@@ -14,7 +14,7 @@ SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
 CURATED_SHARDS = [f"{i:05d}" for i in range(config["curated"]["shards"])]
 SUBSETS = list(config["generate"]["subsets"])
 GROUPS = [f"{g:03d}" for g in range(config["dedup"]["groups"])]
-# Sources listed into a manifest first (rule curated_list): Unsplash Lite, Pexels, Pixabay; by name.
+# Sources that curated_list turns into manifests first (Unsplash Lite, Pexels, Pixabay), by name.
 LISTED = {listed_name(s): s for s in config["curated"]["sources"] if is_listed(s)}
 # Keys of a listed source that set how its listing runs (pace, patience), never what it lists.
 LISTING_RUNTIME_KEYS = ("timeout_s", "retries", "backoff_s", "max_wait_s", "rate_limit")

@@ -17,6 +17,8 @@ rule curated_list:
         stats="results/curated_list/{source}.stats.json",
     log:
         "logs/curated_list/{source}.log",
+    conda:
+        "../envs/cpu.yaml"
     params:
         entry=listed_entry,
         code=script_code("workflow_scripts/curated_list.py"),
