@@ -78,6 +78,22 @@ def test_tars_do_not_depend_on_how_the_pipeline_sharded_the_work(tmp_path):
             assert a[name][1] == b[name][1], name
 
 
+def test_an_index_without_member_offsets_is_rewritten_once(tmp_path):
+    """A folder assembled before the index recorded member offsets: the rerun rewrites each tar's index (the tar
+    bytes come out the same), then nothing."""
+    tables = write_shards(tmp_path, [ids(6)])
+    run(tables, tmp_path)
+    folder = tmp_path / "dataset" / FOLDER
+    tars = {p.name: p.read_bytes() for p in folder.glob("*.tar")}
+    for index in folder.glob("*.parquet"):
+        t = pq.read_table(index)
+        pq.write_table(t.drop_columns([n for n in t.column_names if n.endswith(("_offset", "_size"))]), index)
+    assert run(tables, tmp_path)["tars_rewritten"] == 2
+    assert {p.name: p.read_bytes() for p in folder.glob("*.tar")} == tars
+    assert all("jpg_offset" in pq.read_schema(p).names for p in folder.glob("*.parquet"))
+    assert run(tables, tmp_path)["tars_rewritten"] == 0
+
+
 def test_a_rerun_with_unchanged_samples_rewrites_nothing(tmp_path):
     tables = write_shards(tmp_path, [ids(6), ids(5, 6)])
     run(tables, tmp_path)

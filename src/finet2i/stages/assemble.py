@@ -147,14 +147,15 @@ def tar_stats_path(folder: Path, index: int) -> Path:
 
 
 def is_current(folder: Path, tar: PlannedTar) -> bool:
-    """The tar on disk holds exactly the planned samples (by its stats' digest) and is whole."""
+    """The tar on disk holds exactly the planned samples (by its stats' digest) and is whole, and its index has
+    every column (an index written before the member offsets were recorded is rewritten once)."""
     stats_file = tar_stats_path(folder, tar.index)
     tar_file, index_file = folder / tar.name, folder / tar.name.replace(".tar", ".parquet")
     try:
         stats = json.loads(stats_file.read_text())
         return (stats.get("content_digest") == tar.digest and tar_file.stat().st_size == stats.get("tar_bytes")
-                and index_file.exists())
-    except (OSError, ValueError):
+                and set(INDEX_SCHEMA.names) <= set(pq.read_schema(index_file).names))
+    except (OSError, ValueError, pa.ArrowException):
         return False
 
 
