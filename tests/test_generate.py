@@ -335,3 +335,61 @@ def test_scorer_that_does_not_load_fails_the_job(tmp_path: Path, tiny_generators
     with pytest.raises(ModelNotAvailable, match="models.aesthetic_encoder"):
         _run(in_path, tmp_path / "o.parquet", aesthetic_encoder=nowhere, aesthetic_head=nowhere,
              generators=tiny_generators)
+
+
+# --- batching by resolution bucket ---------------------------------------------------------------------------
+
+
+def test_images_per_call_scales_with_pixels() -> None:
+    from finet2i.backends.diffusers_gen import images_per_call
+
+    assert images_per_call(4, 1024, 1024) == 4
+    assert images_per_call(4, 2048, 2048) == 1 and images_per_call(1, 2048, 2048) == 1  # never zero
+    assert images_per_call(4, 512, 512) == 16
+    assert images_per_call(4, 1280, 768) == 4  # 0.94 MP
+
+
+@pytest.mark.parametrize("subset", ["pe_ar", "po_as"])
+def test_one_pipeline_call_per_size_bucket(subset: str, tmp_path: Path, tiny_generators, tiny_scorer) -> None:
+    """Images of one (generator, size) share pipeline calls, every candidate of a prompt with them: a chunk
+    costs one call per bucket instead of one per image (what the stage did before), same images kept."""
+    from finet2i.backends.diffusers_gen import DiffusersGenerator
+
+    def fresh(batch_size: int) -> dict[str, DiffusersGenerator]:  # the session's pipelines, new call counters
+        return {k: DiffusersGenerator(k, v.pipe, model_name=v.model_name, steps=v.steps, guidance=v.guidance,
+                                      call_kwargs=v.call_kwargs, batch_size=batch_size)
+                for k, v in tiny_generators.items()}
+
+    rows = _enhanced_rows(10)
+    in_path = _write_input(tmp_path, rows)
+    settings = {**SETTINGS, "chunk_size": 64}  # the whole shard in one chunk
+    s = g.GenerateSettings.from_config(settings)
+    sizes = g.sizes_for_subset(subset, g.load_resolutions(RESOLUTIONS))
+    plans = [g.plan_record(r, subset, 7, s, sizes, ["z_image", "flux2"]) for r in rows]
+    buckets = {(p.kind, p.width, p.height) for p in plans}
+    images = sum(len(p.seeds) for p in plans)
+
+    batched = fresh(batch_size=4)  # at 64x64, 4 images of 1 MP = 1,024 images per call: a bucket per call
+    _run(in_path, tmp_path / "batched.parquet", subset=subset, settings=settings, generators=batched,
+         scorer=tiny_scorer)
+    calls = sum(gen.pipeline_calls for gen in batched.values())
+    assert calls == len(buckets) < images, (calls, len(buckets), images)
+    out = pq.read_table(tmp_path / "batched.parquet").to_pylist()
+    assert all(r["kept"] for r in out) and len(out) == len(rows)
+    assert {r["image_resolution"] for r in out} == {f"{w}x{h}" for _, w, h in buckets}
+
+
+def test_one_image_per_call_is_the_baseline(tmp_path: Path, tiny_generators, tiny_scorer,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count the bucketing saves: one image per call (the stage before bucketing) costs a call per image."""
+    from finet2i.backends import diffusers_gen
+    from finet2i.backends.diffusers_gen import DiffusersGenerator
+
+    monkeypatch.setattr(diffusers_gen, "images_per_call", lambda batch_size, width, height: 1)
+    gens = {k: DiffusersGenerator(k, v.pipe, model_name=v.model_name, steps=v.steps, guidance=v.guidance,
+                                  call_kwargs=v.call_kwargs) for k, v in tiny_generators.items()}
+    rows = _enhanced_rows(4)
+    _run(_write_input(tmp_path, rows), tmp_path / "o.parquet", subset="pe_ar",
+         settings={**SETTINGS, "chunk_size": 64}, generators=gens, scorer=tiny_scorer)
+    out = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    assert sum(gen.pipeline_calls for gen in gens.values()) == sum(len(r["candidate_seeds"]) for r in out)

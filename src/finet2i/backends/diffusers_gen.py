@@ -1,9 +1,12 @@
 """Production image generators: diffusers ``ZImagePipeline`` (Z-Image-Turbo), ``Flux2Pipeline`` (FLUX.2-dev).
 
-Every image is rendered by its own call with its own ``torch.Generator`` seeded from the sample's seed (on the
-CPU, so the initial noise is the same on any device): a rerun, a resumed job or a different batch composition
-reproduces the same image for the same (prompt, size, seed) on the same hardware and library versions. On a
-GPU the large diffusion transformers are compute-bound at 1-4 MP already, so one image per call costs little.
+Images of one size go through the pipeline together, up to ``batch_size`` images of 1 megapixel per call
+(fewer when larger, more when smaller; see :func:`images_per_call`), each with its own ``torch.Generator``
+seeded from the sample's seed (on the CPU, so the initial noise is the same on any device). The same
+(prompts, size, seeds) in the same batches reproduce the same images on the same hardware and library versions;
+a different batch composition may change pixels by rounding only (the text encoder pads to the batch's longest
+prompt), which is why the generate stage forms its batches from the chunk alone (a resumed job redoes the same
+chunks). ``pipeline_calls`` counts the calls, for tests and logs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ GeneratorKind = Literal["z_image", "flux2"]
 KINDS: tuple[str, ...] = ("z_image", "flux2")
 # Written by finet2i.demo.diffusion beside a saved pipeline whose call-time settings differ from the defaults.
 GENERATION_SIDECAR = "finet2i_generation.json"
+MEGAPIXEL = 1024 * 1024
+
+
+def images_per_call(batch_size: int, width: int, height: int) -> int:
+    """Images of ``width`` x ``height`` in one pipeline call: ``batch_size`` at 1024x1024, scaled by pixels (a
+    2048x2048 call holds a quarter as many), at least one. Activation memory grows with pixels x batch."""
+    return max(1, int(batch_size * MEGAPIXEL // max(1, width * height)))
 
 
 class DiffusersGenerator:
@@ -35,8 +45,11 @@ class DiffusersGenerator:
         steps: int,
         guidance: float,
         call_kwargs: dict[str, Any] | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.kind = kind
+        self.batch_size = max(1, int(batch_size))
+        self.pipeline_calls = 0
         self.pipe = pipe
         self.model_name = model_name
         self.steps = steps
@@ -46,7 +59,8 @@ class DiffusersGenerator:
         self.size_multiple = int(pipe.vae_scale_factor) * 2
 
     def generate(self, prompts: list[str], *, width: int, height: int, seeds: list[int]) -> list[Any]:
-        """One PIL image per (prompt, seed), all at ``width`` x ``height``."""
+        """One PIL image per (prompt, seed), all at ``width`` x ``height``, in calls of
+        :func:`images_per_call` images."""
         import torch
 
         if len(prompts) != len(seeds):
@@ -56,20 +70,25 @@ class DiffusersGenerator:
                 f"{self.model_name}: {width}x{height} is not a multiple of {self.size_multiple}; "
                 "round sizes with finet2i.stages.generate.fit_size"
             )
-        images = []
-        for prompt, seed in zip(prompts, seeds, strict=True):
-            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        step = images_per_call(self.batch_size, width, height)
+        images: list[Any] = []
+        for i in range(0, len(prompts), step):
+            batch = prompts[i:i + step]
+            gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i:i + step]]
             out = self.pipe(
-                prompt=prompt,
+                prompt=batch if len(batch) > 1 else batch[0],
                 width=width,
                 height=height,
                 num_inference_steps=self.steps,
                 guidance_scale=self.guidance,
-                generator=gen,
+                generator=gens if len(gens) > 1 else gens[0],
                 output_type="pil",
                 **self.call_kwargs,
             )
-            images.append(out.images[0])
+            self.pipeline_calls += 1
+            if len(out.images) != len(batch):
+                raise RuntimeError(f"{self.model_name}: {len(out.images)} images for {len(batch)} prompts")
+            images.extend(out.images)
         return images
 
     def close(self) -> None:
@@ -93,10 +112,12 @@ def load_generator(
     device: str | None = None,
     dtype: str | None = None,
     cpu_offload: bool = False,
+    batch_size: int = 1,
 ) -> DiffusersGenerator:
     """Load ``kind`` ("z_image" | "flux2") from ``spec``: bf16 on a GPU, fp32 on the CPU unless ``dtype`` set.
 
-    ``cpu_offload`` keeps idle components in host memory (``enable_model_cpu_offload``): FLUX.2-dev's
+    ``batch_size``: images of 1 megapixel per pipeline call (see :func:`images_per_call`). ``cpu_offload`` keeps
+    idle components in host memory (``enable_model_cpu_offload``): FLUX.2-dev's
     transformer and Mistral text encoder together exceed one 80 GB GPU in bf16.
     """
     import torch
@@ -127,14 +148,16 @@ def load_generator(
         if kind == "flux2" and "text_encoder_out_layers" in extra:
             call_kwargs["text_encoder_out_layers"] = tuple(extra["text_encoder_out_layers"])
     log.info(
-        "generator %s: %s on %s (%s), %d steps, guidance %s",
+        "generator %s: %s on %s (%s), %d steps, guidance %s, %d images of 1 MP per call",
         kind,
         spec.label,
         dev,
         torch_dtype,
         steps,
         guidance,
+        batch_size,
     )
     return DiffusersGenerator(
-        kind, pipe, model_name=spec.name, steps=steps, guidance=guidance, call_kwargs=call_kwargs
+        kind, pipe, model_name=spec.name, steps=steps, guidance=guidance, call_kwargs=call_kwargs,
+        batch_size=batch_size,
     )

@@ -11,8 +11,12 @@ record renders the same whatever shard size, chunk or rerun it lands in. All can
 Aesthetic Predictor V2.5 and the best one is kept as a JPEG.
 
 One job handles one (subset, shard). Records are processed grouped by generator (each pipeline loads once per
-job and is freed before the next) in checkpointed chunks; the output keeps the input order. A prompt whose
-generation fails is dropped as ``generation_failed`` with the error beside it; the job goes on.
+job and is freed before the next), then by rendered size, in checkpointed chunks; the output keeps the input
+order. Within a chunk, the prompts of one (generator, size) bucket are rendered together, every candidate of
+every prompt in the same pipeline calls (``generate.generators.<kind>.batch_size`` images of 1 MP per call),
+and scored in one call: a chunk mixing sizes would otherwise force one image per call. A bucket whose batched
+render fails is rendered again prompt by prompt, so a prompt whose generation fails is dropped as
+``generation_failed`` with the error beside it, alone; the job goes on.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class GeneratorSettings:
     steps: int = default("generate.generators.z_image.steps")
     guidance: float = default("generate.generators.z_image.guidance")
     cpu_offload: bool = default("generate.generators.z_image.cpu_offload")
+    batch_size: int = default("generate.generators.z_image.batch_size")
 
 
 @dataclass(frozen=True)
@@ -195,41 +200,72 @@ def _base_columns(record: Record, subset: str, prompt_kind: str, plan: Plan) -> 
     return r
 
 
+def _render_scored(prompts_and_seeds: Sequence[tuple[str, Sequence[int]]], width: int, height: int,
+                   generator: Any, scorer: Any) -> list[tuple[list[Any], list[float]]]:
+    """Every candidate of every prompt (one size) in one ``generate`` and one ``score`` call; per prompt, its
+    images and scores. Raises on any failure."""
+    prompts = [p for p, seeds in prompts_and_seeds for _ in seeds]
+    images = list(generator.generate(prompts, width=width, height=height,
+                                     seeds=[int(x) for _, ss in prompts_and_seeds for x in ss]))
+    scores = [float(x) for x in scorer.score(images)]
+    if len(images) != len(prompts) or len(scores) != len(images) or not all(math.isfinite(x) for x in scores):
+        raise ValueError(f"{len(images)} images and aesthetic scores {scores} for {len(prompts)} prompts")
+    out, at = [], 0
+    for _, ss in prompts_and_seeds:
+        out.append((images[at:at + len(ss)], scores[at:at + len(ss)]))
+        at += len(ss)
+    return out
+
+
 def render_record(
     record: Record, plan: Plan, subset: str, generator: Any, scorer: Any, jpeg_quality: int
 ) -> Record:
     """Render every candidate of one prompt, score them and keep the best; never raises."""
+    return render_bucket([record], [plan], subset, generator, scorer, jpeg_quality)[0]
+
+
+def render_bucket(
+    records: Sequence[Record], plans: Sequence[Plan], subset: str, generator: Any, scorer: Any, jpeg_quality: int
+) -> list[Record]:
+    """Render the prompts of one (generator, size) bucket together, all their candidates in the same pipeline
+    calls, scored in one call, and keep each prompt's best; never raises. When a batch of several fails (one bad
+    prompt, out of memory), each prompt is rendered again on its own, so only the one that fails is dropped."""
+    if len({(p.width, p.height) for p in plans}) != 1:
+        raise ValueError(f"render_bucket: one size per bucket, got {sorted({(p.width, p.height) for p in plans})}")
     prompt_kind, _ = parse_subset(subset)
-    r = _base_columns(record, subset, prompt_kind, plan)
-    prompt = r["prompt_used"]
-    if not prompt or not str(prompt).strip():
-        r["generation_error"] = f"{SUBSET_PROMPT_COLUMN[prompt_kind]} is empty"
-        return shards.mark(r, MISSING_PROMPT)
+    out = [_base_columns(rec, subset, prompt_kind, plan) for rec, plan in zip(records, plans, strict=True)]
+    todo = []
+    for r in out:
+        if r["prompt_used"] and str(r["prompt_used"]).strip():
+            todo.append(r)
+        else:
+            r["generation_error"] = f"{SUBSET_PROMPT_COLUMN[prompt_kind]} is empty"
+            shards.mark(r, MISSING_PROMPT)
+    plan_of = {id(r): p for r, p in zip(out, plans, strict=True)}
     try:
-        images = generator.generate(
-            [prompt] * len(plan.seeds), width=plan.width, height=plan.height, seeds=list(plan.seeds)
-        )
-        scores = [float(s) for s in scorer.score(images)]
-        if len(scores) != len(images) or not all(math.isfinite(x) for x in scores):
-            raise ValueError(f"aesthetic scorer returned {scores} for {len(images)} images")
-        best = max(range(len(scores)), key=lambda i: scores[i])  # first of equal maxima
-        image = images[best]
-        r.update(
-            {
-                "image_generator": generator.model_name,
-                "image_resolution": f"{image.width}x{image.height}",
-                "seed": plan.seeds[best],
-                "candidate_scores": scores,
-                "aesthetic_predictor_v_2_5_score": scores[best],
-                "image": jpeg_bytes(image, jpeg_quality),
-            }
-        )
-        return shards.mark(r, None)
+        rendered = _render_scored([(r["prompt_used"], plan_of[id(r)].seeds) for r in todo], plans[0].width,
+                                  plans[0].height, generator, scorer) if todo else []
+        for r, (images, scores) in zip(todo, rendered, strict=True):
+            plan = plan_of[id(r)]
+            best = max(range(len(scores)), key=lambda i: scores[i])  # first of equal maxima
+            image = images[best]
+            r.update({"image_generator": generator.model_name, "image_resolution": f"{image.width}x{image.height}",
+                      "seed": plan.seeds[best], "candidate_scores": scores,
+                      "aesthetic_predictor_v_2_5_score": scores[best], "image": jpeg_bytes(image, jpeg_quality)})
+            shards.mark(r, None)
     except Exception as e:  # one prompt's failure (OOM, NaN latents, a bad size) must not end the shard
-        log.warning("%s: generation failed for %s: %s: %s", subset, record.get("id"), type(e).__name__, e)
-        r["image_generator"] = getattr(generator, "model_name", None)
-        r["generation_error"] = f"{type(e).__name__}: {e}"
-        return shards.mark(r, GENERATION_FAILED)
+        if len(todo) > 1:
+            log.warning("%s: a batch of %d prompts at %dx%d failed (%s: %s); rendering them one by one", subset,
+                        len(todo), plans[0].width, plans[0].height, type(e).__name__, e)
+            again = {r["id"]: render_record(r, p, subset, generator, scorer, jpeg_quality)
+                     for r, p in zip(records, plans, strict=True)}
+            return [again[r["id"]] for r in records]
+        log.warning("%s: generation failed for %s: %s: %s", subset, todo[0].get("id"), type(e).__name__, e)
+        todo[0]["image_generator"] = getattr(generator, "model_name", None)
+        todo[0]["generation_error"] = f"{type(e).__name__}: {e}"
+        shards.mark(todo[0], GENERATION_FAILED)
+        return out
+    return out
 
 
 class _GeneratorPool:
@@ -252,7 +288,8 @@ class _GeneratorPool:
 
             g = self.settings.generators[kind]
             self.loaded[kind] = load_generator(
-                kind, self.models[kind], steps=g.steps, guidance=g.guidance, cpu_offload=g.cpu_offload
+                kind, self.models[kind], steps=g.steps, guidance=g.guidance, cpu_offload=g.cpu_offload,
+                batch_size=g.batch_size,
             )
         return self.loaded[kind]
 
@@ -315,22 +352,29 @@ def run_generate(
     records = runner.read_input(in_path)
     plans = {r["id"]: plan_record(r, subset, seed, s, sizes, kinds) for r in records}
 
-    def by_generator(rows: list[Record]) -> list[Record]:
-        # Grouped by generator so each pipeline loads once; chunks then rarely mix two generators.
-        return sorted(rows, key=lambda r: kinds.index(plans[r["id"]].kind))  # stable: input order within
+    def bucket(r: Record) -> tuple[int, int, int]:
+        p = plans[r["id"]]
+        return kinds.index(p.kind), p.width, p.height
+
+    def by_bucket(rows: list[Record]) -> list[Record]:
+        # Grouped by generator so each pipeline loads once, then by size so that a chunk holds few sizes and
+        # each size's images batch together; stable: input order within a bucket.
+        return sorted(rows, key=bucket)
 
     pool = _GeneratorPool(s, models, generators)
     lazy_scorer = _LazyScorer(aesthetic_encoder, aesthetic_head, scorer)
 
     def render_chunk(chunk: list[Record]) -> list[Record]:
         lazy_scorer.load()  # like a generator, a scorer that does not load fails the job, not each prompt
-        out = []
+        buckets: dict[tuple[int, int, int], list[Record]] = {}
         for rec in chunk:
-            plan = plans[rec["id"]]
-            # Outside render_record's guard: a model that does not load is a configuration error, not one
+            buckets.setdefault(bucket(rec), []).append(rec)
+        out = []
+        for rows in buckets.values():
+            # Outside render_bucket's guard: a model that does not load is a configuration error, not one
             # bad prompt, and must fail the job.
-            gen = pool.get(plan.kind)
-            out.append(render_record(rec, plan, subset, gen, lazy_scorer, jpeg_quality))
+            gen = pool.get(plans[rows[0]["id"]].kind)
+            out += render_bucket(rows, [plans[r["id"]] for r in rows], subset, gen, lazy_scorer, jpeg_quality)
         return out
 
     def summarize(out: list[Record]) -> dict[str, Any]:
@@ -340,7 +384,7 @@ def run_generate(
 
     model_labels = {k: (available[k].model_name if k in available else models[k].label) for k in kinds}
     stage = runner.ChunkedStage(
-        STAGE, render_chunk, s.chunk_size, order=by_generator, close=pool.close, summarize=summarize,
+        STAGE, render_chunk, s.chunk_size, order=by_bucket, close=pool.close, summarize=summarize,
         key=(subset, settings, seed, jpeg_quality, model_labels, [vars(r) for r in sizes],
              aesthetic_encoder.label if aesthetic_encoder else None, aesthetic_head.label if aesthetic_head else None),
         model=lambda out: ", ".join(sorted({r["image_generator"] for r in out if r.get("image_generator")})) or None)
