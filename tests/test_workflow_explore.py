@@ -428,10 +428,14 @@ def test_the_command_binds_loopback_by_default(results, tmp_path):
         m = re.search(r"http://([\d.]+):(\d+)/", line)
         assert m and m.group(1) == "127.0.0.1", line
         status, body = raw_get(f"http://127.0.0.1:{m.group(2)}", "/")
-        assert status == 200 and b"Samples" in body
+        assert status == 200 and f'<strong id="total">{len(index_rows(results))}</strong>'.encode() in body
+        status, body = raw_get(f"http://127.0.0.1:{m.group(2)}", "/dropped/pair_filter")
+        assert status == 200 and body.count(b'<li class="record">') > 0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # The report says which command opens the app, for this results folder.
+    assert "<code>finet2i explore results</code>" in (results / "report" / "report.html").read_text()
 
 
 # ----------------------------------------------------------------------------------------------------------
