@@ -121,6 +121,31 @@ def test_disk_estimate_measures_a_folder_source_and_counts_a_url_list(tmp_path: 
     assert any("measured (3 files)" in s for s in ingest.sources)
 
 
+def test_disk_estimate_of_listed_sources_uses_their_manifest_table_or_caps(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "unsplash").mkdir()
+    (tmp_path / "unsplash" / "photos.tsv000").write_text("photo_id\tphoto_url\n" + "a\tu\n" * 7)
+    (tmp_path / "results" / "curated_list").mkdir(parents=True)
+    pq.write_table(pa.table({"source_id": [str(i) for i in range(42)]}),
+                   tmp_path / "results" / "curated_list" / "listed.parquet")
+    config = json.loads(json.dumps(PRODUCTION))
+    config["curated"]["sources"] = [
+        {"type": "unsplash_lite", "path": "unsplash", "max_photos": 5},
+        {"type": "pexels", "name": "listed", "queries": ["a"]},          # listed already: its manifest counts
+        {"type": "pexels", "queries": ["a", "b"], "max_per_query": 30},
+        {"type": "pixabay", "queries": ["a", "b", "c"]},                  # the API's 500 per query
+        {"type": "pexels", "name": "unbounded", "queries": ["a"]},        # the paper's count, said so
+    ]
+    ingest = {s.stage: s for s in estimate(config, tmp_path)}["curated_ingest"]
+    assert ingest.records == 5 + 42 + 60 + 1500 + 233_342
+    how = " | ".join(ingest.sources)
+    for words in ("rows of its photos table, capped", "its manifest", "max_per_query x queries",
+                  "the API's 500 per query", "paper Table 3 (no max_photos in the config)"):
+        assert words in how, (words, how)
+
+
 # --- the whole check, without a cluster ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -153,13 +178,13 @@ def test_config_error_is_a_no_go_naming_the_key(tmp_path: Path) -> None:
 def test_url_list_source_on_a_compute_node_is_a_network_warning(demo_wd: Path, tmp_path: Path) -> None:
     (demo_wd / "urls.txt").write_text("https://example.org/a.jpg\n")
     config = yaml.safe_load((demo_wd / DEMO_CONFIG).read_text())
-    config["curated"]["sources"] = config["curated"]["sources"] + ["urls.txt"]
+    config["curated"]["sources"] = ["resources/demo/real-images", "urls.txt"]  # no API source: no listing
     path = demo_wd / "config" / "net.yaml"
     path.write_text(yaml.safe_dump(config))
     report = run_preflight(["config/net.yaml"], profile=write_profile(tmp_path / "profile"), workdir=demo_wd)
     warning = rows(report, WARN, "network")
     assert warning and "curated_ingest" in warning[0] and "urls.txt" in warning[0], report.table()
-    assert "--until curated_ingest" in warning[0]
+    assert "--until curated_ingest" in warning[0] and len(warning) == 1
     local = write_profile(tmp_path / "local", lambda p: p.update(executor="local"))
     report = run_preflight(["config/net.yaml"], profile=local, workdir=demo_wd)
     assert not rows(report, WARN, "network") and rows(report, GO, "network"), report.table()
@@ -264,3 +289,6 @@ def test_correct_profile_is_go_on_the_cluster(slurm_cluster: SlurmCluster, demo_
     for rule in ("generate", "guard", "specs", "report"):
         assert f"rule {rule}" in proc.stdout
     assert "attempts 1-3 fit" in proc.stdout
+    # The demo lists fake Pexels/Pixabay APIs: the listing is a localrule (GO), the download goes to a node.
+    assert "rule curated_list asks the pexels and pixabay API(s)" in proc.stdout and "localrule" in proc.stdout
+    assert "rule curated_ingest downloads the photos of" in proc.stdout

@@ -101,43 +101,71 @@ def estimate(config: Mapping[str, Any], workdir: Path = Path(".")) -> list[Stage
     return out
 
 
-# Table 3: photos downloaded per source, for an API source that sets no cap.
-PAPER_DOWNLOADS = {"pexels": 233_342, "pixabay": 163_524, "unsplash_lite": 24_997}
+# Table 3: per source, photos downloaded and their size on disk.
+PAPER_SOURCES = {"pexels": (233_342, 192.6e9), "pixabay": (163_524, 9.7e9), "unsplash_lite": (24_997, 56.2e9)}
+PIXABAY_MAX_PER_QUERY = 500  # the API gives at most 500 hits per query
+
+
+def _listed_count(entry: Mapping[str, Any], workdir: Path) -> tuple[int | None, str]:
+    """How many photos a listed source (unsplash_lite, pexels, pixabay) brings, and how that is known."""
+    from finet2i.sources import listed_name, manifest_path
+
+    manifest = workdir / manifest_path(listed_name(entry))
+    cap = entry.get("max_photos")
+    if manifest.exists():
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(manifest).metadata.num_rows, f"its manifest ({manifest_path(listed_name(entry))})"
+    if entry.get("type") == "unsplash_lite":
+        from finet2i.sources.unsplash_lite import tables
+
+        try:
+            rows = sum(max(sum(1 for _ in t.open(errors="replace")) - 1, 0) for t in tables(workdir / entry["path"]))
+        except (FileNotFoundError, OSError):
+            rows = None
+        if rows is not None:
+            return (min(rows, cap) if cap else rows), "rows of its photos table" + (", capped" if cap else "")
+    if cap:
+        return int(cap), "its max_photos"
+    queries = len(entry.get("queries") or []) + (1 if entry.get("curated") else 0)
+    if entry.get("max_per_query") and queries:
+        return int(entry["max_per_query"]) * queries, "max_per_query x queries"
+    if entry.get("type") == "pixabay" and queries:
+        return PIXABAY_MAX_PER_QUERY * queries, f"the API's {PIXABAY_MAX_PER_QUERY} per query x queries"
+    return None, "no bound in the config"
 
 
 def curated_inputs(config: Mapping[str, Any], workdir: Path) -> tuple[int, float, tuple[str, ...]]:
-    """(photos, bytes, sources of the figures) that the curated sources bring in: a folder is measured, a URL
-    list counted, an API source's cap (or the paper's download count for it) times the paper's photo size."""
+    """(photos, bytes, how each figure is known) that the curated sources bring in: a folder is measured, a URL
+    list counted; a listed source is counted from its manifest, its table, or its caps (else the paper's count
+    for that source, Table 3), at the paper's bytes per photo of that source (Table 3)."""
     from finet2i.config import source_path
 
     photos, size, how = 0, 0.0, []
     per = FIGURES["real_download"]
     for entry in config["curated"].get("sources") or []:
         kind = entry.get("type") if isinstance(entry, dict) else None
-        if kind in (None, "folder", "url_list") and "path" in (entry if isinstance(entry, dict) else {"path": 1}):
+        if kind in (None, "folder", "url_list"):
             path = workdir / source_path(entry)
             if path.is_dir():
                 files = [f for f in path.rglob("*") if f.is_file()]
                 photos += len(files)
                 size += sum(f.stat().st_size for f in files)
                 how.append(f"{source_path(entry)}: measured ({len(files):,} files)")
-                continue
-            if path.is_file():
+            elif path.is_file():
                 n = sum(1 for line in path.read_text(errors="replace").splitlines() if line.strip())
                 photos += n
                 size += n * per.bytes
                 how.append(f"{source_path(entry)}: {n:,} URLs x {per.source}")
-                continue
+            continue
         assert isinstance(entry, dict)
-        cap = entry.get("max_photos")
-        if cap is None and entry.get("max_per_query") and entry.get("queries"):
-            cap = int(entry["max_per_query"]) * len(entry["queries"])
-        name = str(kind or "?")
-        n = int(cap) if cap else PAPER_DOWNLOADS.get(name, 0)
+        paper_n, paper_bytes = PAPER_SOURCES.get(str(kind), (0, 0.0))
+        n, known = _listed_count(entry, workdir)
+        if n is None:
+            n, known = paper_n, "paper Table 3 (no max_photos in the config)"
         photos += n
-        size += n * per.bytes
-        how.append(f"{entry.get('name', name)}: {n:,} photos ({'its cap' if cap else 'paper Table 3'}) x "
-                   f"{per.source}")
+        size += n * (paper_bytes / paper_n if paper_n else per.bytes)
+        how.append(f"{entry.get('name', kind)}: {n:,} photos ({known}) x paper Table 3's bytes per {kind} photo")
     return photos, size, tuple(how)
 
 
