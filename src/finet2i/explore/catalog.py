@@ -265,18 +265,30 @@ class Catalog:
 
     def facet_counts(self, q: Query) -> tuple[int, dict[str, list[tuple[str, int]]]]:
         """:meth:`count_facets`, remembered for the last queries (paging through one result counts it once)."""
-        key = (q.facets, q.text.lower(), q.min_score, q.max_score)
-        with self._lock:
-            hit = self._counts.get(key)
+        hit = self._cached_counts(q)
         if hit is None:
-            hit = self.count_facets(q)
-            with self._lock:
-                self._counts[key] = hit
-                while len(self._counts) > 256:
-                    self._counts.pop(next(iter(self._counts)))
+            total, counts, _ = self.count_facets(q)
+            hit = self._remember(q, total, counts)
         return hit
 
-    def count_facets(self, q: Query) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+    @staticmethod
+    def _count_key(q: Query) -> tuple[Any, ...]:
+        return (q.facets, q.text.lower(), q.min_score, q.max_score)
+
+    def _cached_counts(self, q: Query) -> tuple[int, dict[str, list[tuple[str, int]]]] | None:
+        with self._lock:
+            return self._counts.get(self._count_key(q))
+
+    def _remember(self, q: Query, total: int, counts: dict[str, list[tuple[str, int]]]
+                  ) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+        with self._lock:
+            self._counts[self._count_key(q)] = (total, counts)
+            while len(self._counts) > 256:
+                self._counts.pop(next(iter(self._counts)))
+        return total, counts
+
+    def count_facets(self, q: Query, page_size: int | None = None
+                     ) -> tuple[int, dict[str, list[tuple[str, int]]], list[int]]:
         """The number of samples matching ``q``, and per facet the count of each value. A facet the query sets is
         counted without its own filter (the values it could switch to), the others with every filter.
 
@@ -306,25 +318,38 @@ class Catalog:
             cond = f"{hits} = {k}" if i is None else f"{hits} - _f{i} = {k - 1}"
             parts.append(f"SELECT '{f.param}', {f.column}::VARCHAR, count(*) FROM m WHERE {cond} "
                          f"AND {f.column} IS NOT NULL GROUP BY {f.column}")
-        sql = (f"WITH m AS MATERIALIZED (SELECT {cols}{', ' + flags if flags else ''} FROM samples{where}) "
-               + " UNION ALL ".join(parts))
+        if page_size is not None:  # the page's rows come from the same pass: the search runs once a request
+            parts.append(f"SELECT '#page', rid::VARCHAR, 0 FROM (SELECT rid FROM m WHERE {hits} = {k} "
+                         f"ORDER BY {ORDERS[q.order]} LIMIT {int(page_size)} OFFSET {int(q.page * page_size)})")
+        sql = (f"WITH m AS MATERIALIZED (SELECT rid, score, {cols}{', ' + flags if flags else ''} "
+               f"FROM samples{where}) " + " UNION ALL ".join(parts))
         counts: dict[str, list[tuple[str, int]]] = {f.param: [] for f in FACETS}
-        total = 0
+        total, page = 0, []
         for facet, value, n in self._cursor().execute(sql, [*flag_args, *args]).fetchall():
             if facet == "":
                 total = n
+            elif facet == "#page":
+                page.append(int(value))
             else:
                 counts[facet].append((value, n))
         for v in counts.values():
             v.sort(key=lambda x: (-x[1], x[0]))
-        return total, counts
+        return total, counts, page
 
     def samples(self, q: Query, page_size: int = PAGE_SIZE) -> SamplePage:
-        total, counts = self.facet_counts(q)
-        where, args = self._where(q)
+        """One page of the grid: its rows and every facet's counts (one pass over the table when the counts of
+        this query are not remembered yet, else one for the page)."""
+        cached = self._cached_counts(q)
+        if cached is None:
+            total, counts, rids = self.count_facets(q, page_size)
+            self._remember(q, total, counts)
+        else:
+            (total, counts), (where, args) = cached, self._where(q)
+            rids = self._scalar_list(f"SELECT rid FROM samples{where} ORDER BY {ORDERS[q.order]} LIMIT ? OFFSET ?",
+                                     [*args, page_size, q.page * page_size])
         cur = self._cursor().execute(
-            f"SELECT {self._ROW_COLUMNS} FROM samples{where} ORDER BY {ORDERS[q.order]} "
-            f"LIMIT ? OFFSET ?", [*args, page_size, q.page * page_size])
+            f"SELECT {self._ROW_COLUMNS} FROM samples WHERE list_contains(?, rid) ORDER BY {ORDERS[q.order]}",
+            [rids])
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         return SamplePage(total, rows, counts, q.page, max(1, -(-total // page_size)))
