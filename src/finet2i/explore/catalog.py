@@ -39,7 +39,7 @@ PAGE_SIZE = 48
 DROPPED_PAGE_SIZE = 24
 INDEX_GLOB = "dataset/*/train-*.parquet"
 _SHARD_TABLE = re.compile(r"^[A-Za-z0-9_-]+\.parquet$")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_SAFE_ID = re.compile(r"^(?!\.)[A-Za-z0-9_.:-]{1,200}$")  # a file or folder name: never "." or ".."
 # A stage table's subset and shard, from its path (results/<stage>/[<subset>/]<shard>.parquet).
 _SUBSET_SQL = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+$', 1)"
 _SHARD_SQL = r"regexp_extract(filename, '([^/\\]+)\.parquet$', 1)"
