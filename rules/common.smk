@@ -5,7 +5,8 @@
 
 import os
 
-from finet2i import pipeline, release
+from finet2i import batching, pipeline, release
+from finet2i.batching import publish_shard
 from finet2i.codehash import script_fingerprint
 from finet2i.config import output_settings, source_path
 from finet2i.sources import is_listed, listed_name, manifest_path
@@ -26,6 +27,7 @@ wildcard_constraints:
     group=r"\d{3}",
     subset="|".join(SUBSETS + ["real"]),
     source="|".join(LISTED) or "no-listed-source",
+    batch=r"\d{5}",
 
 
 def script_code(script):
@@ -118,3 +120,51 @@ def listing_input(wildcards):
 def listed_entry(wildcards):
     """The listed source's entry without the keys that only pace the listing: what its manifest depends on."""
     return {k: v for k, v in LISTED[wildcards.source].items() if k not in LISTING_RUNTIME_KEYS}
+
+
+# Several shards per GPU job (gpu_jobs; docs/job-sizing.md, finet2i.batching). A batched stage runs as
+# <stage>_batch (GPU, one job per batch, writes each shard's result into results/<stage>/.batched/) and
+# <stage>_publish (local, one job per shard: the cached result at results/<stage>/{shard}.*, byte for byte).
+# Unbatched, those two rules match nothing and <stage> runs one GPU job per shard as before.
+BATCHES = {stage: batching.batches(SHARDS, batching.shards_per_job(config, stage)) for stage in batching.BATCHABLE}
+
+
+def batched_shard(stage):
+    """The {shard} constraint of <stage>_publish: any shard when the stage is batched, none otherwise."""
+    return r"\d{5}" if batching.is_batched(config, stage) else "(?!x)x"
+
+
+def batch_tables(stage):
+    """Input function of <stage>_batch: the upstream tables of the batch's shards, in shard order."""
+    pattern = upstream_table(stage)
+
+    def tables(wildcards):
+        return [pattern.format(shard=s) for s in BATCHES[stage][int(wildcards.batch)]]
+
+    return tables
+
+
+def batch_shards(stage):
+    """Params function of <stage>_batch: the batch's shard ids (the order of its input tables)."""
+
+    def shard_ids(wildcards):
+        return BATCHES[stage][int(wildcards.batch)]
+
+    return shard_ids
+
+
+def batch_manifest(stage):
+    """Input function of <stage>_publish: the manifest of the batch that holds the shard (shard ids are their
+    index, rules/common.smk's SHARDS)."""
+    per_job = batching.shards_per_job(config, stage)
+
+    def manifest(wildcards):
+        return f"results/{stage}/batches/{int(wildcards.shard) // per_job:05d}.json"
+
+    return manifest
+
+
+def batch_runtime(stage, per_shard_minutes):
+    """A batch job's runtime request: the per-shard request times its shards, at most 48 h (a cluster with a
+    shorter limit lowers gpu_jobs; preflight says which rule does not fit)."""
+    return min(per_shard_minutes * batching.shards_per_job(config, stage), 2880)

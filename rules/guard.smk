@@ -26,3 +26,48 @@ rule guard:
         code=script_code("workflow_scripts/guard.py"),
     script:
         "../workflow_scripts/guard.py"
+
+
+# gpu_jobs > 1 (docs/job-sizing.md): one GPU job guards several shards on one engine and caches each shard's
+# result (reused while its input, params and code are unchanged); guard_publish puts each at the paths above.
+rule guard_batch:
+    input:
+        tables=batch_tables("guard"),
+    output:
+        manifest="results/guard/batches/{batch}.json",
+    log:
+        "logs/guard_batch/{batch}.log",
+    benchmark:
+        "results/benchmarks/guard_batch/{batch}.tsv"
+    conda:
+        "../envs/llm.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=batch_runtime("guard", 240),
+    params:
+        shards=batch_shards("guard"),
+        settings=output_settings(config, "guard"),
+        model=config["models"]["guard"],
+        code=script_code("workflow_scripts/guard_batch.py"),
+    script:
+        "../workflow_scripts/guard_batch.py"
+
+
+rule guard_publish:
+    input:
+        manifest=batch_manifest("guard"),
+    output:
+        table="results/guard/{shard}.parquet",
+        stats="results/guard/{shard}.stats.json",
+    wildcard_constraints:
+        shard=batched_shard("guard"),
+    log:
+        "logs/guard_publish/{shard}.log",
+    localrule: True
+    run:
+        publish_shard(input.manifest, wildcards.shard, output.table, output.stats, log=log[0])
+
+
+ruleorder: guard_publish > guard

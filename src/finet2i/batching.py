@@ -13,7 +13,8 @@ stage's declared per-shard path (hard link, fresh mtime), byte for byte, so that
 unchanged shards match and nothing downstream of them reruns on the next invocation.
 
 Status: this module and its tests are the mechanism; the rules are not wired to it yet (docs/job-sizing.md,
-"What is built and what is not").
+"What is built and what is not"). ``finet2i.shards`` (pyarrow) is imported inside the functions that use it:
+rules/common.smk imports this module while Snakemake parses the workflow.
 """
 
 from __future__ import annotations
@@ -23,16 +24,30 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finet2i import shards
-
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = ".batched"
+# Stages whose rules can run several shards per job (rules/<stage>.smk has <stage>_batch and <stage>_publish).
+BATCHABLE: tuple[str, ...] = ("guard",)
+
+
+def shards_per_job(config: Mapping[str, Any], stage: str) -> int:
+    """Shards one GPU job of ``stage`` processes: ``gpu_jobs.stages.<stage>``, else ``gpu_jobs.shards_per_job``,
+    never more than the shard count; 1 for a stage that cannot batch."""
+    if stage not in BATCHABLE:
+        return 1
+    section = config.get("gpu_jobs") or {}
+    n = (section.get("stages") or {}).get(stage, section.get("shards_per_job", 1))
+    return max(1, min(int(n), int(config["shards"]["count"])))
+
+
+def is_batched(config: Mapping[str, Any], stage: str) -> bool:
+    return shards_per_job(config, stage) > 1
 
 
 def batches(shard_ids: Sequence[str], per_job: int) -> list[list[str]]:
@@ -65,6 +80,8 @@ class ShardWork:
 
     @property
     def stats(self) -> Path:
+        from finet2i import shards
+
         return shards.stats_path(self.table)
 
     @property
@@ -79,6 +96,8 @@ class ShardWork:
 
 def shard_fingerprint(work: ShardWork, key: Any) -> str:
     """What a shard's result depends on: its input table's bytes and ``key`` (the rule's params)."""
+    from finet2i import shards
+
     return shards.fingerprint([file_digest(work.in_path)], key)
 
 
@@ -99,6 +118,8 @@ def run_batch(work: Sequence[ShardWork], run_one: Callable[[ShardWork], Any], *,
     ``close`` shuts the shared engine down at the end, also on failure (a lazy engine that never started costs
     nothing). The fingerprint is written after the stats, so a shard cut off mid-way is redone.
     """
+    from finet2i import shards
+
     started = time.monotonic()
     manifest: dict[str, Any] = {"shards": {}, "reused": 0, "computed": 0}
     try:
@@ -134,3 +155,39 @@ def publish(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
         shutil.copyfile(src, tmp)
     os.utime(tmp)
     os.replace(tmp, dest)
+
+
+def run_batch_job(smk: Any, stage: str, run_one: Callable[[ShardWork], Any],
+                  close: Callable[[], None] | None = None) -> dict[str, Any]:
+    """A ``<stage>_batch`` rule's job: its shards (``params.shards``, ``input.tables`` in the same order) through
+    :func:`run_batch`, keyed by every other param (settings, model, code); writes ``output.manifest``."""
+    from finet2i import shards
+
+    folder = Path("results") / stage
+    work = [ShardWork.under(folder, s, p) for s, p in zip(smk.params.shards, smk.input.tables, strict=True)]
+    key = {k: v for k, v in smk.params.items() if k != "shards"}
+    manifest = run_batch(work, run_one, key=key, close=close)
+    log.info("%s batch: %d shard(s) computed, %d reused, %.1f s", stage, manifest["computed"], manifest["reused"],
+             manifest["seconds"])
+    shards.write_json(smk.output.manifest, manifest)
+    return manifest
+
+
+def publish_shard(manifest_path: str | os.PathLike[str], shard: str, table: str | os.PathLike[str],
+                  stats: str | os.PathLike[str], log: str | os.PathLike[str] | None = None) -> None:
+    """A ``<stage>_publish`` job: the shard's cached result, as its batch job's manifest names it, at the
+    stage's per-shard paths (the stats last: they mark the shard complete)."""
+    from finet2i import shards
+
+    entry = shards.read_json(manifest_path)["shards"][shard]
+    work = ShardWork(shard, Path(), Path(entry["table"]))
+    if not cached(work, entry["fingerprint"]):
+        raise RuntimeError(f"{work.table}: the cached result of shard {shard} is missing or was made from other "
+                           f"inputs than {manifest_path} records; rerun the batch "
+                           f"(snakemake --forcerun {Path(manifest_path).parent.parent.name}_batch)")
+    publish(work.table, table)
+    publish(work.stats, stats)
+    if log:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text(f"shard {shard}: {'reused' if entry['reused'] else 'computed'} by {manifest_path}, "
+                             f"fingerprint {entry['fingerprint']}\n")

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finet2i import pipeline
+from finet2i import batching, pipeline
 
 # Rules that are not a stage of finet2i.pipeline, and the stage whose switch they follow (None: always run).
 AUXILIARY = {"dedup_centroids": "dedup", "dedup_assign": "dedup", "dedup_manifest": "dedup",
              "dedup_group": "dedup", "dedup_cross": "dedup", "report": None, "assemble": None,
              "dataset_card": None}
+# Several shards per GPU job (finet2i.batching): <stage>_batch and <stage>_publish run instead of <stage>.
+AUXILIARY.update({f"{stage}_{part}": stage for stage in batching.BATCHABLE for part in ("batch", "publish")})
 
 
 LISTED = ("unsplash_lite", "pexels", "pixabay")  # source types with a listing job each (rules/curated_list.smk)
@@ -72,6 +74,11 @@ def parse_rules(snakefile: Path, configfiles: list[Path], workdir: Path) -> dict
 
 def rule_enabled(rule: str, config: Mapping[str, Any]) -> bool:
     """Whether the config runs any job of ``rule`` (a switched-off stage's rules exist but never run)."""
+    for stage in batching.BATCHABLE:
+        if rule in (f"{stage}_batch", f"{stage}_publish"):
+            return pipeline.enabled(stage, config) and batching.is_batched(config, stage)
+        if rule == stage and batching.is_batched(config, stage):
+            return False
     if rule in pipeline.BY_NAME:
         return pipeline.enabled(rule, config)
     stage = AUXILIARY.get(rule)
@@ -84,6 +91,8 @@ def job_count(rule: RuleInfo, config: Mapping[str, Any]) -> int:
     real = 1 if pipeline.enabled("package_real", config) else 0
     domains = {"shard": int(config["shards"]["count"]), "cshard": int(config["curated"]["shards"]),
                "group": int(config["dedup"]["groups"]),
+               "batch": batching.batch_count(config["shards"]["count"],
+                                             batching.shards_per_job(config, rule.name.rsplit("_", 1)[0])),
                "subset": subsets + real if rule.name == "assemble" else subsets,
                "source": sum(isinstance(e, dict) and e.get("type") in LISTED
                              for e in config["curated"].get("sources") or [])}
