@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/explore.py --samples 100000    # a quick look
 
 Makes, in a temp folder, ``dataset/<folder>/train-NNNNNN.parquet`` indexes with the release's columns (the 15
-keys, origin, provenance, member offsets), random facet values from the taxonomy and prompts of 12-60 words;
+keys, origin, provenance, member offsets), random facet values from the taxonomy, prompts of 12-30 and enhanced
+prompts of 30-60 words drawn from a 5,000-word Zipf vocabulary (a search word is in ~8% of samples);
 the images are shared: every index points into one small real tar of JPEGs (each ``train-NNNNNN.tar`` is a
 symlink to it), so the disk holds ~the indexes only. Then, over HTTP to a real ``finet2i explore`` server
 (``finet2i.explore.server``, the same code the command runs), the median of ``--repeat`` requests of:
@@ -46,6 +47,25 @@ FOLDERS = ["synthetic_enhanced_prompt_random_resolution", "synthetic_enhanced_pr
 WORDS = ("cat dog castle river portrait mountain neon city street market robot garden ocean forest desert bridge "
          "lantern violin dragon teapot bicycle window sunset storm glacier owl fox whale train library kitchen "
          "painting sculpture festival harbor lighthouse meadow canyon temple orchard balloon").split()
+
+
+def vocabulary(size: int = 5000, seed: int = 3) -> tuple[list[str], list[float]]:
+    """Words and Zipf weights (1 / (rank + 10)), like prompt text: a few very common words, a long tail. The
+    search words (WORDS) sit at ranks 100-143, so each is in roughly one prompt pair in twelve."""
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "gra", "pel", "dor", "fen", "lu", "xo", "bri"]
+    pseudo = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(size * 2)})
+    rng.shuffle(pseudo)
+    words = [w for w in pseudo if w not in WORDS][: size - len(WORDS)]
+    words[100:100] = list(WORDS)
+    return words, [1 / (rank + 10) for rank in range(len(words))]
+
+
+VOCAB, WEIGHTS = vocabulary()
+
+
+def text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choices(VOCAB, WEIGHTS, k=n))
 STYLES = ["General & Photorealistic", "Anime", "3D & CGI", "Graphic & Digital", "Abstract & Artistic",
           "Vintage & Retro", "Futuristic & Sci-Fi", "Traditional/modern Art", "Cartoon & Illustration"]
 CATEGORIES = {"People": ["Portrait", "Age", "Emotions"], "Nature": ["Landscape", "Animals", "Plants"],
@@ -99,8 +119,8 @@ def write_indexes(root: Path, samples: int, per_tar: int, seed: int = 0) -> list
         rows = []
         for i in range(min(per_tar, samples - t * per_tar)):
             cat = rng.choice(list(CATEGORIES))
-            prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 30)))
-            enhanced = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 60)))
+            prompt = text(rng, rng.randint(12, 30))
+            enhanced = text(rng, rng.randint(30, 60))
             off, size = where[rng.randrange(len(where))]
             key = str(uuid.UUID(int=rng.getrandbits(128)))
             rows.append({
@@ -143,10 +163,9 @@ def write_judge_tables(root: Path, records: int, per_shard: int, seed: int = 1) 
                 x = rng.random()
                 reason = "judge_rejected" if x < 0.5 else "judge_unsafe" if x < 0.55 else \
                     "low_aesthetic" if x < 0.6 else None
-                answer = " ".join(rng.choice(WORDS) for _ in range(40))
+                answer = text(rng, 40)
                 rows.append({"id": f"{sh:05d}-{i:06d}", "sample_id": f"{subset}-{sh:05d}-{i:06d}",
-                             "prompt": " ".join(rng.choice(WORDS) for _ in range(20)),
-                             "enhanced_prompt": " ".join(rng.choice(WORDS) for _ in range(50)),
+                             "prompt": text(rng, 20), "enhanced_prompt": text(rng, 50),
                              "aesthetic_predictor_v_2_5_score": rng.uniform(4, 7.5),
                              "judge_reasoning": answer, "judge_violations": "composition,blur",
                              "judge_raw": '{"verdict": "reject", "reasoning": "' + answer + '"}',

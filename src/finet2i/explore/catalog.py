@@ -222,7 +222,8 @@ class Catalog:
                    file_row_number AS row, id,
                    coalesce({col('subset', 'VARCHAR')}, CASE {folder} {by_folder} END) AS subset,
                    prompt, {col('enhanced_prompt', 'VARCHAR')} AS enhanced_prompt,
-                   lower(coalesce(prompt, '') || ' ' || coalesce({col('enhanced_prompt', 'VARCHAR')}, '')) AS text,
+                   array_to_string(list_distinct(string_split_regex(lower(coalesce(prompt, '') || ' ' ||
+                       coalesce({col('enhanced_prompt', 'VARCHAR')}, '')), '\\s+')), ' ') AS text,
                    trim(split_part({col('prompt_category', 'VARCHAR')}, ':', 1)) AS category,
                    {col('subcategory', 'VARCHAR')} AS subcategory, {col('style', 'VARCHAR')} AS style,
                    CASE WHEN {task} IS NULL OR len({task}) = 0 THEN 'Not Specified'
