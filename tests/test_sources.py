@@ -245,6 +245,10 @@ def test_three_sources_end_to_end_every_row_accounted_cdn_redirects_and_a_killed
             assert max(_images_answered(api).values()) == 1  # no image fetched twice across the kill
         assert len(_images_answered(pex)) == 5 and len(_images_answered(pix)) == 4  # via the CDN host
         assert len(_images_answered(unsplash_cdn)) == 3 and max(_images_answered(unsplash_cdn).values()) == 1
+        # The resumed shard is the shard an uninterrupted download writes.
+        run_curated_ingest(cfg["curated"]["sources"], "whole/00000.parquet", cshard="00000", n_shards=1,
+                           settings=cfg["curated"], stats_path="whole/00000.stats.json", workers=2)
+        assert pq.read_table("whole/00000.parquet").equals(pq.read_table("out/00000.parquet"))
     rows = pq.read_table("out/00000.parquet").to_pylist()
     assert len(rows) == listed == stats.records_in  # every manifest row ends kept or dropped
     assert stats.extra["downloads_resumed"] == cached and not Path("out/00000.parquet.fetched").exists()
