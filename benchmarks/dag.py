@@ -40,6 +40,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from finet2i import batching  # noqa: E402  (how rules/common.smk reads gpu_jobs)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "profiles", "envs", "report"]
 DRY_RUN = "-n --quiet rules"
@@ -54,6 +57,7 @@ class Shape:
     subsets: list[str]
     curated_shards: int  # 0 when the curated set is off or has no sources
     attributes: bool
+    guard_per_job: int  # shards per guard job (gpu_jobs; > 1: guard_batch + guard_publish)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Shape:
@@ -62,7 +66,8 @@ class Shape:
         return cls(shards=int(config["shards"]["count"]), groups=int(config["dedup"]["groups"]),
                    subsets=list(config["generate"]["subsets"]),
                    curated_shards=int(curated["shards"]) if curated_on else 0,
-                   attributes=bool(config["attributes"].get("enabled", True)))
+                   attributes=bool(config["attributes"].get("enabled", True)),
+                   guard_per_job=batching.shards_per_job(config, "guard"))
 
 
 @dataclass
@@ -173,10 +178,7 @@ rule dedup:
     output: "results/dedup/{shard}.parquet", "results/dedup/{shard}.stats.json"
     shell: "touch {output}"
 
-rule guard:
-    input: "results/dedup/{shard}.parquet"
-    output: "results/guard/{shard}.parquet", "results/guard/{shard}.stats.json"
-    shell: "touch {output}"
+%(guard)s
 
 rule attributes:
     input: "results/guard/{shard}.parquet"
@@ -256,10 +258,33 @@ rule dataset_card:
 '''
 
 
+BARE_GUARD = {
+    "per shard": '''
+rule guard:
+    input: "results/dedup/{shard}.parquet"
+    output: "results/guard/{shard}.parquet", "results/guard/{shard}.stats.json"
+    shell: "touch {output}"
+''',
+    # gpu_jobs > 1: one job per batch of shards, then one local publish job per shard (input functions, as ours)
+    "batched": '''
+rule guard_batch:
+    input: lambda w: expand("results/dedup/{shard}.parquet", shard=SHARDS[int(w.batch) * %(n)d:][:%(n)d])
+    output: "results/guard/batches/{batch}.json"
+    shell: "touch {output}"
+
+rule guard_publish:
+    input: lambda w: "results/guard/batches/%%05d.json" %% (int(w.shard) // %(n)d)
+    output: "results/guard/{shard}.parquet", "results/guard/{shard}.stats.json"
+    shell: "touch {output}"
+''',
+}
+
+
 def bare_snakefile(shape: Shape, dedup: str) -> str:
     head = BARE_HEAD.format(shards=shape.shards, curated_shards=shape.curated_shards, groups=shape.groups,
                             subsets=shape.subsets, attributes=shape.attributes)
-    return head + BARE_RULES % {"dedup": BARE_DEDUP[dedup]}
+    guard = BARE_GUARD["batched" if shape.guard_per_job > 1 else "per shard"] % {"n": shape.guard_per_job}
+    return head + BARE_RULES % {"dedup": BARE_DEDUP[dedup], "guard": guard}
 
 
 # ------------------------------------------------------------------------------------------------ running

@@ -115,6 +115,8 @@ def plan(config: dict[str, Any], jobs: dict[str, int], rates: dict[str, Any]) ->
     rows = []
     for key, n in items_per_stage(config, ROOT).items():
         rule, _stage, item = STAGES[key]
+        if rule not in jobs and f"{rule}_batch" in jobs:  # gpu_jobs: several shards per job
+            rule = f"{rule}_batch"
         r = Row(key, rule, item, n, jobs.get(rule, 0))
         m = measured.get(key) or {}
         r.items_per_s, r.load_s, r.gpu_mem_gb = m.get("items_per_s"), m.get("load_s"), m.get("gpu_mem_gb")

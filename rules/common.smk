@@ -165,6 +165,6 @@ def batch_manifest(stage):
 
 
 def batch_runtime(stage, per_shard_minutes):
-    """A batch job's runtime request: the per-shard request times its shards, at most 48 h (a cluster with a
+    """A batch job's runtime request: the per-shard request times its shards, at most 24 h (a cluster with a
     shorter limit lowers gpu_jobs; preflight says which rule does not fit)."""
-    return min(per_shard_minutes * batching.shards_per_job(config, stage), 2880)
+    return min(per_shard_minutes * batching.shards_per_job(config, stage), 1440)

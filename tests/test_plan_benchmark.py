@@ -39,8 +39,10 @@ def test_gpu_hours_and_load_share_follow_from_the_rates(production) -> None:
                         "generate.flux2": {"items_per_s": 0.05, "load_s": 300.0}}}
     rows = {r.stage: r for r in plan.plan(config, jobs, rates)}
     guard = rows["guard"]
-    # The paper's guard input (5,555,147 after dedup) scaled to the config's 44.8M specs, one job per rule job.
-    assert guard.items == round(5_555_147 * 44_800_000 / 44_800_567) and guard.jobs == jobs["guard"]
+    # The paper's guard input (5,555,147 after dedup) scaled to the config's 44.8M specs; the production config
+    # runs 16 shards per guard job (gpu_jobs): 70 jobs.
+    assert guard.items == round(5_555_147 * 44_800_000 / 44_800_567)
+    assert guard.rule == "guard_batch" and guard.jobs == jobs["guard_batch"] == 70
     assert guard.gpu_h == pytest.approx(guard.items / 100 / 3600 + guard.jobs * 90 / 3600)
     per_job = guard.items / guard.jobs / 100
     assert guard.load_share == pytest.approx(90 / (90 + per_job))
