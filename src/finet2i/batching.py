@@ -12,8 +12,8 @@ killed after k shards redoes the rest only. :func:`publish` then puts each shard
 stage's declared per-shard path (hard link, fresh mtime), byte for byte, so that Snakemake's checksums of the
 unchanged shards match and nothing downstream of them reruns on the next invocation.
 
-Status: this module and its tests are the mechanism; the rules are not wired to it yet (docs/job-sizing.md,
-"What is built and what is not"). ``finet2i.shards`` (pyarrow) is imported inside the functions that use it:
+Wired for guard (rules/guard.smk: guard_batch + guard_publish, ``gpu_jobs`` in the config); the other GPU
+stages follow the same pattern (docs/job-sizing.md, "What is built and what is not"). ``finet2i.shards`` (pyarrow) is imported inside the functions that use it:
 rules/common.smk imports this module while Snakemake parses the workflow.
 """
 
