@@ -13,8 +13,9 @@ stage's declared per-shard path (hard link, fresh mtime), byte for byte, so that
 unchanged shards match and nothing downstream of them reruns on the next invocation.
 
 Wired for guard (rules/guard.smk: guard_batch + guard_publish, ``gpu_jobs`` in the config); the other GPU
-stages follow the same pattern (docs/job-sizing.md, "What is built and what is not"). ``finet2i.shards`` (pyarrow) is imported inside the functions that use it:
-rules/common.smk imports this module while Snakemake parses the workflow.
+stages follow the same pattern (docs/job-sizing.md, "What is built and what is not").
+``finet2i.shards`` (pyarrow) is imported inside the functions that use it: rules/common.smk imports this
+module while Snakemake parses the workflow.
 """
 
 from __future__ import annotations
