@@ -17,7 +17,8 @@ paid once per job; ``gpu_mem_gb``: peak memory. A stage without ``items_per_s`` 
 without ``load_s`` gets its compute hours and "load not measured" (its total is left out). No figure is ever
 filled in. GPU-hours = items / items_per_s + jobs x load_s (one GPU per job, as the rules declare; queue
 waits are not GPU time and are not counted). Load share per job = load_s / (load_s + items per job /
-items_per_s): the issue's target is under 10% at production size.
+items_per_s): the issue's target is under 10% at production size; "1 shard/job" gives the same share at one
+shard per job (before gpu_jobs), for comparison.
 
 Stages (keys of "stages"), and what one item is:
 """
@@ -69,6 +70,7 @@ class Row:
     load_h: float | None = None
     gpu_h: float | None = None  # None: not measured (rate or load missing)
     load_share: float | None = None
+    load_share_one_shard: float | None = None  # the same at one shard per job (gpu_jobs: 1), for comparison
     note: str = ""
 
     @property
@@ -127,9 +129,15 @@ def plan(config: dict[str, Any], jobs: dict[str, int], rates: dict[str, Any]) ->
                 r.load_h = r.jobs * float(r.load_s) / 3600
                 r.gpu_h = r.compute_h + r.load_h
                 per_job = r.compute_h * 3600 / r.jobs if r.jobs else 0.0
-                r.load_share = float(r.load_s) / (float(r.load_s) + per_job) if r.load_s or per_job else 0.0
+                r.load_share = _share(float(r.load_s), per_job)
+                one = config["shards"]["count"] if rule.endswith("_batch") else r.jobs  # one job per shard
+                r.load_share_one_shard = _share(float(r.load_s), r.compute_h * 3600 / one if one else 0.0)
         rows.append(r)
     return rows
+
+
+def _share(load_s: float, compute_s: float) -> float:
+    return load_s / (load_s + compute_s) if load_s or compute_s else 0.0
 
 
 def _fmt(v: float | None, spec: str, missing: str = "-") -> str:
@@ -140,7 +148,7 @@ def render(rows: list[Row], rates: dict[str, Any], configfile: str) -> str:
     lines = [f"GPU plan for {configfile} at the paper's yields; rates: {rates.get('gpu', 'GPU not named')}"
              f"{' (' + rates['source'] + ')' if rates.get('source') else ''}", ""]
     head = (f"{'stage':<19} {'items':>12} {'jobs':>6} {'items/job':>10} {'items/s':>9} {'load s':>7} "
-            f"{'mem GB':>6} {'compute h':>10} {'load h':>8} {'GPU-h':>9} {'load/job':>8}")
+            f"{'mem GB':>6} {'compute h':>10} {'load h':>8} {'GPU-h':>9} {'load/job':>8} {'1 shard/job':>11}")
     lines += [head, "-" * len(head)]
     for r in rows:
         per_job = f"{r.items / r.jobs:,.0f}" if r.jobs else "-"
@@ -149,10 +157,11 @@ def render(rows: list[Row], rates: dict[str, Any], configfile: str) -> str:
             lines.append(f"{left} {'not measured':>9}")
             continue
         share = "-" if r.load_share is None else f"{100 * r.load_share:.1f}%"
+        one = "-" if r.load_share_one_shard is None else f"{100 * r.load_share_one_shard:.1f}%"
         lines.append(
             f"{left} {r.items_per_s:>9,.1f} {_fmt(r.load_s, '.0f', 'n/m'):>7} {_fmt(r.gpu_mem_gb, '.1f'):>6} "
             f"{r.compute_h:>10,.1f} {_fmt(r.load_h, ',.1f', 'n/m'):>8} {_fmt(r.gpu_h, ',.1f', 'n/m'):>9} "
-            f"{share:>8}")
+            f"{share:>8} {one:>11}")
     done = [r for r in rows if r.measured]
     missing = [r.stage for r in rows if not r.measured]
     total = sum(r.gpu_h for r in done if r.gpu_h is not None)
@@ -160,7 +169,8 @@ def render(rows: list[Row], rates: dict[str, Any], configfile: str) -> str:
     lines += ["", f"total GPU-hours over the {len(done)} measured stage(s): {total:,.1f} ({jobs:,} GPU jobs)"]
     if missing:
         lines.append(f"not measured ({len(missing)}), so NOT in the total: {', '.join(missing)}")
-    lines.append("n/m: not measured (a stage with a rate but no load_s shows its compute hours only)")
+    lines.append("n/m: not measured (a stage with a rate but no load_s shows its compute hours only); "
+                 "1 shard/job: the load share per job without gpu_jobs")
     notes = [f"  {r.stage}: {r.note}" for r in rows if r.note]
     if notes:
         lines += ["", "notes from the rates file:", *notes]

@@ -46,6 +46,7 @@ def test_gpu_hours_and_load_share_follow_from_the_rates(production) -> None:
     assert guard.gpu_h == pytest.approx(guard.items / 100 / 3600 + guard.jobs * 90 / 3600)
     per_job = guard.items / guard.jobs / 100
     assert guard.load_share == pytest.approx(90 / (90 + per_job))
+    assert guard.load_share_one_shard == pytest.approx(90 / (90 + guard.items / 1120 / 100))  # before gpu_jobs
     flux = rows["generate.flux2"]
     # FLUX.2's share of the four subsets' prompts (weight 0.2 of 1.0) x the mean candidate count (2).
     assert flux.items == round(4 * 5_158_969 * 44_800_000 / 44_800_567 * 2 * 0.2)
