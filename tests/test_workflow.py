@@ -36,7 +36,8 @@ def test_production_plan_builds_without_importing_torch(workdir):
     proc = snakemake(workdir, "-n", "--quiet", "rules", env=env, timeout=600)
     counts = _job_counts(proc.stdout)
     shards = 1120
-    assert counts["specs"] == counts["prompts"] == counts["guard"] == counts["pair_filter"] == shards
+    assert counts["specs"] == counts["prompts"] == counts["guard_publish"] == counts["pair_filter"] == shards
+    assert counts["guard_batch"] == 70 and "guard" not in counts  # gpu_jobs: 16 shards per guard job
     assert counts["generate"] == counts["package"] == 4 * shards
     assert counts["assemble"] == 4 and counts["dataset_card"] == 1  # no curated source in production: no real
     assert counts["dedup_group"] == 128
