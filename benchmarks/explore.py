@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import random
@@ -62,10 +63,11 @@ def vocabulary(size: int = 5000, seed: int = 3) -> tuple[list[str], list[float]]
 
 
 VOCAB, WEIGHTS = vocabulary()
+CUMULATIVE = list(itertools.accumulate(WEIGHTS))  # once: random.choices would sum 5,000 weights per call
 
 
 def text(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choices(VOCAB, WEIGHTS, k=n))
+    return " ".join(rng.choices(VOCAB, cum_weights=CUMULATIVE, k=n))
 STYLES = ["General & Photorealistic", "Anime", "3D & CGI", "Graphic & Digital", "Abstract & Artistic",
           "Vintage & Retro", "Futuristic & Sci-Fi", "Traditional/modern Art", "Cartoon & Illustration"]
 CATEGORIES = {"People": ["Portrait", "Age", "Emotions"], "Nature": ["Landscape", "Animals", "Plants"],
