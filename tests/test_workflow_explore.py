@@ -5,8 +5,10 @@ RESULTS_DIR only, every prompt and model answer escaped) and the static export.
 Expected values come from the demo's parquet files read with pyarrow, never from the explorer's own queries.
 Named test_workflow_* so that it runs after test_slurm_workflow, which starts the session's shared demo run in
 the background (workflow_helpers.LocalDemo): a test earlier in file order would wait for it alone.
-Screenshots are kept under the pytest temp folder (``explore-screenshots/``, or ``$FINET2I_TEST_ARTIFACTS``)
-and the grid, a detail view and a dropped view are copied into docs/ (docs/explore.md shows them).
+Screenshots are kept under the pytest temp folder (``explore-screenshots/``, or ``$FINET2I_TEST_ARTIFACTS``);
+with ``FINET2I_UPDATE_DOCS=1`` the grid, a detail view and a dropped view are also copied into docs/
+(docs/explore.md shows them), so that an ordinary test run leaves the checkout unchanged:
+``FINET2I_UPDATE_DOCS=1 scripts/run-tests.sh tests/test_workflow_explore.py`` remakes them.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def screenshot(page, shots: Path, name: str, docs: bool = False) -> None:  # typ
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
-    if docs:
+    if docs and os.environ.get("FINET2I_UPDATE_DOCS") == "1":
         shutil.copyfile(path, ROOT / "docs" / f"{name}.png")
 
 
