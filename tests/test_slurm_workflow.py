@@ -47,7 +47,8 @@ from finet2i import pipeline
 
 # Rules that declare `gpu=1` (rules/*.smk). test_profile_matches_rules fails when this drifts from the rules.
 GPU_RULES = {"prompts", "embed", "dedup_group", "dedup_cross", "guard", "guard_batch", "attributes", "enhance",
-             "guard_enhanced", "generate", "pair_filter", "curated_score", "curated_caption", "curated_enhance", "curated_guard"}
+             "guard_enhanced", "generate", "pair_filter", "curated_score", "curated_caption", "curated_enhance",
+             "curated_guard"}
 # The memory caps of profiles/slurm (largest node per partition, which the user sets).
 PROFILE_CAP_MB = {"gpu": 250000, "cpu": 120000}
 DEMO = yaml.safe_load((ROOT / DEMO_CONFIG).read_text())
