@@ -1,7 +1,7 @@
 """Production image generators: diffusers ``ZImagePipeline`` (Z-Image-Turbo), ``Flux2Pipeline`` (FLUX.2-dev).
 
-Images of one size go through the pipeline together, up to ``batch_size`` images of 1 megapixel per call
-(fewer when larger, more when smaller; see :func:`images_per_call`), each with its own ``torch.Generator``
+Images of one size go through the pipeline together, up to ``batch_size`` images per call (fewer above 1
+megapixel; see :func:`images_per_call`), each with its own ``torch.Generator``
 seeded from the sample's seed (on the CPU, so the initial noise is the same on any device). The same
 (prompts, size, seeds) in the same batches reproduce the same images on the same hardware and library versions;
 a different batch composition may change pixels by rounding only (the text encoder pads to the batch's longest
@@ -28,9 +28,12 @@ MEGAPIXEL = 1024 * 1024
 
 
 def images_per_call(batch_size: int, width: int, height: int) -> int:
-    """Images of ``width`` x ``height`` in one pipeline call: ``batch_size`` at 1024x1024, scaled by pixels (a
-    2048x2048 call holds a quarter as many), at least one. Activation memory grows with pixels x batch."""
-    return max(1, int(batch_size * MEGAPIXEL // max(1, width * height)))
+    """Images of ``width`` x ``height`` in one pipeline call: ``batch_size`` up to 1024x1024, fewer above it,
+    scaled by pixels (a 2048x2048 call holds a quarter as many), at least one. Activation memory grows with
+    pixels x batch. Smaller images are not packed beyond ``batch_size``: ``batch_size: 1`` is one image per
+    call at any size, which reproduces an image whatever else is rendered and whatever the thread count (on the
+    CPU a batched call's rounding depends on both; measured on the demo's tiny Z-Image)."""
+    return max(1, min(batch_size, int(batch_size * MEGAPIXEL // max(1, width * height))))
 
 
 class DiffusersGenerator:
@@ -116,7 +119,7 @@ def load_generator(
 ) -> DiffusersGenerator:
     """Load ``kind`` ("z_image" | "flux2") from ``spec``: bf16 on a GPU, fp32 on the CPU unless ``dtype`` set.
 
-    ``batch_size``: images of 1 megapixel per pipeline call (see :func:`images_per_call`). ``cpu_offload`` keeps
+    ``batch_size``: images per pipeline call up to 1 megapixel (see :func:`images_per_call`). ``cpu_offload`` keeps
     idle components in host memory (``enable_model_cpu_offload``): FLUX.2-dev's
     transformer and Mistral text encoder together exceed one 80 GB GPU in bf16.
     """
@@ -148,7 +151,7 @@ def load_generator(
         if kind == "flux2" and "text_encoder_out_layers" in extra:
             call_kwargs["text_encoder_out_layers"] = tuple(extra["text_encoder_out_layers"])
     log.info(
-        "generator %s: %s on %s (%s), %d steps, guidance %s, %d images of 1 MP per call",
+        "generator %s: %s on %s (%s), %d steps, guidance %s, up to %d images per call (fewer above 1 MP)",
         kind,
         spec.label,
         dev,

@@ -13,7 +13,7 @@ Aesthetic Predictor V2.5 and the best one is kept as a JPEG.
 One job handles one (subset, shard). Records are processed grouped by generator (each pipeline loads once per
 job and is freed before the next), then by rendered size, in checkpointed chunks; the output keeps the input
 order. Within a chunk, the prompts of one (generator, size) bucket are rendered together, every candidate of
-every prompt in the same pipeline calls (``generate.generators.<kind>.batch_size`` images of 1 MP per call),
+every prompt in the same pipeline calls (``generate.generators.<kind>.batch_size`` images per call up to 1 MP),
 and scored in one call: a chunk mixing sizes would otherwise force one image per call. A bucket whose batched
 render fails is rendered again prompt by prompt, so a prompt whose generation fails is dropped as
 ``generation_failed`` with the error beside it, alone; the job goes on.
