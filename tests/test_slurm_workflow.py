@@ -418,8 +418,9 @@ def test_demo_on_slurm_places_jobs_and_matches_local(demo_runs: dict[str, DemoRu
     gpu_counts = {r: sum(j["rule"] == r for j in gpu_jobs) for r in GPU_RULES}
     assert gpu_counts == {r: local.counts.get(r, 0) for r in GPU_RULES}, (gpu_counts, local.counts)
     # ... every one the demo config enables (curated_enhance runs only with curated.long_prompt: enhancer)
-    demo_gpu = GPU_RULES - {"dedup_group", "dedup_cross"}
+    demo_gpu = GPU_RULES - {"dedup_group", "dedup_cross", "guard_batch"}
     assert all(gpu_counts[r] for r in demo_gpu if pipeline.enabled(r, DEMO)), gpu_counts
+    assert gpu_counts["guard_batch"] == 0, "the demo guards one shard per job (gpu_jobs: 1)"
     assert all(gpu_counts[r] for r in ("dedup_group", "dedup_cross")), gpu_counts
     # Grouping: the per-shard CPU jobs ran as fewer Slurm jobs than Snakemake jobs.
     grouped = [j for j in other if j["Comment"].startswith("rule_small_")]
@@ -431,6 +432,33 @@ def test_demo_on_slurm_places_jobs_and_matches_local(demo_runs: dict[str, DemoRu
     diff = digest_diff(local.digest, slurm.digest)
     assert not diff, "Slurm and local datasets differ:\n" + diff
     print(f"\nSlurm jobs: {len(jobs)} ({len(gpu_jobs)} GPU) for {sum(local.counts.values())} Snakemake jobs")
+
+
+SLOW_GENERATE_HOOK = '''\
+# Test-only (tests/test_slurm_workflow.py): each image-generation call of a `generate` job first sleeps
+# $FINET2I_TEST_SLOW_GENERATE seconds, so that the test can stop the job between two checkpointed chunks (the
+# demo's tiny models render a shard in about a second). Loaded through PYTHONPATH; inert unless the variable
+# is set. It changes no output: the images are the same, only later.
+import os, sys
+_delay = os.environ.get("FINET2I_TEST_SLOW_GENERATE")
+if _delay and sys.argv and os.path.basename(sys.argv[0]).endswith(".generate.py"):
+    import time
+    from finet2i.backends import diffusers_gen as _dg
+    _generate = _dg.DiffusersGenerator.generate
+    def _slow(self, *args, **kwargs):
+        time.sleep(float(_delay))
+        return _generate(self, *args, **kwargs)
+    _dg.DiffusersGenerator.generate = _slow
+'''
+
+
+def slow_generate_env(tmp_path: Path, seconds: float = 1.5) -> dict[str, str]:
+    """The environment that makes this test's generate jobs take >= `seconds` per image call."""
+    hooks = tmp_path / "slow-hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(SLOW_GENERATE_HOOK)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH", "")) if p),
+            "FINET2I_TEST_SLOW_GENERATE": str(seconds)}
 
 
 @pytest.mark.slurm
@@ -446,7 +474,7 @@ def test_scancel_gpu_job_is_retried_and_resumes_from_checkpoint(demo_runs, slurm
 
     log = tmp_path / "snakemake.log"
     since = datetime.now()
-    proc = start_snakemake(wd, [target, *args], log)
+    proc = start_snakemake(wd, [target, *args], log, env=slow_generate_env(tmp_path))
     try:
         uuid = wait_for("the run uuid", lambda: log_uuid(log), 120, proc, log)
         job = wait_for("generate to finish its first chunk", lambda: chunk_files(image_table)
@@ -487,7 +515,8 @@ def test_sigint_and_sigkill_to_snakemake_then_cleanup_and_rerun(demo_runs, slurm
 
     # 1. Ctrl-C while generate runs: Snakemake cancels its own Slurm jobs and releases its lock.
     log1 = tmp_path / "run1.log"
-    proc = start_snakemake(wd, [target, *args], log1)
+    slow = slow_generate_env(tmp_path)
+    proc = start_snakemake(wd, [target, *args], log1, env=slow)
     uuid1 = wait_for("run 1's uuid", lambda: log_uuid(log1), 120, proc, log1)
     wait_for("generate's first chunk", lambda: chunk_files(image_table) and running_job(uuid1, "generate"),
              600, proc, log1)
@@ -499,7 +528,7 @@ def test_sigint_and_sigkill_to_snakemake_then_cleanup_and_rerun(demo_runs, slurm
 
     # 2. SIGKILL: nothing cleans up; the job keeps running on the cluster and the lock stays.
     log2 = tmp_path / "run2.log"
-    proc = start_snakemake(wd, [target, *args], log2)
+    proc = start_snakemake(wd, [target, *args], log2, env=slow)
     uuid2 = wait_for("run 2's uuid", lambda: log_uuid(log2), 120, proc, log2)
     wait_for("generate to make progress in run 2",
              lambda: len(chunk_files(image_table)) > chunks_after_sigint and running_job(uuid2, "generate"),
