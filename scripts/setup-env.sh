@@ -7,9 +7,9 @@ PY=${PYTHON:-python3}
 # Debian's chromium for the explorer's browser tests (tests/test_workflow_explore.py): Playwright drives it and
 # never downloads a browser. Checked on every run (cheap); needs root or sudo, else it only warns.
 if [ ! -x /usr/bin/chromium ]; then
-  as_root=(); [ "$(id -u)" = 0 ] || as_root=(sudo -n)
-  if command -v apt-get >/dev/null && { "${as_root[@]}" apt-get install -y -qq chromium \
-      || { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq chromium; }; } \
+  apt=(env DEBIAN_FRONTEND=noninteractive apt-get); [ "$(id -u)" = 0 ] || apt=(sudo -n "${apt[@]}")
+  if command -v apt-get >/dev/null && { "${apt[@]}" install -y -qq chromium \
+      || { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq chromium; }; } \
       >/tmp/finet2i-chromium-apt.log 2>&1; then
     echo "setup-env: installed chromium (Debian package)"
   else
