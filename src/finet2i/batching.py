@@ -20,7 +20,6 @@ module while Snakemake parses the workflow.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -29,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from finet2i.fetch import sha256_of  # one file-hashing helper for the package
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,6 @@ def batch_count(shards_total: int, per_job: int) -> int:
     return -(-int(shards_total) // max(1, int(per_job)))
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class ShardWork:
     """One shard of a batch: its input table and where its result is cached."""
@@ -99,7 +92,7 @@ def shard_fingerprint(work: ShardWork, key: Any) -> str:
     """What a shard's result depends on: its input table's bytes and ``key`` (the rule's params)."""
     from finet2i import shards
 
-    return shards.fingerprint([file_digest(work.in_path)], key)
+    return shards.fingerprint([sha256_of(work.in_path)], key)
 
 
 def cached(work: ShardWork, fingerprint: str) -> bool:
