@@ -20,8 +20,8 @@ report: "report/workflow.rst"
 # Config mistakes fail here, while parsing, naming the key. Models and curated sources are checked when a
 # run starts (onstart: after planning, before the first job), so that -n, --dag and --summary work on a
 # login node without weights.
-from finet2i import pipeline
-from finet2i.config import check_available, validate_config
+from finet2i.core import pipeline
+from finet2i.workflow.config import check_available, validate_config
 
 validate_config(config, base_dir=".", check_models=False)
 
@@ -45,7 +45,7 @@ include: "rules/common.smk"
 include: "rules/curated_list.smk"
 
 
-# One rule file per stage, named for it, in the order finet2i.pipeline declares.
+# One rule file per stage, named for it, in the order finet2i.core.pipeline declares.
 for stage in pipeline.STAGES:
 
     include: f"rules/{stage.name}.smk"

@@ -61,7 +61,7 @@ def write_tables(root: Path, shards: int, per_shard: int, sample_kb: int) -> Non
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from finet2i.release_tables import ORIGIN_FIELDS, RELEASE_FIELDS
+    from finet2i.release.tables import ORIGIN_FIELDS, RELEASE_FIELDS
     from finet2i.stages.package import ROW_GROUP, STAGING_SCHEMA
 
     (root / "package").mkdir(parents=True)

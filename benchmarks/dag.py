@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from finet2i import batching  # noqa: E402  (how rules/common.smk reads gpu_jobs)
+from finet2i.core import batching  # noqa: E402(how rules/common.smk reads gpu_jobs)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "profiles", "envs", "report"]

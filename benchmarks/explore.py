@@ -100,7 +100,7 @@ def write_indexes(root: Path, samples: int, per_tar: int, seed: int = 0) -> list
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from finet2i.release_tables import INDEX_SCHEMA
+    from finet2i.release.tables import INDEX_SCHEMA
 
     rng = random.Random(seed)
     images = root / "dataset" / FOLDERS[0] / "images.tar"

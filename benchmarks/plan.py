@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/plan.py --configfile config/demo.yaml --rates my-rates.json --json
 
 What each stage processes comes from the config at the paper's yields, the way preflight sizes the disk
-(finet2i.preflight.disk.estimate: shards x specs per shard, scaled by finet2i.paper.FUNNEL); how many jobs run
+(finet2i.preflight.disk.estimate: shards x specs per shard, scaled by finet2i.recipe.paper.FUNNEL); how many jobs run
 it comes from the rules' wildcard domains, as preflight counts them (finet2i.preflight.plan.job_count). The
 rates file gives, per stage, what was measured on one GPU:
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="every row as JSON")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from finet2i.config import load_config
+    from finet2i.workflow.config import load_config
 
     configfile = ROOT / args.configfile if not Path(args.configfile).is_absolute() else Path(args.configfile)
     config = load_config(configfile, base_dir=ROOT, check_models=False)

@@ -6,7 +6,7 @@
 For prompts (the prompt writer's system prompt + one spec), enhance (the enhancer's system prompt + one prompt)
 and guard (Llama Guard's template: task, 14 categories, then the prompt), it builds N conversations with the
 stage's own ``build_messages`` from real specs (sampled from config/taxonomy.yaml) and real prompts
-(PartiPrompts), sends them through :class:`finet2i.backends.vllm_llm.VLLMChat` as a stage does (one ``chat``
+(PartiPrompts), sends them through :class:`finet2i.models.backends.vllm_llm.VLLMChat` as a stage does (one ``chat``
 call per chunk), once with prefix caching (what the stages run) and once without, and prints the prompt tokens
 and those vLLM reports as read from its cache (``RequestOutput.num_cached_tokens``, summed).
 
@@ -30,8 +30,8 @@ PARTI = Path("/work/shared/data/PartiPrompts.tsv")
 
 def conversations(stage: str, n: int) -> list[Any]:
     if stage == "prompts":
+        from finet2i.recipe.taxonomy import load_taxonomy, sample_specs
         from finet2i.stages.prompts import build_messages
-        from finet2i.taxonomy import load_taxonomy, sample_specs
 
         taxonomy = load_taxonomy(ROOT / "config" / "taxonomy.yaml")
         return [build_messages(s, taxonomy.context(s)) for s in sample_specs(taxonomy, "00000", n, 7)]
@@ -56,9 +56,9 @@ def real_prompts(n: int) -> list[str]:
 
 def measure(model: Path, convs: list[Any], chunk: int, caching: bool, block_size: int | None
             ) -> dict[str, float]:
-    from finet2i.backends import Sampling
-    from finet2i.backends.vllm_llm import VLLMChat
-    from finet2i.models import ModelSpec
+    from finet2i.models.backends import Sampling
+    from finet2i.models.backends.vllm_llm import VLLMChat
+    from finet2i.models.spec import ModelSpec
 
     extra = {"block_size": block_size} if block_size else {}
     engine = VLLMChat(ModelSpec(key="models.x", path=str(model)), enable_prefix_caching=caching, **extra)

@@ -1,7 +1,7 @@
 # 3.1.3 "Filtering based on attributes": a VLM (Qwen3-VL-8B-Instruct, text input only) judges whether each
 # prompt that passed the guard matches its target style and category; a regex constraint shapes the
 # verdict, a mismatch or an unreadable verdict drops the prompt. `attributes.enabled: false` skips the stage
-# (the next stage then reads the guard's table: finet2i.pipeline.upstream).
+# (the next stage then reads the guard's table: finet2i.core.pipeline.upstream).
 
 
 rule attributes:

@@ -1,14 +1,15 @@
 # Helpers shared by the rule files. Rule files hold rules; anything computed lives here.
 # Nothing here touches the filesystem: the DAG is built from the config alone, so `snakemake -n` stays
 # fast at 4,480 shards x 128 groups. The pipeline's shape (stages, order, what each reads, what the config
-# switches off) is declared once, in finet2i.pipeline; the input functions below read it.
+# switches off) is declared once, in finet2i.core.pipeline; the input functions below read it.
 
 import os
 
-from finet2i import batching, pipeline, release
-from finet2i.batching import publish_shard
-from finet2i.codehash import script_fingerprint
-from finet2i.config import output_settings, source_path
+from finet2i.core import batching, pipeline
+from finet2i.release import layout as release
+from finet2i.core.batching import publish_shard
+from finet2i.core.codehash import script_fingerprint
+from finet2i.workflow.config import output_settings, source_path
 from finet2i.sources import is_listed, listed_name, manifest_path
 
 SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
@@ -31,7 +32,7 @@ wildcard_constraints:
 
 
 def script_code(script):
-    """A params value that changes when the package code the rule's script runs changes (finet2i.codehash):
+    """A params value that changes when the package code the rule's script runs changes (finet2i.core.codehash):
     Snakemake tracks the script file itself; an edited stage module reruns the stage, an edited comment or
     docstring does not."""
     return script_fingerprint(os.path.join(workflow.basedir, script))
@@ -43,7 +44,7 @@ def is_enabled(stage):
 
 def upstream_table(stage):
     """The input pattern of the record table(s) that `stage` reads: those of the enabled stage before it
-    (finet2i.pipeline), decided once at parse time (a plain pattern plans faster than an input function).
+    (finet2i.core.pipeline), decided once at parse time (a plain pattern plans faster than an input function).
     An upstream stage with one table per subset gives the job's {subset}, or every subset's table (in SUBSETS
     order) to a stage that judges all subsets in one job (pair_filter)."""
     me, up = pipeline.stage(stage), pipeline.upstream(stage, config)
@@ -122,7 +123,7 @@ def listed_entry(wildcards):
     return {k: v for k, v in LISTED[wildcards.source].items() if k not in LISTING_RUNTIME_KEYS}
 
 
-# Several shards per GPU job (gpu_jobs; docs/job-sizing.md, finet2i.batching). A batched stage runs as
+# Several shards per GPU job (gpu_jobs; docs/job-sizing.md, finet2i.core.batching). A batched stage runs as
 # <stage>_batch (GPU, one job per batch, writes each shard's result into results/<stage>/.batched/) and
 # <stage>_publish (local, one job per shard: the cached result at results/<stage>/{shard}.*, byte for byte).
 # Unbatched, those two rules match nothing and <stage> runs one GPU job per shard as before.

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from finet2i import shards
-from finet2i.models import ModelSpec
+from finet2i.core import shards
+from finet2i.models.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TAXONOMY = REPO / "config" / "taxonomy.yaml"
@@ -52,7 +52,7 @@ def guard_spec(path: Path) -> ModelSpec:
 
 def _engine(name: str, spec: ModelSpec, request: pytest.FixtureRequest) -> Any:
     if name not in _CACHE:
-        from finet2i.backends.vllm_llm import VLLMChat
+        from finet2i.models.backends.vllm_llm import VLLMChat
 
         engine = VLLMChat(spec, seed=0)
         _CACHE[name] = engine
@@ -78,7 +78,7 @@ def guard_engine(tiny_guard_llm: Path, request: pytest.FixtureRequest) -> Any:
 
 def write_specs(path: Path, n: int, shard: str = "00000", seed: int = 7) -> list[dict[str, Any]]:
     """A real specs shard table, sampled from the project's taxonomy."""
-    from finet2i.taxonomy import load_taxonomy, sample_specs
+    from finet2i.recipe.taxonomy import load_taxonomy, sample_specs
 
     specs = [shards.mark(dict(s), None) for s in sample_specs(load_taxonomy(TAXONOMY), shard, n, seed)]
     shards.write_stage_output(path, specs, stage="specs", shard=shard, started=time.monotonic())

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from finet2i.models import ModelSpec
+from finet2i.models.spec import ModelSpec
 
 
 @dataclass
@@ -54,7 +54,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 @pytest.fixture(scope="session")
 def tiny_generators(tiny_models: TinyModels) -> dict[str, Any]:
     if "generators" not in _CACHE:
-        from finet2i.backends.diffusers_gen import load_generator
+        from finet2i.models.backends.diffusers_gen import load_generator
 
         _CACHE["generators"] = {
             "z_image": load_generator("z_image", tiny_models.spec("z_image"), steps=2, guidance=0.0),
@@ -66,7 +66,7 @@ def tiny_generators(tiny_models: TinyModels) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_models: TinyModels) -> Any:
     if "scorer" not in _CACHE:
-        from finet2i.backends.aesthetic import load_aesthetic_scorer
+        from finet2i.models.backends.aesthetic import load_aesthetic_scorer
 
         _CACHE["scorer"] = load_aesthetic_scorer(tiny_models.spec("siglip"), tiny_models.spec("head"))
     return _CACHE["scorer"]

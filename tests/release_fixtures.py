@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from finet2i import shards
+from finet2i.core import shards
 from finet2i.stages import package
 
 SEED = 7

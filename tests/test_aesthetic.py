@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from finet2i.backends.aesthetic import build_head_module, load_aesthetic_scorer, load_head, resolve_head_file
 from finet2i.demo.aesthetic import calibration_images
-from finet2i.models import ModelSpec
+from finet2i.models.backends.aesthetic import build_head_module, load_aesthetic_scorer, load_head, resolve_head_file
+from finet2i.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from generation_fixtures import TinyModels

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from release_fixtures import FOLDER, SUBSET, ids, write_shards
 
-from finet2i import release
+from finet2i.release import layout as release
 from finet2i.stages import assemble
 
 

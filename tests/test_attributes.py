@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from vlm_fixtures import vlm_spec
 
-from finet2i import shards
+from finet2i.core import shards
 from finet2i.stages.attributes import (
     MISMATCH,
     UNPARSEABLE,

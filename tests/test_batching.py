@@ -1,4 +1,4 @@
-"""finet2i.batching: several shards per GPU job, each shard's result reused while its inputs are unchanged."""
+"""finet2i.core.batching: several shards per GPU job, each shard's result reused while its inputs are unchanged."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from finet2i import batching, shards
+from finet2i.core import batching, shards
 
 
 def _inputs(tmp_path: Path, n: int) -> list[Path]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from vlm_fixtures import jpeg, vlm_spec
 
-from finet2i import shards
-from finet2i.backends import Sampling
+from finet2i.core import shards
+from finet2i.models.backends import Sampling
 from finet2i.stages.caption import (
     EMPTY,
     EMPTY_LONG,

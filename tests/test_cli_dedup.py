@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from finet2i import shards
-from finet2i.cli_dedup import dedup_command
-from finet2i.dedup import greedy_reference, normalise
+from finet2i.cli.dedup import dedup_command
+from finet2i.core import shards
+from finet2i.stages.dedup.algorithm import greedy_reference, normalise
 
 
 def vectors(n: int = 400, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""finet2i.codehash: the params fingerprint that makes an edited stage module rerun its stage (and only then)."""
+"""finet2i.core.codehash: the params fingerprint that makes an edited stage module rerun its stage (and only then)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from finet2i.codehash import code_closure, code_fingerprint, normalised_source, script_fingerprint
-from finet2i.config import RUNTIME_ONLY_KEYS, output_settings
+from finet2i.core.codehash import code_closure, code_fingerprint, normalised_source, script_fingerprint
+from finet2i.workflow.config import RUNTIME_ONLY_KEYS, output_settings
 
 STAGE = '''"""The stage."""
-from finet2i import shards
-from finet2i.backends.helper import helper
+from finet2i.core import shards
+from finet2i.models.backends.helper import helper
 
 
 def run(x):
@@ -26,8 +26,9 @@ HELPER = '''def helper(x):
 @pytest.fixture()
 def package(tmp_path: Path) -> Path:
     root = tmp_path / "finet2i"
-    for rel, text in {"__init__.py": "", "shards.py": "X = 1\n", "stages/__init__.py": "",
-                      "stages/thing.py": STAGE, "backends/__init__.py": "", "backends/helper.py": HELPER,
+    for rel, text in {"__init__.py": "", "core/__init__.py": "", "core/shards.py": "X = 1\n", "stages/__init__.py": "",
+                      "stages/thing.py": STAGE, "models/__init__.py": "", "models/backends/__init__.py": "",
+                      "models/backends/helper.py": HELPER,
                       "unrelated.py": "Y = 2\n"}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
@@ -42,12 +43,13 @@ def edit(path: Path, old: str, new: str) -> None:
 
 def test_closure_follows_imports_and_skips_plumbing(package):
     assert sorted(code_closure("finet2i.stages.thing", root=package)) == [
-        "finet2i.backends", "finet2i.backends.helper", "finet2i.stages", "finet2i.stages.thing"]
+        "finet2i.models", "finet2i.models.backends", "finet2i.models.backends.helper", "finet2i.stages",
+        "finet2i.stages.thing"]
 
 
 @pytest.mark.parametrize("path, old, new", [
     ("stages/thing.py", "* 2", "* 3"),          # the stage's logic
-    ("backends/helper.py", "x + 1", "x + 2"),   # a module it imports
+    ("models/backends/helper.py", "x + 1", "x + 2"),   # a module it imports
 ])
 def test_logic_edits_change_the_fingerprint(package, path, old, new):
     before = code_fingerprint("finet2i.stages.thing", root=package)
@@ -59,7 +61,7 @@ def test_logic_edits_change_the_fingerprint(package, path, old, new):
     ("stages/thing.py", "# why", "# a better reason"),                 # comment
     ("stages/thing.py", '"""Doubles."""', '"""Doubles, documented."""'),  # docstring
     ("stages/thing.py", "helper(x) * 2", "helper(\n        x\n    ) * 2"),  # layout
-    ("shards.py", "X = 1", "X = 2"),                                    # plumbing (INFRASTRUCTURE)
+    ("core/shards.py", "X = 1", "X = 2"),                                  # plumbing (INFRASTRUCTURE)
     ("unrelated.py", "Y = 2", "Y = 3"),                                 # not imported
 ])
 def test_harmless_edits_keep_the_fingerprint(package, path, old, new):
@@ -74,7 +76,7 @@ def test_string_literals_that_are_not_docstrings_count():
 
 def test_script_fingerprint_reads_the_adapters_imports(package, tmp_path):
     script = tmp_path / "thing.py"
-    script.write_text("from finet2i.stages.thing import run\nfrom finet2i.shards import X\n")
+    script.write_text("from finet2i.stages.thing import run\nfrom finet2i.core.shards import X\n")
     assert script_fingerprint(script, root=package) == code_fingerprint("finet2i.stages.thing", root=package)
     script.write_text("import os\n")
     with pytest.raises(ValueError, match="imports no finet2i module"):
@@ -97,5 +99,5 @@ def test_output_settings_leave_out_runtime_keys():
 
 def test_stage_closures_stay_apart():
     """An edit of the dedup algorithm must not rerun the embeddings (and the GPU stages after them)."""
-    assert "finet2i.dedup" not in code_closure("finet2i.stages.embed")
+    assert "finet2i.stages.dedup.algorithm" not in code_closure("finet2i.stages.embed")
     assert "finet2i.stages.generate" not in code_closure("finet2i.stages.guard")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finet2i.config import ConfigError, load_config, validate_config
+from finet2i.workflow.config import ConfigError, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,9 +86,9 @@ def test_schema_ships_inside_the_package():
     """A non-editable install (pip install .) has no config/ folder: the schema must come with the package."""
     from importlib import resources
 
-    from finet2i.config import SCHEMA_PATH
+    from finet2i.workflow.config import SCHEMA_PATH
 
-    shipped = resources.files("finet2i") / "schema" / "config.schema.yaml"
+    shipped = resources.files("finet2i") / "core" / "schema" / "config.schema.yaml"
     assert shipped.is_file() and Path(str(shipped)).resolve() == SCHEMA_PATH
 
 

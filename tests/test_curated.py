@@ -19,8 +19,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from finet2i import images, shards
-from finet2i.models import ModelSpec
+from finet2i.core import shards
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing import images
 from finet2i.stages import curated_ingest, curated_score
 
 SETTINGS = {"aesthetic_threshold": 3.0, "max_pixels": 40_000_000, "min_side": 48, "timeout_s": 2.0,
@@ -329,8 +330,8 @@ def test_score_keeps_above_threshold_and_resumes_from_chunks(tmp_path):
 
 def test_score_loads_the_real_aesthetic_predictor_from_model_specs(tmp_path):
     """The production path: scorer=None loads SigLIP + the V2.5 head from the specs (tiny, random-weight)."""
-    from finet2i.backends.aesthetic import load_aesthetic_scorer
     from finet2i.demo.aesthetic import build_aesthetic
+    from finet2i.models.backends.aesthetic import load_aesthetic_scorer
 
     enc_dir, head_file = build_aesthetic(tmp_path / "models", seed=0)
     encoder = ModelSpec(key="models.aesthetic_encoder", path=str(enc_dir))

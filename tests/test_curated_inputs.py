@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from finet2i import download, shards
+from finet2i.core import shards
+from finet2i.plumbing import download
 from finet2i.stages import curated_ingest
 
 SETTINGS = {"min_side": 16, "timeout_s": 2.0, "retries": 1, "backoff_s": 0.01, "deadline_s": 5.0}

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finet2i import shards
-from finet2i.dedup import (
+from finet2i.core import shards
+from finet2i.plumbing.embeddings import write_embeddings
+from finet2i.stages.dedup import jobs as stage
+from finet2i.stages.dedup.algorithm import (
     _KEPT,
     DedupSettings,
     KeptSet,
@@ -28,8 +30,6 @@ from finet2i.dedup import (
     rank_shard,
     residual_pairs,
 )
-from finet2i.embeddings import write_embeddings
-from finet2i.stages import dedup as stage
 
 T = 0.8
 

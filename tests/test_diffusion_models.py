@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from finet2i.backends.diffusers_gen import GENERATION_SIDECAR, load_generator
-from finet2i.models import ModelNotAvailable, ModelSpec
+from finet2i.models.backends.diffusers_gen import GENERATION_SIDECAR, load_generator
+from finet2i.models.spec import ModelNotAvailable, ModelSpec
 
 if TYPE_CHECKING:
     from generation_fixtures import TinyModels

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finet2i import shards
-from finet2i.backends import TextEmbedder
-from finet2i.backends.embedder import load_embedder, padded_batch
-from finet2i.dedup import DedupSettings, dedup_vectors, exact_cosines
+from finet2i.core import shards
 from finet2i.demo.minilm import install_minilm
-from finet2i.embeddings import read_embeddings
-from finet2i.models import ModelSpec
+from finet2i.models.backends import TextEmbedder
+from finet2i.models.backends.embedder import load_embedder, padded_batch
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.embeddings import read_embeddings
+from finet2i.stages.dedup.algorithm import DedupSettings, dedup_vectors, exact_cosines
 from finet2i.stages.embed import run_embed
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 from vlm_fixtures import jpeg
 
-from finet2i.answers import extract_json_object, is_refusal
+from finet2i.plumbing.answers import extract_json_object, is_refusal
 from finet2i.stages import caption, curated_score, enhance, guard, pair_filter, prompts
 from finet2i.stages.attributes import parse_verdict
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from finet2i import fetch
-from finet2i.cli import main
+from finet2i.cli.main import main
+from finet2i.models import fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -145,7 +145,7 @@ def test_the_head_needs_its_license_accepted(server, tmp_path):
 
 
 def test_the_default_url_is_the_published_head():
-    from finet2i.models import ModelNotAvailable, ModelSpec
+    from finet2i.models.spec import ModelNotAvailable, ModelSpec
 
     with pytest.raises(ModelNotAvailable, match="fetch-models --accept-license aesthetic_head .*AGPL-3.0"):
         ModelSpec(key="models.aesthetic_head", path="/nonexistent/aesthetic_predictor_v2_5.pth").local_path()
@@ -296,7 +296,7 @@ def test_accept_license_names_a_model_key(fake_hub, tmp_path, monkeypatch):
 
 
 def test_the_schema_takes_url_and_sha256_for_files_only(tmp_path, monkeypatch):
-    from finet2i.config import ConfigError, load_config
+    from finet2i.workflow.config import ConfigError, load_config
 
     def load(head: dict) -> dict:
         configs = _production(tmp_path, monkeypatch, tmp_path / "head.pth")
@@ -311,7 +311,7 @@ def test_the_schema_takes_url_and_sha256_for_files_only(tmp_path, monkeypatch):
     # a hub model has a revision: no url or sha256
     import jsonschema
 
-    schema = yaml.safe_load((ROOT / "src/finet2i/schema/config.schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "src/finet2i/core/schema/config.schema.yaml").read_text())
     model = jsonschema.Draft202012Validator({**schema["definitions"]["model"], "definitions": schema["definitions"]})
     assert model.is_valid({"id": "org/m", "revision": SHA}) and model.is_valid(ok)
     assert not model.is_valid({"id": "org/m", "url": "https://mirror.example/h.pth"})

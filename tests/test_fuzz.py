@@ -13,8 +13,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finet2i import answers, shards
-from finet2i.images import Rejected, normalise_image
+from finet2i.core import shards
+from finet2i.plumbing import answers
+from finet2i.plumbing.images import Rejected, normalise_image
 from finet2i.stages import caption, curated_ingest, enhance, guard, pair_filter, prompts
 from finet2i.stages.attributes import parse_verdict
 

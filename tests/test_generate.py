@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from finet2i import shards
+from finet2i.core import shards
 from finet2i.stages import generate as g
 
 pytest_plugins = ["generation_fixtures"]  # the session-scoped tiny models, shared by the generation tests
@@ -328,7 +328,7 @@ def test_production_path_loads_models_from_specs(tmp_path: Path, tiny_models) ->
 
 def test_scorer_that_does_not_load_fails_the_job(tmp_path: Path, tiny_generators) -> None:
     """A missing scorer is a configuration error: it must not turn into one 'generation_failed' per prompt."""
-    from finet2i.models import ModelNotAvailable, ModelSpec
+    from finet2i.models.spec import ModelNotAvailable, ModelSpec
 
     in_path = _write_input(tmp_path, _enhanced_rows(2))
     nowhere = ModelSpec(key="models.aesthetic_encoder", path=str(tmp_path / "no-siglip"))
@@ -341,7 +341,7 @@ def test_scorer_that_does_not_load_fails_the_job(tmp_path: Path, tiny_generators
 
 
 def test_images_per_call_scales_with_pixels() -> None:
-    from finet2i.backends.diffusers_gen import images_per_call
+    from finet2i.models.backends.diffusers_gen import images_per_call
 
     assert images_per_call(4, 1024, 1024) == 4
     assert images_per_call(4, 2048, 2048) == 1 and images_per_call(1, 2048, 2048) == 1  # never zero
@@ -354,7 +354,7 @@ def test_images_per_call_scales_with_pixels() -> None:
 def test_one_pipeline_call_per_size_bucket(subset: str, tmp_path: Path, tiny_generators, tiny_scorer) -> None:
     """Images of one (generator, size) share pipeline calls, every candidate of a prompt with them: a chunk
     costs one call per bucket instead of one per image (what the stage did before), same images kept."""
-    from finet2i.backends.diffusers_gen import DiffusersGenerator
+    from finet2i.models.backends.diffusers_gen import DiffusersGenerator
 
     def fresh(batch_size: int) -> dict[str, DiffusersGenerator]:  # the session's pipelines, new call counters
         return {k: DiffusersGenerator(k, v.pipe, model_name=v.model_name, steps=v.steps, guidance=v.guidance,
@@ -383,8 +383,8 @@ def test_one_pipeline_call_per_size_bucket(subset: str, tmp_path: Path, tiny_gen
 def test_one_image_per_call_is_the_baseline(tmp_path: Path, tiny_generators, tiny_scorer,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The count the bucketing saves: one image per call (the stage before bucketing) costs a call per image."""
-    from finet2i.backends import diffusers_gen
-    from finet2i.backends.diffusers_gen import DiffusersGenerator
+    from finet2i.models.backends import diffusers_gen
+    from finet2i.models.backends.diffusers_gen import DiffusersGenerator
 
     monkeypatch.setattr(diffusers_gen, "images_per_call", lambda batch_size, width, height: 1)
     gens = {k: DiffusersGenerator(k, v.pipe, model_name=v.model_name, steps=v.steps, guidance=v.guidance,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from finet2i import shards
-from finet2i.backends import Sampling
+from finet2i.core import shards
+from finet2i.models.backends import Sampling
 from finet2i.stages.guard import (
     ANSWER_REGEX,
     TOO_LONG,

@@ -35,8 +35,8 @@ def _rules(jobs: dict[str, str]) -> Counter[str]:
 
 @pytest.mark.slow
 def test_plan_shapes_and_preflight_counts(tmp_path: Path) -> None:
-    from finet2i.config import load_config
     from finet2i.preflight.plan import job_count, parse_rules, rule_enabled
+    from finet2i.workflow.config import load_config
 
     wd = make_workdir(tmp_path / "wf")
     cases = {

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finet2i.config import load_config, unpinned_models, used_model_keys
-from finet2i.models import is_pinned, pin_revision_text
+from finet2i.models.spec import is_pinned, pin_revision_text
+from finet2i.workflow.config import load_config, unpinned_models, used_model_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"

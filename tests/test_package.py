@@ -12,7 +12,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from finet2i import release, shards
+from finet2i.core import shards
+from finet2i.release import layout as release
 from finet2i.stages import curated_ingest, package
 
 # Written out from the release's samples, not imported: the test pins the format, not our constant.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from vlm_fixtures import jpeg, vlm_spec
 
-from finet2i import shards
+from finet2i.core import shards
 from finet2i.stages.pair_filter import (
     CRITERIA,
     LOW_AESTHETIC,

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from workflow_helpers import ROOT, make_workdir, snakemake
 
-from finet2i import codehash, pipeline
-from finet2i.config import load_config, output_settings
+from finet2i.core import codehash, pipeline
+from finet2i.workflow.config import load_config, output_settings
 
 STAGES_DIR = ROOT / "src" / "finet2i" / "stages"
 SCRIPTS = ROOT / "workflow_scripts"
@@ -61,7 +61,7 @@ def test_every_rule_file_belongs_to_a_stage():
 
 
 def test_the_report_and_the_funnel_follow_the_pipeline(tmp_path):
-    from finet2i import shards
+    from finet2i.core import shards
     from finet2i.reporting.funnel import read_stats
 
     order = [s.name for s in pipeline.STAGES]
@@ -132,13 +132,12 @@ def test_no_stage_module_imports_another_stage():
 def test_the_runner_loop_exists_once_and_stage_modules_stay_small():
     for path in STAGES_DIR.glob("*.py"):
         text = path.read_text()
-        assert "ChunkCheckpoint(" not in text, f"{path.name} runs its own chunk loop; use finet2i.runner"
+        assert "ChunkCheckpoint(" not in text, f"{path.name} runs its own chunk loop; use finet2i.core.runner"
         assert len(text.splitlines()) <= 400, f"{path.name} has {len(text.splitlines())} lines"
 
 
 def _settings_classes() -> list[tuple[str, type]]:
     """(config section, settings class) of every stage."""
-    from finet2i.dedup import DedupSettings
     from finet2i.stages import (
         attributes,
         caption,
@@ -151,6 +150,7 @@ def _settings_classes() -> list[tuple[str, type]]:
         pair_filter,
         prompts,
     )
+    from finet2i.stages.dedup.algorithm import DedupSettings
 
     return [("prompts", prompts.PromptSettings), ("embed", embed.EmbedSettings), ("dedup", DedupSettings),
             ("guard", guard.GuardSettings), ("attributes", attributes.AttributeSettings),
@@ -184,7 +184,7 @@ def test_settings_defaults_are_the_schemas():
 
 
 def load_config_from(config: dict) -> dict:
-    from finet2i.config import validate_config
+    from finet2i.workflow.config import validate_config
 
     return validate_config(config, base_dir=ROOT, check_models=False)
 
@@ -276,7 +276,7 @@ def test_documented_new_stage_is_planned_between_guard_and_attributes(tmp_path):
     _copy_package(repo / "src")
     touched = apply_doc_blocks(repo)
     assert sorted(touched) == sorted([
-        "src/finet2i/pipeline.py", "src/finet2i/schema/config.schema.yaml", "src/finet2i/stages/blocklist.py",
+        "src/finet2i/core/pipeline.py", "src/finet2i/core/schema/config.schema.yaml", "src/finet2i/stages/blocklist.py",
         "workflow_scripts/blocklist.py", "rules/blocklist.smk", "tests/test_blocklist.py"])
     env = {**os.environ, "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{ROOT / 'tests'}"}
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

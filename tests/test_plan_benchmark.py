@@ -25,7 +25,7 @@ def _plan_module() -> Any:
 
 @pytest.fixture(scope="module")
 def production() -> tuple[Any, dict[str, Any], dict[str, int]]:
-    from finet2i.config import load_config
+    from finet2i.workflow.config import load_config
 
     plan = _plan_module()
     files = [ROOT / "config" / "config.yaml"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from finet2i import shards
+from finet2i.core import shards
 from finet2i.stages.prompts import (
     EMPTY,
     TOO_SHORT,

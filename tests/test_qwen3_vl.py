@@ -78,7 +78,7 @@ def test_vllm_greedy_matches_transformers(tiny_qwen3_vl: Path, tiny_vlm) -> None
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from finet2i.backends import Sampling
+    from finet2i.models.backends import Sampling
 
     img = _image()
     conv = [{"role": "user", "content": [{"type": "image", "image": img},

@@ -12,7 +12,7 @@ import webdataset as wds
 import yaml
 from release_fixtures import FOLDER, SUBSET, ids, write_shards
 
-from finet2i import release
+from finet2i.release import layout as release
 from finet2i.stages import assemble, dataset_card
 
 datasets = pytest.importorskip("datasets")
@@ -100,7 +100,7 @@ def test_the_card_declares_every_json_key_and_skips_empty_subsets(tmp_path):
 
 
 def test_validate_passes_on_an_assembled_dataset_with_its_card(tmp_path):
-    from finet2i.validate import validate_dataset
+    from finet2i.release.validate import validate_dataset
 
     report = validate_dataset(build(tmp_path, tasks={"00000-000003": ["Counting"]}))
     assert report.ok, report.summary()

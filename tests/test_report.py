@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from finet2i import paper, pipeline
+from finet2i.core import pipeline
+from finet2i.recipe import paper
 from finet2i.reporting.distributions import resolution_label
 from finet2i.reporting.funnel import read_stats
 from finet2i.reporting.render import DEMO_BANNER, render_html
@@ -113,7 +114,7 @@ def test_funnel_sums_shards_and_splits_subsets(run_dir):
 
 
 def test_funnel_order_follows_the_pipeline(tmp_path, monkeypatch):
-    """Rows come in finet2i.pipeline's order whatever order the files are given in; a stage the pipeline
+    """Rows come in finet2i.core.pipeline's order whatever order the files are given in; a stage the pipeline
     does not declare comes last; per-subset stages take their subset from the path, package_real from extra."""
     r = tmp_path / "results"
     stats = [_stats(r / "old_stage" / "00000.stats.json", "old_stage", "00000", 1, 1, {})]
@@ -134,7 +135,7 @@ def test_funnel_order_follows_the_pipeline(tmp_path, monkeypatch):
         else:
             expected.append(f"{s.name} [real]" if s.name == "package_real" else s.name)
     assert labels == [*expected, "old_stage"]
-    # The order is read from finet2i.pipeline, not a copy of it.
+    # The order is read from finet2i.core.pipeline, not a copy of it.
     backwards = tuple(reversed(pipeline.stage_order()))
     monkeypatch.setattr(pipeline, "stage_order", lambda: backwards)
     stages = [row.stage for row in read_stats(stats, [*SUBSETS, "real"])]
@@ -272,7 +273,7 @@ def test_snakemake_report_smoke(run_dir):
         configfile: "config.yaml"
         report: "report/workflow.rst"
 
-        from finet2i.codehash import script_fingerprint
+        from finet2i.core.codehash import script_fingerprint
 
         def script_code(script):  # as rules/common.smk defines it
             return script_fingerprint(workflow.basedir + "/" + script)

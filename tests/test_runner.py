@@ -1,4 +1,4 @@
-"""The one stage runner: what every chunked stage gets from it (finet2i.runner)."""
+"""The one stage runner: what every chunked stage gets from it (finet2i.core.runner)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from finet2i import runner, shards
+from finet2i.core import runner, shards
 
 
 def upstream(path, n=5, note=None, image=True):
@@ -125,7 +125,7 @@ def test_checkpoint_of_other_stage_code_is_not_reused(tmp_path, monkeypatch):
 
 
 def test_stage_code_is_the_stage_modules_fingerprint():
-    from finet2i import codehash
+    from finet2i.core import codehash
     from finet2i.stages import guard
 
     s = runner.ChunkedStage("guard", lambda chunk: guard.guard_chunk(chunk, None, guard.GuardSettings()), 1)

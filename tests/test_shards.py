@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finet2i import shards
+from finet2i.core import shards
 
 
 def test_stage_output_keeps_every_record_and_counts_reasons(tmp_path):

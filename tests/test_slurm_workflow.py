@@ -43,7 +43,7 @@ from slurm_harness import (  # noqa: F401  (slurm_cluster_fixture provides the `
 )
 from workflow_helpers import DEMO_CONFIG, ROOT, demo_workdir, local_demo, make_workdir
 
-from finet2i import pipeline
+from finet2i.core import pipeline
 
 # Rules that declare `gpu=1` (rules/*.smk). test_profile_matches_rules fails when this drifts from the rules.
 GPU_RULES = {"prompts", "embed", "dedup_group", "dedup_cross", "guard", "guard_batch", "attributes", "enhance",
@@ -443,7 +443,7 @@ import os, sys
 _delay = os.environ.get("FINET2I_TEST_SLOW_GENERATE")
 if _delay and sys.argv and os.path.basename(sys.argv[0]).endswith(".generate.py"):
     import time
-    from finet2i.backends import diffusers_gen as _dg
+    from finet2i.models.backends import diffusers_gen as _dg
     _generate = _dg.DiffusersGenerator.generate
     def _slow(self, *args, **kwargs):
         time.sleep(float(_delay))

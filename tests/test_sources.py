@@ -15,12 +15,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from finet2i.config import ConfigError, load_yaml, missing_sources, validate_config
 from finet2i.demo.fake_apis import FakeApi, make_photos
 from finet2i.sources import MANIFEST_COLUMNS
 from finet2i.sources.http import ApiError
 from finet2i.sources.listing import run_listing, state_dir
 from finet2i.stages.curated_ingest import run_curated_ingest
+from finet2i.workflow.config import ConfigError, load_yaml, missing_sources, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test-7c1f9e0a2b5d4e33"  # the secret that must never appear anywhere
@@ -261,7 +261,7 @@ def test_three_sources_end_to_end_every_row_accounted_cdn_redirects_and_a_killed
     assert any(r["drop_reason"] == "duplicate" for r in rows)
     # Packaged (score and captions as their stages add them): image_generator is the source's name, credits in
     # the provenance and in the shard's credits file, one line per shipped photo.
-    from finet2i import shards
+    from finet2i.core import shards
     from finet2i.stages.package import run_package_real
 
     rows = shards.read_kept("out/00000.parquet", exclude=("image",))
@@ -290,7 +290,8 @@ def test_the_same_photo_from_two_sites_is_kept_once_across_shards_with_evidence(
 
     from PIL import Image
 
-    from finet2i import phash, shards
+    from finet2i.core import shards
+    from finet2i.plumbing import phash
     from finet2i.stages.curated_dedup import run_curated_dedup
 
     a, b, c = (p.jpeg for p in make_photos(3, seed=3, size=(640, 480)))

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from finet2i import shards
-from finet2i.models import ModelSpec
+from finet2i.core import shards
+from finet2i.models.spec import ModelSpec
 from finet2i.stages import attributes, caption, curated_score, enhance, generate, guard, pair_filter, prompts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finet2i import paper, shards
-from finet2i.stages.specs import run_specs
-from finet2i.taxonomy import (
+from finet2i.core import shards
+from finet2i.recipe import paper
+from finet2i.recipe.taxonomy import (
     TaxonomyError,
     load_taxonomy,
     parse_taxonomy,
     sample_specs,
     spec_marginals,
 )
+from finet2i.stages.specs import run_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 TAXONOMY = ROOT / "config" / "taxonomy.yaml"

@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from finet2i import release
-from finet2i.cli import main
-from finet2i.validate import KINDS, ValidationReport, validate_dataset
+from finet2i.cli.main import main
+from finet2i.release import layout as release
+from finet2i.release.validate import KINDS, ValidationReport, validate_dataset
 
 ER = "synthetic_enhanced_prompt_random_resolution"
 OS = "synthetic_original_prompt_square_resolution"

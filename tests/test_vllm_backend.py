@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from finet2i.backends import ChatLLM, Constraint, Sampling, VisionLLM
-from finet2i.backends.vllm_llm import (
+from finet2i.models.backends import ChatLLM, Constraint, Sampling, VisionLLM
+from finet2i.models.backends.vllm_llm import (
     chat_each,
     chat_seeded,
     cpu_environment,
     structured_outputs,
     to_vllm_messages,
 )
-from finet2i.models import ModelNotAvailable, ModelSpec
+from finet2i.models.spec import ModelNotAvailable, ModelSpec
 
 pytest_plugins = ["fixtures_llm"]
 
@@ -74,7 +74,7 @@ def test_cpu_environment_keeps_what_the_user_set(monkeypatch: pytest.MonkeyPatch
 
 
 def test_missing_model_names_the_config_key(tmp_path: Path) -> None:
-    from finet2i.backends.vllm_llm import VLLMChat
+    from finet2i.models.backends.vllm_llm import VLLMChat
 
     with pytest.raises(ModelNotAvailable, match="models.guard"):
         VLLMChat(ModelSpec(key="models.guard", path=str(tmp_path / "nope")))
@@ -227,7 +227,7 @@ def test_text_engine_refuses_images(prompt_engine: Any) -> None:
 
 # ---------------------------------------------------------------------------------------- prefix caching
 def test_prefix_order_puts_shared_system_prompts_together() -> None:
-    from finet2i.backends.vllm_llm import prefix_order
+    from finet2i.models.backends.vllm_llm import prefix_order
 
     def conv(system: str, user: str) -> list[dict[str, Any]]:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -82,7 +82,7 @@ def test_demo_end_to_end(tmp_path_factory):
     """The README's demo: the release layout a loader for Fine-T2I reads unchanged, every count adds up."""
     from datasets import load_dataset
 
-    from finet2i.validate import validate_dataset
+    from finet2i.release.validate import validate_dataset
 
     wd = local_demo(tmp_path_factory).wait()
     results = wd / "results"

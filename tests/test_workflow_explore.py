@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 from workflow_helpers import ROOT, local_demo
 
-from finet2i import release
+from finet2i.release import layout as release
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -282,8 +282,8 @@ def test_facet_counts_match_the_files(results, tmp_path):
 def dedup_drops(results, tmp_path_factory) -> Path:
     """The demo's own prompts and MiniLM embeddings through the real dedup jobs at cosine 0.3 (the demo's 0.45
     drops nothing among 20 tiny-LLM prompts): a results folder whose dedup tables hold drops."""
-    from finet2i.dedup import DedupSettings
-    from finet2i.stages import dedup as stage
+    from finet2i.stages.dedup import jobs as stage
+    from finet2i.stages.dedup.algorithm import DedupSettings
 
     root = tmp_path_factory.mktemp("dedup-drops") / "results"
     for part in ("prompts", "embed"):
@@ -420,7 +420,7 @@ def test_prompts_and_model_answers_are_shown_as_text(hostile, browser):
 
 
 def test_the_command_binds_loopback_by_default(results, tmp_path):
-    cli = [sys.executable, "-c", "from finet2i.cli import main; main()"]
+    cli = [sys.executable, "-c", "from finet2i.cli.main import main; main()"]
     proc = subprocess.Popen([*cli, "explore", str(results), "--port", "0", "--cache", str(tmp_path / "cache")],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -447,7 +447,7 @@ def test_the_command_binds_loopback_by_default(results, tmp_path):
 
 def test_static_export_works_from_file_urls(results, browser, tmp_path, shots):
     out = tmp_path / "export"
-    cli = [sys.executable, "-c", "from finet2i.cli import main; main()"]
+    cli = [sys.executable, "-c", "from finet2i.cli.main import main; main()"]
     subprocess.run([*cli, "explore", str(results), "--static", str(out), "--per-facet", "2",
                     "--cache", str(tmp_path / "cache")], check=True, capture_output=True, text=True)
     rows = index_rows(results)

@@ -14,7 +14,7 @@ change must plan EXACTLY the jobs that the change can affect:
 * a touched file whose bytes did not change: nothing (Snakemake compares recorded input checksums);
 * a changed workflow script: that stage and downstream (Snakemake's `code` trigger);
 * a changed stage module in the package: that stage and downstream (a params fingerprint of the code the
-  script imports, finet2i.codehash); a comment there: nothing;
+  script imports, finet2i.core.codehash); a comment there: nothing;
 * a runtime-only key (chunk_size) changed: nothing; a subset removed: no other subset is regenerated;
 * no change: nothing.
 
@@ -39,7 +39,7 @@ import pytest
 import yaml
 from workflow_helpers import DEMO_CONFIG, ROOT, copy_workdir, local_demo, planned_jobs, snakemake
 
-from finet2i import pipeline
+from finet2i.core import pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -49,7 +49,7 @@ SHARDS = tuple(f"{i:05d}" for i in range(DEMO["shards"]["count"]))
 SUBSETS = tuple(DEMO["generate"]["subsets"])
 SUBSET = "pe_as"  # the subset whose generate job the resume test kills
 GROUPS = tuple(f"{g:03d}" for g in range(DEMO["dedup"]["groups"]))
-# The per-shard chain in pipeline order (finet2i.pipeline), with dedup's per-shard assign job before its keep
+# The per-shard chain in pipeline order (finet2i.core.pipeline), with dedup's per-shard assign job before its keep
 # job; the curated branch is independent of every change made here.
 SHARD_CHAIN = [s.name for s in pipeline.enabled_stages(DEMO) if s.branch == pipeline.SYNTHETIC]
 SHARD_CHAIN.insert(SHARD_CHAIN.index("dedup"), "dedup_assign")
@@ -220,7 +220,7 @@ def _shadow_package(tmp_path: Path, edit: str) -> dict[str, str]:
 
 def test_changed_stage_module_reruns_the_stage(work, tmp_path):
     """The logic lives in the package, not in the rule's script: params carry a fingerprint of the modules
-    the script imports (finet2i.codehash)."""
+    the script imports (finet2i.core.codehash)."""
     planned = plan(work, env=_shadow_package(tmp_path, "\nCHANGED_LOGIC = True\n"))
     # The curated branch's guard (captions) runs the same module, so it reruns too, with what follows it.
     curated_guard = {f"{rule}[cshard=00000]" for rule in ("curated_guard", "package_real")}
@@ -266,7 +266,7 @@ def _processes_in(workdir: Path) -> list[int]:
 def test_killed_generate_job_resumes_from_its_checkpoint(finished, tmp_path):
     """SIGKILL to Snakemake's process group once a generate job has written its first chunk; the rerun
     resumes from the checkpoint, logs it, and ends with the uninterrupted run's exact table."""
-    from finet2i import shards
+    from finet2i.core import shards
 
     wd = copy_workdir(finished, tmp_path / "wd").resolve()
     kept = {s: len(shards.read_kept(wd / f"results/enhance/{s}.parquet")) for s in SHARDS}

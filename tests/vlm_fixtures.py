@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from finet2i.models import ModelSpec
+from finet2i.models.spec import ModelSpec
 
 # Module-level cache as well as session scope, in case a module imports the fixtures instead.
 _CACHE: dict[str, Any] = {}
@@ -32,7 +32,7 @@ def vlm_spec(path: Path, key: str = "models.judge") -> ModelSpec:
 def tiny_vlm(tiny_qwen3_vl: Path, request: pytest.FixtureRequest) -> Any:
     """A VLLMChat on the tiny Qwen3-VL accepting one image per prompt (serves verifier, judge, captioner)."""
     if "vlm" not in _CACHE:
-        from finet2i.backends.vllm_llm import VLLMChat
+        from finet2i.models.backends.vllm_llm import VLLMChat
 
         vlm = VLLMChat(vlm_spec(tiny_qwen3_vl), max_model_len=4096, seed=0, limit_images=1)
         _CACHE["vlm"] = vlm

@@ -1,5 +1,5 @@
 from finet2i.stages.curated_ingest import run_curated_ingest
-from finet2i.workflow import adapter
+from finet2i.workflow.adapter import adapter
 
 
 def main(smk) -> None:

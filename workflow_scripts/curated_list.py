@@ -1,6 +1,6 @@
 from finet2i.sources import listed_name
 from finet2i.sources.listing import run_listing
-from finet2i.workflow import adapter
+from finet2i.workflow.adapter import adapter
 
 
 def main(smk) -> None:

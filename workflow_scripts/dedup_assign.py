@@ -1,6 +1,6 @@
-from finet2i.dedup import DedupSettings
-from finet2i.stages.dedup import run_dedup_assign
-from finet2i.workflow import adapter
+from finet2i.stages.dedup.algorithm import DedupSettings
+from finet2i.stages.dedup.jobs import run_dedup_assign
+from finet2i.workflow.adapter import adapter
 
 
 def main(smk) -> None:

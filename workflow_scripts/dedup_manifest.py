@@ -6,8 +6,8 @@ The group and cross rules take this one file as input instead of 2 x shards file
 
 import os
 
-from finet2i.shards import write_json
-from finet2i.workflow import adapter
+from finet2i.core.shards import write_json
+from finet2i.workflow.adapter import adapter
 
 
 def main(smk) -> None:

@@ -1,5 +1,5 @@
 from finet2i.stages.embed import run_embed
-from finet2i.workflow import adapter
+from finet2i.workflow.adapter import adapter
 
 
 def main(smk) -> None:

@@ -1,5 +1,5 @@
 from finet2i.stages.guard import run_guard
-from finet2i.workflow import adapter
+from finet2i.workflow.adapter import adapter
 
 
 def main(smk) -> None:

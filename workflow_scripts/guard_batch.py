@@ -1,11 +1,11 @@
-from finet2i.backends.vllm_llm import lazy_chat
-from finet2i.batching import run_batch_job
+from finet2i.core.batching import run_batch_job
+from finet2i.models.backends.vllm_llm import lazy_chat
 from finet2i.stages.guard import run_guard
-from finet2i.workflow import adapter
+from finet2i.workflow.adapter import adapter
 
 
 def main(smk) -> None:
-    """The guard stage over a batch's shards on one engine, each shard reused while unchanged (finet2i.batching)."""
+    """The guard stage over a batch's shards on one engine, each shard reused while unchanged (core.batching)."""
     run = adapter(smk)
     settings, model = run.section("guard"), run.model("guard")
     engine = lazy_chat(model)  # starts on the first shard that is not reused

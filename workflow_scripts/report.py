@@ -1,5 +1,5 @@
 from finet2i.stages.report import run_report
-from finet2i.workflow import adapter
+from finet2i.workflow.adapter import adapter
 
 
 def _paths(smk, name: str) -> list[str]:

@@ -1,5 +1,5 @@
 from finet2i.stages.specs import run_specs
-from finet2i.workflow import adapter
+from finet2i.workflow.adapter import adapter
 
 
 def main(smk) -> None:

@@ -1,6 +1,6 @@
 """A tiny SigLIP vision tower and an Aesthetic Predictor V2.5 head of the real layout, built offline.
 
-The head has the released file's architecture and key names (see :mod:`finet2i.backends.aesthetic`), so the
+The head has the released file's architecture and key names (see :mod:`finet2i.models.backends.aesthetic`), so the
 production loader opens the demo ``.pth`` and the real one alike. A random head gives nearly constant scores;
 its last layer is therefore calibrated so that scores centre near 5 with a standard deviation near 1.2 over
 the images the demo will score: renders of the tiny generators when they are already built in
@@ -58,10 +58,10 @@ def calibration_images(n: int, seed: int, size: int = 64) -> list[Any]:
 
 def generator_renders(out_dir: str | os.PathLike[str], n_per_model: int = 8, seed: int = 0) -> list[Any]:
     """Images rendered by the demo generators already saved in ``out_dir`` (none if none is there)."""
-    from finet2i.backends.diffusers_gen import load_generator
     from finet2i.demo.diffusion import FLUX2_DIR, Z_IMAGE_DIR
     from finet2i.demo.tokenizer import partiprompts
-    from finet2i.models import ModelSpec
+    from finet2i.models.backends.diffusers_gen import load_generator
+    from finet2i.models.spec import ModelSpec
 
     prompts = partiprompts(200)
     sizes = [(64, 64), (64, 48), (48, 64), (64, 32)]
@@ -96,7 +96,7 @@ def build_aesthetic(
     import torch
     from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
-    from finet2i.backends.aesthetic import SiglipAestheticScorer, build_head_module
+    from finet2i.models.backends.aesthetic import SiglipAestheticScorer, build_head_module
 
     out = Path(out_dir)
     enc_dir = out / ENCODER_DIR

@@ -5,7 +5,7 @@ single-stream ``ZImageTransformer2DModel`` + ``AutoencoderKL`` + Qwen3 text enco
 ``Flux2Transformer2DModel`` + ``AutoencoderKLFlux2`` + ``Mistral3ForConditionalGeneration`` +
 ``PixtralProcessor``; both with ``FlowMatchEulerDiscreteScheduler``), shrunk to a few hundred thousand
 parameters, and saves it with ``save_pretrained`` so that the production loader
-(:mod:`finet2i.backends.diffusers_gen`) opens it unchanged with
+(:mod:`finet2i.models.backends.diffusers_gen`) opens it unchanged with
 ``from_pretrained(path, local_files_only=True)``. The VAEs keep the real 8x downsampling, so sizes must be
 multiples of 16 exactly as for the real models. Renders a 64x64 image in a fraction of a second on a CPU.
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 Z_IMAGE_DIR = "z-image"
 FLUX2_DIR = "flux2"
 
-# Read by finet2i.backends.diffusers_gen: call-time settings a saved pipeline cannot carry in its own configs.
+# Read by finet2i.models.backends.diffusers_gen: call-time settings a saved pipeline cannot carry in its own configs.
 # FLUX.2 picks text-encoder hidden states by layer index at call time (default (10, 20, 30), which needs >= 31
 # layers); a tiny encoder has 3 layers, so the folder says which ones its transformer was built for.
 GENERATION_SIDECAR = "finet2i_generation.json"

@@ -112,7 +112,7 @@ def prompt_examples(rng: random.Random, taxonomy: Any = None) -> list[tuple[list
     rows = [r for r in partiprompt_rows() if len(r["Prompt"].split()) >= 4]
     specs: list[dict[str, Any]] = []
     if taxonomy is not None:
-        from finet2i.taxonomy import load_taxonomy, sample_specs
+        from finet2i.recipe.taxonomy import load_taxonomy, sample_specs
 
         tax = load_taxonomy(taxonomy) if isinstance(taxonomy, (str, Path)) else taxonomy
         specs = sample_specs(tax, "99999", len(rows), rng.randrange(2**31))

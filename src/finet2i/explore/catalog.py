@@ -14,7 +14,7 @@ place, never loaded: the rows with ``kept = false``, grouped by ``drop_reason``,
 new stage gets its evidence shown without a line here. The image of a dropped record is read from the nearest
 table at or above the stage that holds ``image`` bytes (generate for the judge, curated_ingest for real photos).
 
-Stage names and order come from ``finet2i.pipeline``; the funnel is ``finet2i.reporting.funnel.read_stats``
+Stage names and order come from ``finet2i.core.pipeline``; the funnel is ``finet2i.reporting.funnel.read_stats``
 over the same stats JSONs the report reads.
 """
 
@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finet2i import pipeline, release
+from finet2i.core import pipeline
+from finet2i.release import layout as release
 
 log = logging.getLogger(__name__)
 

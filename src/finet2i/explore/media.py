@@ -105,6 +105,6 @@ class ThumbCache:
 
 def record_image(table: Path, record_id: str) -> bytes | None:
     """The ``image`` bytes of one record of a stage table (generate, curated_ingest)."""
-    from finet2i.images import image_bytes
+    from finet2i.plumbing.images import image_bytes
 
     return image_bytes(table, "id", [record_id]).get(record_id)

@@ -78,7 +78,7 @@ def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | No
                   snakefile: Path | None = None, results: Path | None = None,
                   echo: Callable[[str], None] | None = None) -> Report:
     """Every check; never raises for a problem it can name (it becomes a NO-GO row)."""
-    from finet2i.config import ConfigError, load_config
+    from finet2i.workflow.config import ConfigError, load_config
 
     t0 = time.monotonic()
     report = Report()
@@ -115,9 +115,9 @@ def _node_local(path: Path) -> str | None:
 def _check_models(config: dict[str, Any], workdir: Path, report: Report) -> None:
     from huggingface_hub import constants
 
-    from finet2i.config import used_model_keys
-    from finet2i.fetch import GATED_IDS, TOKEN_VAR, license_page
-    from finet2i.models import ModelNotAvailable, ModelSpec, is_pinned
+    from finet2i.models.fetch import GATED_IDS, TOKEN_VAR, license_page
+    from finet2i.models.spec import ModelNotAvailable, ModelSpec, is_pinned
+    from finet2i.workflow.config import used_model_keys
 
     keys = used_model_keys(config)
     missing, hub = [], False
@@ -160,7 +160,7 @@ def _check_models(config: dict[str, Any], workdir: Path, report: Report) -> None
 
 
 def _check_sources(config: dict[str, Any], workdir: Path, report: Report) -> None:
-    from finet2i.config import missing_sources
+    from finet2i.workflow.config import missing_sources
 
     for problem in missing_sources(config, workdir):
         report.add(NOGO, "curated source", problem)
@@ -385,8 +385,8 @@ def _check_disk(config: dict[str, Any], results: Path, workdir: Path, report: Re
 
 def network_rules(config: dict[str, Any], workdir: Path) -> dict[str, str]:
     """Rules that reach the internet under this config, and why."""
-    from finet2i import pipeline
-    from finet2i.config import source_path
+    from finet2i.core import pipeline
+    from finet2i.workflow.config import source_path
 
     out: dict[str, str] = {}
     if not pipeline.enabled("curated_ingest", config):

@@ -1,9 +1,9 @@
 """How much disk a configured run writes under results/, per stage, and whether the filesystem has it.
 
 Record counts come from the config (shards x specs per shard) and the paper's yields between stages
-(finet2i.paper.FUNNEL, scaled to the config's size). Bytes per record come from the figures in ``FIGURES``,
+(finet2i.recipe.paper.FUNNEL, scaled to the config's size). Bytes per record come from the figures in ``FIGURES``,
 each with its source; images dominate (terabytes) and their figures are the paper's own. Every stage keeps one
-table row per record it received (kept or dropped, finet2i.runner), so a stage's table is sized by what
+table row per record it received (kept or dropped, finet2i.core.runner), so a stage's table is sized by what
 reaches it, not by what it keeps.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finet2i import paper, pipeline
+from finet2i.core import pipeline
+from finet2i.recipe import paper
 
 _RELEASE_SAMPLES = sum(paper.SUBSET_COUNTS.values()) + paper.REAL_COUNT
 
@@ -139,7 +140,7 @@ def curated_inputs(config: Mapping[str, Any], workdir: Path) -> tuple[int, float
     """(photos, bytes, how each figure is known) that the curated sources bring in: a folder is measured, a URL
     list counted; a listed source is counted from its manifest, its table, or its caps (else the paper's count
     for that source, Table 3), at the paper's bytes per photo of that source (Table 3)."""
-    from finet2i.config import source_path
+    from finet2i.workflow.config import source_path
 
     photos, size, how = 0, 0.0, []
     per = FIGURES["real_download"]

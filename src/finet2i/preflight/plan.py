@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finet2i import batching, pipeline
+from finet2i.core import batching, pipeline
 
-# Rules that are not a stage of finet2i.pipeline, and the stage whose switch they follow (None: always run).
+# Rules that are not a stage of finet2i.core.pipeline, and the stage whose switch they follow (None: always run).
 AUXILIARY = {"dedup_centroids": "dedup", "dedup_assign": "dedup", "dedup_manifest": "dedup",
              "dedup_group": "dedup", "dedup_cross": "dedup", "report": None, "assemble": None,
              "dataset_card": None}
-# Several shards per GPU job (finet2i.batching): <stage>_batch and <stage>_publish run instead of <stage>.
+# Several shards per GPU job (finet2i.core.batching): <stage>_batch and <stage>_publish run instead of <stage>.
 AUXILIARY.update({f"{stage}_{part}": stage for stage in batching.BATCHABLE for part in ("batch", "publish")})
 
 

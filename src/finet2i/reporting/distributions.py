@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finet2i import paper, shards
+from finet2i.core import shards
+from finet2i.recipe import paper
 from finet2i.reporting.tables import Table, pct
 
 INDEX_COLUMNS = ("style", "prompt_category", "subcategory", "task", "image_resolution", "image_aspect_ratio",

@@ -9,7 +9,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from finet2i import paper
+from finet2i.recipe import paper
 from finet2i.reporting.distributions import Distributions, histogram, masks, values
 
 

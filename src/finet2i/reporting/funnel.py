@@ -1,6 +1,6 @@
 """The funnel: every stage's stats JSONs summed per stage (and subset), in pipeline order, and the paper's.
 
-Stage names are ``finet2i.pipeline``'s: a stats JSON's ``stage`` field is the name of the stage (and rule)
+Stage names are ``finet2i.core.pipeline``'s: a stats JSON's ``stage`` field is the name of the stage (and rule)
 that wrote it. A stage the pipeline does not declare (an old results folder, a stage not yet declared) is
 shown after the declared ones rather than dropped.
 """
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finet2i import paper, pipeline, shards
+from finet2i.core import pipeline, shards
+from finet2i.recipe import paper
 
 
 @dataclass
@@ -54,7 +55,7 @@ def _subset_of(path: Path, stats: dict[str, Any], subsets: Sequence[str]) -> str
 
 
 def read_stats(paths: Iterable[str | os.PathLike[str]], subsets: Sequence[str]) -> list[FunnelRow]:
-    """Aggregate stats JSONs into funnel rows, in pipeline order (``finet2i.pipeline.stage_order()``)."""
+    """Aggregate stats JSONs into funnel rows, in pipeline order (``finet2i.core.pipeline.stage_order()``)."""
     rows: dict[tuple[str, str | None], FunnelRow] = {}
     for p in map(Path, paths):
         try:
@@ -140,7 +141,7 @@ def paper_comparison(rows: list[FunnelRow], subsets: Sequence[str]) -> list[dict
 def check_conservation(rows: list[FunnelRow], config: dict[str, Any]) -> None:
     """Mark every row whose shards received other counts than its upstream stage kept there.
 
-    Each stage reads the kept rows of the stage before it (``finet2i.pipeline.upstream`` under this config), so
+    Each stage reads the kept rows of the stage before it (``finet2i.core.pipeline.upstream`` under this config), so
     per shard ``records_in`` must equal the upstream's ``kept``; a difference means records appeared or vanished
     between two stages without a reason (the jobs refuse such input, see ``shards.check_conserved``; the report
     shows it for outputs made otherwise). Sets ``upstream`` and ``breaks`` on the rows.

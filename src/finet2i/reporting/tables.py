@@ -33,7 +33,7 @@ def pct(v: float | None) -> str | None:
     return None if v is None else f"{v * 100:.1f}%"
 
 
-FUNNEL_ORDER_NOTE = ("Stages are listed in the pipeline's order (finet2i.pipeline); a stats file whose stage "
+FUNNEL_ORDER_NOTE = ("Stages are listed in the pipeline's order (finet2i.core.pipeline); a stats file whose stage "
                      "the pipeline does not declare is listed after them. 'check': every shard's records add up "
                      "(in = kept + dropped) and each stage received exactly what the stage before it kept.")
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from finet2i.download import USER_AGENT
+from finet2i.plumbing.download import USER_AGENT
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from finet2i import shards
+from finet2i.core import shards
 from finet2i.sources import MANIFEST_COLUMNS, listed_name, pexels, pixabay, unsplash_lite
 from finet2i.sources.http import ApiError, PoliteClient, RateLimit
 

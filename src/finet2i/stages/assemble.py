@@ -49,8 +49,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from finet2i import release, shards
-from finet2i.release_tables import INDEX_SCHEMA, MEMBER_FIELDS
+from finet2i.core import shards
+from finet2i.release import layout as release
+from finet2i.release.tables import INDEX_SCHEMA, MEMBER_FIELDS
 
 log = logging.getLogger(__name__)
 

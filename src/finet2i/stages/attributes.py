@@ -23,12 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from finet2i import runner, shards
-from finet2i.answers import extract_json_object
-from finet2i.backends import Constraint, Message, Sampling
-from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
-from finet2i.shards import Record, StageStats
+from finet2i.core import runner, shards
+from finet2i.core.settings import default, from_section
+from finet2i.core.shards import Record, StageStats
+from finet2i.models.backends import Constraint, Message, Sampling
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.answers import extract_json_object
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +160,11 @@ def run_attributes(in_path: str | os.PathLike[str], out_path: str | os.PathLike[
                    stats_path: str | os.PathLike[str] | None = None, vlm: Any = None) -> StageStats:
     """Verify the attributes of one shard: ``results/guard/{shard}`` -> ``results/attributes/{shard}``.
 
-    ``vlm``: an already built :class:`~finet2i.backends.VisionLLM` (tests); by default a vLLM engine for
+    ``vlm``: an already built :class:`~finet2i.models.backends.VisionLLM` (tests); by default a vLLM engine for
     ``model`` starts when the first unfinished chunk needs it (text only: no image inputs are reserved).
     """
     s = AttributeSettings.from_config(settings)
-    from finet2i.backends.vllm_llm import lazy_chat
+    from finet2i.models.backends.vllm_llm import lazy_chat
 
     engine = lazy_chat(model, vlm)
     stage = runner.ChunkedStage(

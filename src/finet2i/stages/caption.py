@@ -30,13 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from finet2i import runner, shards
-from finet2i.answers import is_refusal, without_control_chars
-from finet2i.backends import Message, Sampling
-from finet2i.images import image_bytes, load_image
-from finet2i.models import ModelSpec
-from finet2i.settings import FromSection, default
-from finet2i.shards import Record, StageStats
+from finet2i.core import runner, shards
+from finet2i.core.settings import FromSection, default
+from finet2i.core.shards import Record, StageStats
+from finet2i.models.backends import Message, Sampling
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.answers import is_refusal, without_control_chars
+from finet2i.plumbing.images import image_bytes, load_image
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, mo
     """Captions for one chunk; bytes come from each record's ``image`` or from ``images`` by ``id``.
     ``long_prompt`` = ``captioner``: the long caption too (``enhanced_prompt``). The returned rows carry no
     image bytes."""
-    from finet2i.backends.vllm_llm import chat_each
+    from finet2i.models.backends.vllm_llm import chat_each
 
     if long_prompt not in LONG_PROMPT_WRITERS:
         raise ValueError(f"curated.long_prompt: {long_prompt!r} is not one of {', '.join(LONG_PROMPT_WRITERS)}")
@@ -205,7 +205,7 @@ def run_caption(in_path: str | os.PathLike[str], images_path: str | os.PathLike[
     ``long_prompt`` = ``captioner`` also ``enhanced_prompt``, ``enhanced_length`` and ``enhancer``, and, for
     dropped rows, ``caption_raw``. ``vlm``: an already built VisionLLM (tests).
     """
-    from finet2i.backends.vllm_llm import lazy_chat
+    from finet2i.models.backends.vllm_llm import lazy_chat
 
     if long_prompt not in LONG_PROMPT_WRITERS:
         raise ValueError(f"curated.long_prompt: {long_prompt!r} is not one of {', '.join(LONG_PROMPT_WRITERS)}")

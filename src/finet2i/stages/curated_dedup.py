@@ -4,7 +4,7 @@ to two sites, or twice to one, is kept once.
 Ingest already drops byte-identical copies within a shard (``duplicate``); the same photo from Pexels and
 Pixabay comes back re-encoded and resized, and lands in another shard (shards hash the source's own id). So each
 job reads the small ``id``/``phash`` columns of *every* ingest shard's kept rows and applies one global rule:
-in id order (``real-<cshard>-<index>``), a photo whose perceptual hash (:mod:`finet2i.phash`) is within
+in id order (``real-<cshard>-<index>``), a photo whose perceptual hash (:mod:`finet2i.plumbing.phash`) is within
 ``curated.near_duplicates.max_distance`` bits of an earlier kept photo is dropped as ``near_duplicate``, with
 ``duplicate_of`` (the kept photo's id) and ``phash_distance`` as evidence. Every job computes the same global
 answer, so the verdicts do not depend on which shard asks, and a shard's table is rewritten byte-identical when
@@ -24,8 +24,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from finet2i import shards
-from finet2i.settings import default
+from finet2i.core import shards
+from finet2i.core.settings import default
 
 STAGE = "curated_dedup"
 NEAR_DUPLICATE = "near_duplicate"

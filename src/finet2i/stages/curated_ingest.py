@@ -6,10 +6,10 @@ manifest row, fetched from its ``image_url``, with its credits (photographer, pa
 own text carried into the record. An item's shard is a stable hash of its key (the URL, ``<source>/<relative
 path>`` for a file, ``<source>:<photo id>`` for a manifest row), so the DAG is known from the config alone and
 a rerun never reshuffles. Every downloaded body is kept in ``<table>.fetched/`` until the table is written, so
-a killed job's rerun fetches only what it had not received. Per item, img2dataset-style: fetch (``finet2i.download``),
-decide the real format from the bytes (the file name is ignored), check the header's size *before* decoding,
-decode, convert to RGB and re-encode as JPEG (``finet2i.images``). Every failure is a counted drop reason,
-never a failed job:
+a killed job's rerun fetches only what it had not received. Per item, img2dataset-style: fetch
+(``finet2i.plumbing.download``), decide the real format from the bytes (the file name is ignored), check the
+header's size *before* decoding, decode, convert to RGB and re-encode as JPEG (``finet2i.plumbing.images``).
+Every failure is a counted drop reason, never a failed job:
 
 ``unreachable`` (fetch failed after retries), ``not_an_image``, ``corrupt``, ``truncated``, ``too_large``
 (header over ``max_pixels``, or the download over ``max_bytes``), ``too_small`` (short side < ``min_side``),
@@ -18,8 +18,7 @@ never a failed job:
 ``curated_dedup``, which finds the same photo across shards and sources.
 
 The table is streamed in small row groups: a shard of a few thousand photographs is gigabytes of bytes, and
-holding it twice in Python objects would set the memory bill of every job.
-"""
+holding it twice in Python objects would set the memory bill of every job."""
 
 from __future__ import annotations
 
@@ -35,8 +34,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from finet2i import phash, shards
-from finet2i.download import (
+from finet2i.core import shards
+from finet2i.core.settings import default, from_section
+from finet2i.plumbing import phash
+from finet2i.plumbing.download import (
     NOT_A_FILE,
     REFUSED_URL,
     UNREACHABLE,
@@ -49,8 +50,7 @@ from finet2i.download import (
     read_local,
     redact,
 )
-from finet2i.images import Rejected, normalise_image
-from finet2i.settings import default, from_section
+from finet2i.plumbing.images import Rejected, normalise_image
 from finet2i.sources import is_listed, listed_name, manifest_path
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ def _items_for_shard(sources: Sequence[Source], cshard: str | int,
 
 
 def fetch(item: SourceItem, settings: IngestSettings) -> Fetched:
-    """Read a local file, or download a URL (see :mod:`finet2i.download`); a listing problem fetches nothing."""
+    """Read a local file, or download a URL (:mod:`finet2i.plumbing.download`); a listing problem fetches nothing."""
     if item.problem is not None:
         return Fetched(None, 0, item.problem, item.detail)
     if item.path is not None:

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from finet2i import runner, shards
-from finet2i.images import image_bytes, load_image
-from finet2i.models import ModelSpec
-from finet2i.settings import FromSection, default
+from finet2i.core import runner, shards
+from finet2i.core.settings import FromSection, default
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.images import image_bytes, load_image
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class _LazyScorer:
 
     def score(self, images: list[Any]) -> list[float]:
         if self.scorer is None:
-            from finet2i.backends.aesthetic import load_aesthetic_scorer
+            from finet2i.models.backends.aesthetic import load_aesthetic_scorer
 
             self.scorer = load_aesthetic_scorer(self.encoder, self.head)
         return self.scorer.score(images)

@@ -2,7 +2,7 @@
 
 Its YAML header declares one ``config`` per subset folder that holds samples (``load_dataset(<root>, <folder>)``)
 and, per config, ``dataset_info.features``: the webdataset columns (``__key__``, ``__url__``, ``jpg``, ``json``,
-``txt``) with the json's 15 keys typed as finet2i.release.FEATURES says. With the types declared, HF never
+``txt``) with the json's 15 keys typed as finet2i.release.layout.FEATURES says. With the types declared, HF never
 infers them from whichever tar it opens first (a tar whose samples all have ``task: null`` would make ``task``
 a null column, and the next tar's lists fail to cast). The body gives the run's counts per subset and the
 report's headline numbers (the funnel).
@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from finet2i import release, shards
+from finet2i.core import shards
+from finet2i.release import layout as release
 
 
 def features() -> list[dict[str, Any]]:

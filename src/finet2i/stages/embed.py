@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from finet2i import shards
-from finet2i.backends import TextEmbedder
-from finet2i.embeddings import DIM, write_embeddings
-from finet2i.models import ModelSpec
-from finet2i.settings import FromSection, default
+from finet2i.core import shards
+from finet2i.core.settings import FromSection, default
+from finet2i.models.backends import TextEmbedder
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.embeddings import DIM, write_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def run_embed(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
         dtype = "cached"
     else:
         if embedder is None:
-            from finet2i.backends.embedder import load_embedder
+            from finet2i.models.backends.embedder import load_embedder
 
             embedder = load_embedder(model, dtype=s.dtype, batch_size=s.batch_size)
         vectors = embedder.embed(prompts) if prompts else np.zeros((0, DIM), np.float32)

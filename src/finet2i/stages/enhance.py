@@ -25,12 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finet2i import runner, shards
-from finet2i.answers import is_refusal, without_control_chars
-from finet2i.backends import Constraint, Message, Sampling
-from finet2i.models import ModelSpec
-from finet2i.settings import FromSection, default
-from finet2i.shards import Record, StageStats
+from finet2i.core import runner, shards
+from finet2i.core.settings import FromSection, default
+from finet2i.core.shards import Record, StageStats
+from finet2i.models.backends import Constraint, Message, Sampling
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.answers import is_refusal, without_control_chars
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def record_seed(record: Mapping[str, Any]) -> int:
 
 def enhance_chunk(records: Sequence[Record], llm: Any, settings: EnhanceSettings, model_name: str,
                   prompt_column: str = "prompt") -> list[Record]:
-    from finet2i.backends.vllm_llm import chat_seeded
+    from finet2i.models.backends.vllm_llm import chat_seeded
 
     out = [dict(r) for r in records]
     todo = [r for r in out if (r.get(prompt_column) or "").strip()]
@@ -160,7 +160,7 @@ def run_enhance(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str
 
     ``stage`` names the stats (``curated_enhance`` for the real-image branch, so the funnel keeps the two apart).
     """
-    from finet2i.backends.vllm_llm import lazy_chat
+    from finet2i.models.backends.vllm_llm import lazy_chat
 
     s = EnhanceSettings.from_config(settings)
     records = runner.read_input(in_path)

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from finet2i import runner, shards
-from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
-from finet2i.shards import Record, StageStats
+from finet2i.core import runner, shards
+from finet2i.core.settings import default, from_section
+from finet2i.core.shards import Record, StageStats
+from finet2i.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class _GeneratorPool:
             return self.given[kind]
         if kind not in self.loaded:
             self.close()
-            from finet2i.backends.diffusers_gen import load_generator
+            from finet2i.models.backends.diffusers_gen import load_generator
 
             g = self.settings.generators[kind]
             self.loaded[kind] = load_generator(
@@ -305,7 +305,7 @@ class _LazyScorer:
 
     def load(self) -> None:
         if self.scorer is None:
-            from finet2i.backends.aesthetic import load_aesthetic_scorer
+            from finet2i.models.backends.aesthetic import load_aesthetic_scorer
 
             if self.encoder is None or self.head is None:
                 raise ValueError("generate: no aesthetic scorer given and no models.aesthetic_encoder/head")

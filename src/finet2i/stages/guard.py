@@ -23,11 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from finet2i import runner, shards
-from finet2i.backends import Constraint, Sampling
-from finet2i.models import ModelSpec
-from finet2i.settings import default, from_section
-from finet2i.shards import Record, StageStats
+from finet2i.core import runner, shards
+from finet2i.core.settings import default, from_section
+from finet2i.core.shards import Record, StageStats
+from finet2i.models.backends import Constraint, Sampling
+from finet2i.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def run_guard(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
     is the paper's rule for the original prompts.
     """
     s = GuardSettings.from_config(settings)
-    from finet2i.backends.vllm_llm import lazy_chat
+    from finet2i.models.backends.vllm_llm import lazy_chat
 
     engine = lazy_chat(model, llm)
     prefix = "guard" if stage == STAGE else stage

@@ -5,7 +5,7 @@ finished samples and write them, with a verdict for every row they received, to
 ``results/package/{subset}/{shard}.parquet`` and ``results/package_real/{cshard}.parquet``. A finished sample is
 exactly what goes into a release tar:
 
-- ``key``: a lowercase uuid (finet2i.release.sample_key): uuid5 of the run seed and the prompt id, so one prompt
+- ``key``: a lowercase uuid (finet2i.release.layout.sample_key): uuid5 of the run seed and the prompt id, so one prompt
   has one key in each of the four synthetic subsets; a real image's key comes from its source and locator
   (never a numeric photo id, which collide across sources);
 - ``jpg``: a baseline RGB JPEG whatever the input was (PNG, CMYK or grayscale JPEG, progressive JPEG, alpha);
@@ -38,12 +38,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from finet2i import release, shards
-from finet2i.answers import word_count
-from finet2i.images import image_bytes
-from finet2i.release import RELEASE_KEYS
-from finet2i.release_tables import ORIGIN_FIELDS, RELEASE_FIELDS
-from finet2i.settings import FromSection, default
+from finet2i.core import shards
+from finet2i.core.settings import FromSection, default
+from finet2i.plumbing.answers import word_count
+from finet2i.plumbing.images import image_bytes
+from finet2i.release import layout as release
+from finet2i.release.layout import RELEASE_KEYS
+from finet2i.release.tables import ORIGIN_FIELDS, RELEASE_FIELDS
 
 log = logging.getLogger(__name__)
 

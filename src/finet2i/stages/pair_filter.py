@@ -38,13 +38,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from finet2i import runner, shards
-from finet2i.answers import extract_json_object
-from finet2i.backends import Constraint, Message, Sampling
-from finet2i.images import image_bytes, load_image
-from finet2i.models import ModelSpec
-from finet2i.settings import FromSection, default
-from finet2i.shards import Record, StageStats
+from finet2i.core import runner, shards
+from finet2i.core.settings import FromSection, default
+from finet2i.core.shards import Record, StageStats
+from finet2i.models.backends import Constraint, Message, Sampling
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.answers import extract_json_object
+from finet2i.plumbing.images import image_bytes, load_image
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def filter_chunk(records: list[Record], vlm: Any, settings: PairFilterSettings,
         if settings.constrained:
             criteria = CRITERIA if settings.safety else tuple(c for c in CRITERIA if c not in SAFETY_CRITERIA)
             constraint = Constraint(regex=verdict_regex(settings.reasoning_chars, criteria))
-        from finet2i.backends.vllm_llm import chat_seeded
+        from finet2i.models.backends.vllm_llm import chat_seeded
 
         convs = [build_messages(image, r.get("prompt_used") or "", settings.safety) for r, image in to_judge]
         # One seed per sample: with temperature > 0 a verdict depends on its own sample only, never on the
@@ -293,9 +293,9 @@ def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
 
     The three mappings are keyed by subset. One judge engine serves all subsets; it starts only when a chunk
     needs it (a resumed shard, or ``judge.enabled: false``, never starts it). ``vlm``: an already built
-    :class:`~finet2i.backends.VisionLLM` (tests).
+    :class:`~finet2i.models.backends.VisionLLM` (tests).
     """
-    from finet2i.backends.vllm_llm import lazy_chat
+    from finet2i.models.backends.vllm_llm import lazy_chat
 
     s = PairFilterSettings.from_config(settings)
     missing = sorted(set(image_tables) ^ set(out_tables) | set(image_tables) ^ set(stats_paths))

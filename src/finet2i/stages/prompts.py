@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finet2i import runner, shards
-from finet2i.answers import is_refusal, without_control_chars, word_count
-from finet2i.backends import Message, Sampling
-from finet2i.models import ModelSpec
-from finet2i.settings import FromSection, default
-from finet2i.shards import Record, StageStats
+from finet2i.core import runner, shards
+from finet2i.core.settings import FromSection, default
+from finet2i.core.shards import Record, StageStats
+from finet2i.models.backends import Message, Sampling
+from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.answers import is_refusal, without_control_chars, word_count
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def build_messages(spec: Mapping[str, Any], context: Mapping[str, str] | None = 
     """The conversation that asks for one prompt matching ``spec``.
 
     ``context`` may hold ``category_description``, ``subcategory_description``, ``style_description``
-    (see :meth:`finet2i.taxonomy.Taxonomy.context`); they make the request clearer, but are optional.
+    (see :meth:`finet2i.recipe.taxonomy.Taxonomy.context`); they make the request clearer, but are optional.
     """
     ctx = dict(context or {})
     system = SYSTEM_PROMPT
@@ -149,7 +149,7 @@ def judge_prompt(prompt: str, min_words: int) -> str | None:
 def generate_chunk(records: Sequence[Record], llm: Any, settings: PromptSettings, model_name: str,
                    context: Callable[[Record], Mapping[str, str]] | None = None) -> list[Record]:
     """Write, clean and judge the prompts of one chunk of specs."""
-    from finet2i.backends.vllm_llm import chat_seeded
+    from finet2i.models.backends.vllm_llm import chat_seeded
 
     conversations = [build_messages(r, context(r) if context else None) for r in records]
     seeds = [int(r["seed"]) for r in records]
@@ -169,7 +169,7 @@ def _taxonomy_context(taxonomy: Any) -> Callable[[Record], Mapping[str, str]] | 
     if taxonomy is None:
         return None
     if isinstance(taxonomy, (str, os.PathLike)):
-        from finet2i.taxonomy import load_taxonomy
+        from finet2i.recipe.taxonomy import load_taxonomy
 
         taxonomy = load_taxonomy(taxonomy)
 
@@ -188,11 +188,11 @@ def run_prompts(specs_path: str | os.PathLike[str], out_path: str | os.PathLike[
                 taxonomy: Any = None) -> StageStats:
     """Generate the prompts of one shard: ``results/specs/{shard}.parquet`` -> ``results/prompts/{shard}``.
 
-    ``llm``: an already built :class:`~finet2i.backends.ChatLLM` (tests); by default a vLLM engine for
+    ``llm``: an already built :class:`~finet2i.models.backends.ChatLLM` (tests); by default a vLLM engine for
     ``model`` starts when the first unfinished chunk needs it. ``taxonomy``: a path or ``Taxonomy`` whose
     descriptions enrich the instruction (optional).
     """
-    from finet2i.backends.vllm_llm import lazy_chat
+    from finet2i.models.backends.vllm_llm import lazy_chat
 
     s = PromptSettings.from_config(settings)
     engine = lazy_chat(model, llm)

@@ -17,7 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from finet2i import paper, shards
+from finet2i.core import shards
+from finet2i.recipe import paper
 from finet2i.reporting.distributions import (
     aesthetic_bins_table,
     distribution_tables,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from finet2i import shards
-from finet2i.taxonomy import load_taxonomy, sample_specs
+from finet2i.core import shards
+from finet2i.recipe.taxonomy import load_taxonomy, sample_specs
 
 log = logging.getLogger(__name__)
 

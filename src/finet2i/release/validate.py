@@ -2,7 +2,7 @@
 
 A loader written for the release (webdataset, HF ``datasets``) silently drops or mis-reads what does not follow
 its conventions; this checker says which file and key break which convention, before anyone trains on it. The
-conventions themselves live in :mod:`finet2i.release`; this module only reads them.
+conventions themselves live in :mod:`finet2i.release.layout`; this module only reads them.
 
 DATASET_DIR may be
 
@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finet2i.release import (
+from finet2i.release.layout import (
     ASPECT_RATIOS,
     FEATURES,
     KEY_RE,

@@ -2,24 +2,24 @@
 
 A stage is its decision logic and nothing else. It declares a :class:`ChunkedStage`: its name, a pure
 ``process(chunk) -> records`` (each output record marked kept or dropped with a reason, see
-:func:`finet2i.shards.mark`), its chunk size, what else its results depend on (``key``: settings, model
+:func:`finet2i.core.shards.mark`), its chunk size, what else its results depend on (``key``: settings, model
 labels, seeds) and the engine to shut down at the end. :func:`run_chunked` owns the rest, the same way for
 every stage:
 
 * reads the kept rows of the upstream table (never the ``image`` bytes: a stage that needs them fetches one
-  chunk's worth by id, see :func:`finet2i.images.image_bytes`);
+  chunk's worth by id, see :func:`finet2i.plumbing.images.image_bytes`);
 * checks that it received exactly what the upstream stage kept (its stats JSON), see
-  :func:`finet2i.shards.check_conserved`;
+  :func:`finet2i.core.shards.check_conserved`;
 * checkpoints every chunk under ``<output>.chunks/`` (a killed job redoes one chunk at most), valid only for
   the same input rows (their content, not only their ids), chunk size, key and stage code;
-* starts nothing itself: engines are lazy (:class:`finet2i.backends.vllm_llm.LazyChat`), so a shard resumed
+* starts nothing itself: engines are lazy (:class:`finet2i.models.backends.vllm_llm.LazyChat`), so a shard resumed
   with nothing left to do never loads a model; and closes the engine in ``finally``;
 * writes the table atomically, carried columns with the upstream table's types (a column that is null in every
   row of a shard keeps its type), then the stats JSON (the completion marker), logs the verdict counts, and
   removes the checkpoint.
 
 Stages that are not chunked (specs, dedup's keep tables, package) write through the same
-:func:`finet2i.shards.write_stage_output`.
+:func:`finet2i.core.shards.write_stage_output`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from finet2i import shards
-from finet2i.shards import Record, StageStats
+from finet2i.core import shards
+from finet2i.core.shards import Record, StageStats
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ PathLike = str | os.PathLike[str]
 class ChunkedStage:
     """What a chunked stage declares; :func:`run_chunked` does the rest."""
 
-    name: str  # the stage's name in stats and logs (finet2i.pipeline)
+    name: str  # the stage's name in stats and logs (finet2i.core.pipeline)
     process: Callable[[list[Record]], list[Record]]  # one chunk in, the same records out, each with a verdict
     chunk_size: int
     key: Sequence[Any] = ()  # what else the results depend on: settings, model labels, seeds
@@ -57,8 +57,8 @@ class ChunkedStage:
 
 def stage_code(stage: ChunkedStage) -> str | None:
     """The fingerprint of the code that decides the stage's records (its module and what that imports; see
-    finet2i.codehash): a checkpoint made by other stage code is not reused. None outside the package."""
-    from finet2i import codehash
+    finet2i.core.codehash): a checkpoint made by other stage code is not reused. None outside the package."""
+    from finet2i.core import codehash
 
     module = getattr(stage.process, "__module__", "") or ""
     return codehash.code_fingerprint(module) if codehash.module_file(module) else None

@@ -65,9 +65,9 @@ from typing import Any
 
 import numpy as np
 
-from finet2i.embeddings import DIM
-from finet2i.hardware import cpu_has_fast_bf16
-from finet2i.settings import default, from_section
+from finet2i.core.settings import default, from_section
+from finet2i.plumbing.embeddings import DIM
+from finet2i.plumbing.hardware import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finet2i import shards
+from finet2i.core import shards
 
 DIM = 384  # all-MiniLM-L6-v2's output size; files of another embedder carry their own width
 

@@ -1,14 +1,14 @@
 """The columns of the finished-sample tables (package) and of the release's per-tar parquet indexes (assemble):
-the release's 15 keys typed as finet2i.release.FEATURES says, then where each sample came from.
+the release's 15 keys typed as finet2i.release.layout.FEATURES says, then where each sample came from.
 
-Apart from finet2i.release because it needs pyarrow, which the Snakefile does not import while planning.
+Apart from finet2i.release.layout because it needs pyarrow, which the Snakefile does not import while planning.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from finet2i import release
+from finet2i.release import layout as release
 
 _TYPES = {"string": pa.string(), "int64": pa.int64(), "bool": pa.bool_(), "float64": pa.float64()}
 

@@ -1,4 +1,4 @@
-"""Stage dedup (paper 3.1.2) as file-level jobs with fixed counts; the algorithm is in :mod:`finet2i.dedup`.
+"""Stage dedup (paper 3.1.2) as file-level jobs with fixed counts (the algorithm: :mod:`.algorithm`).
 
     dedup_centroids   one job   sample of every shard's vectors -> centroids.npy (+ Fig. 3 histogram)
     dedup_assign      per shard embeddings -> assign/{shard}.npy (float16 vectors sorted by group)
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from finet2i import shards
-from finet2i.dedup import (
+from finet2i.core import shards
+from finet2i.plumbing.embeddings import read_embeddings
+from finet2i.stages.dedup.algorithm import (
     DIM,
     NO_DUP,
     CrossInput,
@@ -42,7 +43,6 @@ from finet2i.dedup import (
     similarity_histogram,
     train_centroids,
 )
-from finet2i.embeddings import read_embeddings
 
 log = logging.getLogger(__name__)
 

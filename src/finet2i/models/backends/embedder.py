@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from finet2i.models import ModelSpec
+from finet2i.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,13 @@ def pick_dtype(dtype: str, device: str) -> str:
         return dtype
     if device.startswith("cuda"):
         return "fp16"
-    from finet2i.hardware import cpu_has_fast_bf16
+    from finet2i.plumbing.hardware import cpu_has_fast_bf16
 
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
 class SentenceTransformerEmbedder:
-    """:class:`finet2i.backends.TextEmbedder` over a local sentence-transformers folder."""
+    """:class:`finet2i.models.backends.TextEmbedder` over a local sentence-transformers folder."""
 
     def __init__(self, path: str, *, model_name: str, dtype: str = "auto", batch_size: int = 256,
                  device: str | None = None, max_seq_length: int | None = None) -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from finet2i.models import ModelSpec
+from finet2i.models.spec import ModelSpec
 
 
 class Adapter:

@@ -2,7 +2,7 @@
 
 | kind | interface | production backend |
 |---|---|---|
-| chat LLM (prompt writer, guard, enhancer) | :class:`ChatLLM` | vLLM (:mod:`finet2i.backends.vllm_llm`) |
+| chat LLM (prompt writer, guard, enhancer) | :class:`ChatLLM` | vLLM (:mod:`finet2i.models.backends.vllm_llm`) |
 | vision LLM (attribute check, pair judge, captioner) | :class:`VisionLLM` | vLLM multimodal |
 | image generator | :class:`ImageGenerator` | diffusers ZImagePipeline / Flux2Pipeline |
 | aesthetic scorer | :class:`AestheticScorer` | SigLIP + Aesthetic Predictor V2.5 head |

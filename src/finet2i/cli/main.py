@@ -40,7 +40,7 @@ def demo_models(out: Path, seed: int, force: bool) -> None:
 @click.option("--no-models", is_flag=True, help="Skip the check that every model is available locally.")
 def check_config(configfiles: tuple[str, ...], no_models: bool) -> None:
     """Validate config files (merged in order, like --configfile) without Snakemake."""
-    from finet2i.config import ConfigError, load_config
+    from finet2i.workflow.config import ConfigError, load_config
 
     try:
         load_config(*configfiles, check_models=not no_models)
@@ -70,9 +70,9 @@ def fetch_models(configfiles: tuple[str, ...], pin: bool, accepted: tuple[str, .
     downloaded, so that the run is reproducible and a later change of weights reruns the stages that use them."""
     from huggingface_hub import constants
 
-    from finet2i.config import load_config, used_model_keys
-    from finet2i.fetch import fetch_models as fetch
-    from finet2i.models import pin_revision_text
+    from finet2i.models.fetch import fetch_models as fetch
+    from finet2i.models.spec import pin_revision_text
+    from finet2i.workflow.config import load_config, used_model_keys
 
     config = load_config(*configfiles, check_models=False)
     unknown = sorted({a.removeprefix("models.") for a in accepted} - set(config["models"]))
@@ -130,8 +130,8 @@ def demo(cores: str, rebuild_models: bool, snakemake_args: tuple[str, ...]) -> N
 def validate(dataset_dir: Path, max_samples: int | None, as_json: bool) -> None:
     """Check that DATASET_DIR (a dataset root or one subset folder) follows the released Fine-T2I layout.
 
-    Exit status 0 when it does, 1 when any problem is found (see finet2i.validate for the checks)."""
-    from finet2i.validate import validate_dataset
+    Exit status 0 when it does, 1 when any problem is found (see finet2i.release.validate for the checks)."""
+    from finet2i.release.validate import validate_dataset
 
     report = validate_dataset(dataset_dir, max_samples=max_samples)
     click.echo(report.to_json() if as_json else report.summary())
@@ -201,7 +201,7 @@ def preflight(profile: Path | None, configfiles: tuple[Path, ...], results: Path
 def _register_optional() -> None:
     # Stage tools live beside their stage; registering them here keeps `finet2i --help` complete.
     try:
-        from finet2i.cli_dedup import dedup_command
+        from finet2i.cli.dedup import dedup_command
     except ImportError:  # pragma: no cover - during development a stage may not exist yet
         return
     main.add_command(dedup_command, name="dedup")

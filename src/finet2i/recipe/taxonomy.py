@@ -307,7 +307,7 @@ def sample_specs(taxonomy: Taxonomy, shard: str, n: int, seed: int) -> list[dict
 
 
 def spec_marginals(specs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Observed distributions of sampled specs, keyed like :func:`finet2i.paper.marginals`."""
+    """Observed distributions of sampled specs, keyed like :func:`finet2i.recipe.paper.marginals`."""
     from collections import Counter
 
     n = max(len(specs), 1)

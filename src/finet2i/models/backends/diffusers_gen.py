@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from finet2i.models import ModelSpec
+from finet2i.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def images_per_call(batch_size: int, width: int, height: int) -> int:
 
 
 class DiffusersGenerator:
-    """:class:`finet2i.backends.ImageGenerator` over a loaded diffusers text-to-image pipeline."""
+    """:class:`finet2i.models.backends.ImageGenerator` over a loaded diffusers text-to-image pipeline."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""vLLM backend for :class:`~finet2i.backends.ChatLLM` and :class:`~finet2i.backends.VisionLLM`.
+"""vLLM backend for :class:`~finet2i.models.backends.ChatLLM` and :class:`~finet2i.models.backends.VisionLLM`.
 
 One class serves text and vision models: message parts ``{"type": "image", "image": PIL.Image}`` are turned
 into vLLM's ``image_pil`` parts, and ``limit_images > 0`` lets the engine accept that many images per prompt.
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finet2i.backends import Constraint, Message, Sampling
-from finet2i.models import ModelSpec
+from finet2i.models.backends import Constraint, Message, Sampling
+from finet2i.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from finet2i.images import TOO_LARGE  # one reason for an oversized download, file or image header
+from finet2i.plumbing.images import TOO_LARGE  # one reason for an oversized download, file or image header
 
 UNREACHABLE = "unreachable"
 REFUSED_URL = "refused_url"
@@ -291,7 +291,7 @@ class FetchCache:
         self.hits = 0
 
     def fetch(self, key: str, get: Callable[[], Fetched]) -> Fetched:
-        from finet2i.shards import atomic_path
+        from finet2i.core.shards import atomic_path
 
         p = self.dir / hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()
         try:

@@ -1,7 +1,7 @@
 """Validate a workflow config before anything is planned or submitted.
 
 Three layers, each failing with the offending key in the message and what to do:
-1. JSON Schema (``src/finet2i/schema/config.schema.yaml``, shipped as package data): unknown or misspelled
+1. JSON Schema (``src/finet2i/core/schema/config.schema.yaml``, shipped as package data): unknown or misspelled
    keys, wrong types, out-of-range values; defaults are filled in.
 2. Semantic checks the schema cannot express: generator weights that do not add up to something positive,
    candidate ranges, referenced files (taxonomy, resolution table) that must exist and parse.
@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from finet2i.settings import SCHEMA_PATH  # shipped in the package
+from finet2i.core.settings import SCHEMA_PATH  # shipped in the package
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _taxonomy_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
     if not p.exists():
         return
     try:
-        from finet2i import taxonomy
+        from finet2i.recipe import taxonomy
     except ImportError:  # pragma: no cover - the module ships with the package
         return
     loader = getattr(taxonomy, "load_taxonomy", None)
@@ -228,7 +228,7 @@ def missing_sources(config: dict[str, Any], base_dir: str | os.PathLike[str] = "
 
 def missing_models(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[str]:
     """Messages for every model that is not available locally (see :meth:`ModelSpec.local_path`)."""
-    from finet2i.models import ModelNotAvailable, ModelSpec
+    from finet2i.models.spec import ModelNotAvailable, ModelSpec
 
     needed = used_model_keys(config)
     out = []
@@ -242,8 +242,8 @@ def missing_models(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".
 
 
 def used_model_keys(config: dict[str, Any]) -> list[str]:
-    """The model keys the enabled stages need (a switched-off stage needs no weights): finet2i.pipeline."""
-    from finet2i.pipeline import model_keys
+    """The model keys the enabled stages need (a switched-off stage needs no weights): finet2i.core.pipeline."""
+    from finet2i.core.pipeline import model_keys
 
     return model_keys(config)
 
@@ -302,7 +302,7 @@ def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] 
 
 def unpinned_models(config: dict[str, Any]) -> list[str]:
     """The used hub models whose revision is a branch, a tag or missing instead of a commit hash."""
-    from finet2i.models import is_pinned
+    from finet2i.models.spec import is_pinned
 
     return [f"models.{key}@{config['models'][key].get('revision')}" for key in used_model_keys(config)
             if "id" in config["models"][key] and not is_pinned(config["models"][key].get("revision"))]

@@ -1,11 +1,11 @@
 """The pipeline, declared once: which stages there are, in which order, what each reads and where it writes.
 
 Everything that needs the pipeline's shape reads it from here: the rule files' input functions and the report's
-inputs (``rules/common.smk``), the report's funnel order, the models a run needs (``finet2i.config``), and the
+inputs (``rules/common.smk``), the report's funnel order, the models a run needs (``finet2i.workflow.config``), and the
 tests. The names are one name each: **stage name = rule name = results folder** (``results/<stage>/...``)
 and the ``stage`` field of its stats JSONs. ``package`` and ``package_real`` write each shard's finished samples
 (JPEG, json, txt); the ``assemble`` rule, after every stage, cuts them into the release's tars in
-``results/dataset/<release folder>/`` (finet2i.release, finet2i.stages.assemble).
+``results/dataset/<release folder>/`` (finet2i.release.layout, finet2i.stages.assemble).
 
 A stage reads the kept rows of the stage before it in its branch that writes a record table, skipping stages
 that the config switches off: insert a stage into the tuple and the stage after it reads from the new one.
@@ -71,7 +71,7 @@ def stage(name: str) -> Stage:
     try:
         return BY_NAME[name]
     except KeyError:
-        raise KeyError(f"no stage {name!r} in finet2i.pipeline.STAGES ({', '.join(BY_NAME)})") from None
+        raise KeyError(f"no stage {name!r} in finet2i.core.pipeline.STAGES ({', '.join(BY_NAME)})") from None
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
@@ -92,7 +92,7 @@ def _holds(config: Mapping[str, Any], switch: str) -> bool:
     if not test:
         return bool(value) if found else True
     if not found:
-        from finet2i.settings import default  # reads the schema (YAML), on this path only
+        from finet2i.core.settings import default  # reads the schema (YAML), on this path only
 
         value = default(key)
     return str(value) == want

@@ -29,19 +29,21 @@ from functools import cache
 from pathlib import Path
 
 PACKAGE = "finet2i"
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 INFRASTRUCTURE = frozenset({
     "finet2i",  # the package's __init__
-    "finet2i.shards",
-    "finet2i.models",
-    "finet2i.config",
+    "finet2i.core",
+    "finet2i.core.shards",
+    "finet2i.core.codehash",
+    "finet2i.core.runner",
+    "finet2i.core.settings",
+    "finet2i.core.pipeline",
+    "finet2i.models.spec",
     "finet2i.workflow",
-    "finet2i.codehash",
-    "finet2i.runner",
-    "finet2i.settings",
-    "finet2i.pipeline",
-    "finet2i.embeddings",
+    "finet2i.workflow.config",
+    "finet2i.workflow.adapter",
+    "finet2i.plumbing.embeddings",
 })
 
 _SKIPPED_TOKENS = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
@@ -60,7 +62,7 @@ def module_file(name: str, root: Path = PACKAGE_ROOT) -> Path | None:
 
 
 def _imported_modules(tree: ast.AST, name: str, is_package: bool, root: Path) -> set[str]:
-    """finet2i modules named by the imports anywhere in tree (``from finet2i import shards`` -> finet2i.shards)."""
+    """finet2i modules named by the imports anywhere in tree (``from finet2i import shards`` -> finet2i.core.shards)."""
     found: set[str] = set()
     package = name if is_package else name.rpartition(".")[0]
     for node in ast.walk(tree):

@@ -55,7 +55,7 @@ def check_head_file(path: str | os.PathLike[str], width: int | None = None) -> N
     (1152 for the released head on google/siglip-so400m-patch14-384). Raises ValueError otherwise."""
     import torch
 
-    from finet2i.backends.aesthetic import load_head
+    from finet2i.models.backends.aesthetic import load_head
 
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -97,11 +97,11 @@ def write_output(path: Path, ids: list[str], kept: np.ndarray, dup: np.ndarray, 
                 "similarity": (None if k else round(float(s), 6)), "dedup_group": int(g)}
                for i, k, d, s, g in zip(ids, kept, dup, sim, group, strict=True)]
     if path.suffix.lower() == ".parquet":
-        from finet2i.shards import write_table
+        from finet2i.core.shards import write_table
 
         write_table(path, records)
     else:
-        from finet2i.shards import atomic_path
+        from finet2i.core.shards import atomic_path
 
         with atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -123,7 +123,7 @@ def write_output(path: Path, ids: list[str], kept: np.ndarray, dup: np.ndarray, 
 def dedup_command(in_path: Path, out_path: Path, threshold: float, groups: int, partition: str, model: str,
                   dtype: str, batch_size: int, device: str, seed: int) -> None:
     """Exact semantic dedup of IN into OUT (every input id with kept, duplicate_of, similarity)."""
-    from finet2i.dedup import DedupSettings, dedup_vectors, normalise
+    from finet2i.stages.dedup.algorithm import DedupSettings, dedup_vectors, normalise
 
     if not 0.0 < threshold < 1.0:
         raise click.BadParameter(f"must be in (0, 1), got {threshold}", param_hint="--threshold")
@@ -131,8 +131,8 @@ def dedup_command(in_path: Path, out_path: Path, threshold: float, groups: int, 
         raise click.BadParameter(f"must be >= 1, got {groups}", param_hint="--groups")
     ids, prompts, vectors = read_input(in_path)
     if vectors is None:
-        from finet2i.backends.embedder import load_embedder
-        from finet2i.models import ModelSpec
+        from finet2i.models.backends.embedder import load_embedder
+        from finet2i.models.spec import ModelSpec
 
         spec = ModelSpec(key="--model", path=model) if Path(model).exists() else \
             ModelSpec(key="--model", id=model)

@@ -1,9 +1,9 @@
 """How a stage names a model: a local path, or a hub id pinned to a revision.
 
 Nothing here downloads anything. ``finet2i fetch-models`` (run once on a node with network, see
-:mod:`finet2i.fetch`) fills the Hugging Face cache and downloads the few files that are not on the hub; at run
+:mod:`finet2i.models.fetch`) fills the Hugging Face cache and downloads the few files that are not on the hub; at run
 time every model must already be local, and a missing one is an error that names the config key before any job
-is submitted (see :func:`finet2i.config.check_available`, the workflow's ``onstart``).
+is submitted (see :func:`finet2i.workflow.config.check_available`, the workflow's ``onstart``).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class ModelSpec:
         """The folder holding the weights; raises :class:`ModelNotAvailable` with what to do."""
         if self.path is not None:
             if not Path(self.path).exists():
-                from finet2i.fetch import KNOWN_FILES
+                from finet2i.models.fetch import KNOWN_FILES
 
                 short = self.key.removeprefix("models.")
                 if short in KNOWN_FILES:

@@ -14,7 +14,7 @@ unchanged shards match and nothing downstream of them reruns on the next invocat
 
 Wired for guard (rules/guard.smk: guard_batch + guard_publish, ``gpu_jobs`` in the config); the other GPU
 stages follow the same pattern (docs/job-sizing.md, "What is built and what is not").
-``finet2i.shards`` (pyarrow) is imported inside the functions that use it: rules/common.smk imports this
+``finet2i.core.shards`` (pyarrow) is imported inside the functions that use it: rules/common.smk imports this
 module while Snakemake parses the workflow.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finet2i.fetch import sha256_of  # one file-hashing helper for the package
+from finet2i.models.fetch import sha256_of  # one file-hashing helper for the package
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ShardWork:
 
     @property
     def stats(self) -> Path:
-        from finet2i import shards
+        from finet2i.core import shards
 
         return shards.stats_path(self.table)
 
@@ -90,7 +90,7 @@ class ShardWork:
 
 def shard_fingerprint(work: ShardWork, key: Any) -> str:
     """What a shard's result depends on: its input table's bytes and ``key`` (the rule's params)."""
-    from finet2i import shards
+    from finet2i.core import shards
 
     return shards.fingerprint([sha256_of(work.in_path)], key)
 
@@ -112,7 +112,7 @@ def run_batch(work: Sequence[ShardWork], run_one: Callable[[ShardWork], Any], *,
     ``close`` shuts the shared engine down at the end, also on failure (a lazy engine that never started costs
     nothing). The fingerprint is written after the stats, so a shard cut off mid-way is redone.
     """
-    from finet2i import shards
+    from finet2i.core import shards
 
     started = time.monotonic()
     manifest: dict[str, Any] = {"shards": {}, "reused": 0, "computed": 0}
@@ -155,7 +155,7 @@ def run_batch_job(smk: Any, stage: str, run_one: Callable[[ShardWork], Any],
                   close: Callable[[], None] | None = None) -> dict[str, Any]:
     """A ``<stage>_batch`` rule's job: its shards (``params.shards``, ``input.tables`` in the same order) through
     :func:`run_batch`, keyed by every other param (settings, model, code); writes ``output.manifest``."""
-    from finet2i import shards
+    from finet2i.core import shards
 
     folder = Path("results") / stage
     work = [ShardWork.under(folder, s, p) for s, p in zip(smk.params.shards, smk.input.tables, strict=True)]
@@ -171,7 +171,7 @@ def publish_shard(manifest_path: str | os.PathLike[str], shard: str, table: str 
                   stats: str | os.PathLike[str], log: str | os.PathLike[str] | None = None) -> None:
     """A ``<stage>_publish`` job: the shard's cached result, as its batch job's manifest names it, at the
     stage's per-shard paths (the stats last: they mark the shard complete)."""
-    from finet2i import shards
+    from finet2i.core import shards
 
     entry = shards.read_json(manifest_path)["shards"][shard]
     work = ShardWork(shard, Path(), Path(entry["table"]))

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from finet2i.models import ModelSpec
+from finet2i.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def load_head(path: str | Path, input_dim: int) -> Any:
 
 
 class SiglipAestheticScorer:
-    """:class:`finet2i.backends.AestheticScorer` on SigLIP + the V2.5 head; batches images, no grad."""
+    """:class:`finet2i.models.backends.AestheticScorer` on SigLIP + the V2.5 head; batches images, no grad."""
 
     def __init__(
         self,

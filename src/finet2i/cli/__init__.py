@@ -1,0 +1,1 @@
+"""The `finet2i` command line."""
