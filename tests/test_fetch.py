@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from finet2i.cli.main import main
 from finet2i.models import fetch
+from finet2i.models.known import AESTHETIC_HEAD
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -87,7 +88,7 @@ def test_download_is_checked_then_renamed_atomically(server, tmp_path):
 
     def check(p: Path) -> None:
         seen.append((p, dest.exists()))
-        fetch.AESTHETIC_HEAD.check(p)  # the published head's check: every layer, 1152 wide
+        fetch.file_check(AESTHETIC_HEAD)(p)  # the published head's check: every layer, 1152 wide
 
     digest = fetch.download_file(server.url + "/head.pth", dest, check=check)
     data = _head_bytes()
@@ -109,7 +110,7 @@ def test_download_is_checked_then_renamed_atomically(server, tmp_path):
 def test_a_bad_download_never_gets_the_final_name(server, tmp_path, name, why):
     dest = tmp_path / "aesthetic_predictor_v2_5.pth"
     with pytest.raises(fetch.DownloadRejected, match=why):
-        fetch.download_file(server.url + name, dest, check=fetch.AESTHETIC_HEAD.check)
+        fetch.download_file(server.url + name, dest, check=fetch.file_check(AESTHETIC_HEAD))
     assert not dest.exists() and _leftovers(tmp_path) == []
 
 
@@ -149,8 +150,8 @@ def test_the_default_url_is_the_published_head():
 
     with pytest.raises(ModelNotAvailable, match="fetch-models --accept-license aesthetic_head .*AGPL-3.0"):
         ModelSpec(key="models.aesthetic_head", path="/nonexistent/aesthetic_predictor_v2_5.pth").local_path()
-    assert fetch.file_source("aesthetic_head", {"path": "x.pth"}) is fetch.AESTHETIC_HEAD
-    assert fetch.AESTHETIC_HEAD.url == ("https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/"
+    assert fetch.file_source("aesthetic_head", {"path": "x.pth"}) is AESTHETIC_HEAD
+    assert AESTHETIC_HEAD.url == ("https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/"
                                         "aesthetic_predictor_v2_5.pth")
     assert fetch.file_source("embedder", {"path": "x"}) is None  # nothing knows where another local model is
     mirror = fetch.file_source("aesthetic_head", {"path": "x.pth", "url": "https://mirror.example/h.pth"})
@@ -264,7 +265,7 @@ def test_dry_run_lists_what_would_be_fetched_and_downloads_nothing(fake_hub, tmp
         assert f"https://huggingface.co/{model_id}" in lines[key] and "HF_TOKEN" in lines[key]
     assert "gated" not in lines["models.verifier"]
     assert lines["models.aesthetic_head"] == (
-        f"models.aesthetic_head: would download {fetch.AESTHETIC_HEAD.url} -> {head} (AGPL-3.0, "
+        f"models.aesthetic_head: would download {AESTHETIC_HEAD.url} -> {head} (AGPL-3.0, "
         "https://github.com/discus0434/aesthetic-predictor-v2-5; needs --accept-license aesthetic_head)")
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finet2i.models.fetch import sha256_of  # one file-hashing helper for the package
+from finet2i.core.files import sha256_of
 
 log = logging.getLogger(__name__)
 

@@ -25,74 +25,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finet2i.core.files import sha256_of
+from finet2i.models.known import GATED_IDS, KNOWN_FILES, FileSource
+
 TOKEN_VAR = "HF_TOKEN"
 TOKEN_PAGE = "https://huggingface.co/settings/tokens"
 
-# Hub ids of the shipped production config whose repositories are gated (accept a license on the model's page
-# while logged in, then download with a token of that account). The dry run asks the hub when it can; this list
-# is what it says offline.
-GATED_IDS = frozenset({
-    "meta-llama/Llama-3.1-8B-Instruct",
-    "meta-llama/Llama-Guard-3-8B",
-    "black-forest-labs/FLUX.2-dev",
-})
+# What a downloaded file must be before it is renamed into place, by FileSource.check (finet2i.models.known).
+CHECKS: dict[str, Callable[[Path, int | None], None]] = {
+    "aesthetic_head": lambda path, width: _check_head(path, width),
+}
 
 
-@dataclass(frozen=True)
-class FileSource:
-    """Where a model that is a single file (not on the hub) is published, and under which license."""
+def _check_head(path: Path, width: int | None) -> None:
+    from finet2i.models.backends.aesthetic import check_head_file
 
-    url: str
-    license: str
-    license_url: str
-    home: str
-    check: Callable[[Path], None] | None = None  # raises ValueError when the file is not what it should be
+    check_head_file(path, width)
 
 
-def check_head_file(path: str | os.PathLike[str], width: int | None = None) -> None:
-    """``path`` is a loadable Aesthetic Predictor V2.5 head state dict: every layer named and shaped as the
-    backend loads it (strictly, with the backend's own loader), over ``width``-wide embeddings when given
-    (1152 for the released head on google/siglip-so400m-patch14-384). Raises ValueError otherwise."""
-    import torch
-
-    from finet2i.models.backends.aesthetic import load_head
-
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types for a corrupt or foreign file
-        raise ValueError(f"{path}: not a loadable torch state dict ({e.__class__.__name__}: {e})") from e
-    found = 0
-    if isinstance(state, dict) and hasattr(state.get("scoring_head.0.weight"), "shape"):
-        found = int(state["scoring_head.0.weight"].shape[-1])
-    try:
-        load_head(path, width or found)
-    except RuntimeError as e:  # load_state_dict: missing or unexpected keys, other shapes
-        raise ValueError(f"{path}: not an Aesthetic Predictor V2.5 head: {e}") from e
-
-
-AESTHETIC_HEAD = FileSource(
-    # The file the upstream package itself downloads (its `URL`), kept in the repository's models/ folder.
-    url="https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/aesthetic_predictor_v2_5.pth",
-    license="AGPL-3.0",
-    license_url="https://github.com/discus0434/aesthetic-predictor-v2-5/blob/main/LICENSE",
-    home="https://github.com/discus0434/aesthetic-predictor-v2-5",
-    check=lambda p: check_head_file(p, 1152),
-)
-
-# Config keys (under models:) of files finet2i knows how to get when their path is missing.
-KNOWN_FILES: dict[str, FileSource] = {"aesthetic_head": AESTHETIC_HEAD}
+def file_check(source: FileSource) -> Callable[[Path], None] | None:
+    """The check a download from ``source`` must pass (raises ValueError), or None."""
+    if source.check is None:
+        return None
+    run = CHECKS[source.check]
+    return lambda path: run(path, source.width)
 
 
 class DownloadRejected(RuntimeError):
     """A download that failed or is not the file it should be; nothing was left under the target name."""
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str | None = None,
@@ -198,7 +158,7 @@ def file_source(key: str, value: dict[str, Any]) -> FileSource | None:
         return known
     if known is not None:
         return FileSource(url=url, license=known.license, license_url=known.license_url, home=known.home,
-                          check=known.check if url == known.url else (lambda p: check_head_file(p)))
+                          check=known.check, width=known.width if url == known.url else None)
     return FileSource(url=url, license="", license_url="", home="")
 
 
@@ -326,7 +286,7 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
         if needs_consent:
             report.say(f"{name}: license {source.license} ({source.license_url}) accepted by --accept-license", echo)
         try:
-            digest = download_file(source.url, path, sha256=wanted, check=source.check)
+            digest = download_file(source.url, path, sha256=wanted, check=file_check(source))
         except DownloadRejected as e:
             report.say(f"{name}: NOT FETCHED: {e}", echo)
             report.lack(f"{name}: {e}; rerun fetch-models, or download it yourself to {path}")

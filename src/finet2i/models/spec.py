@@ -97,7 +97,7 @@ class ModelSpec:
         """The folder holding the weights; raises :class:`ModelNotAvailable` with what to do."""
         if self.path is not None:
             if not Path(self.path).exists():
-                from finet2i.models.fetch import KNOWN_FILES
+                from finet2i.models.known import KNOWN_FILES
 
                 short = self.key.removeprefix("models.")
                 if short in KNOWN_FILES:

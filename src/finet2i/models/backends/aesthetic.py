@@ -14,6 +14,7 @@ layout, so the released state dict loads with its own key names: ``scoring_head.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,26 @@ def load_head(path: str | Path, input_dim: int) -> Any:
     head = build_head_module(input_dim)
     head.load_state_dict(state, strict=True)
     return head.eval()
+
+
+def check_head_file(path: str | os.PathLike[str], width: int | None = None) -> None:
+    """``path`` is a loadable Aesthetic Predictor V2.5 head state dict: every layer named and shaped as
+    :func:`load_head` loads it (strictly), over ``width``-wide embeddings when given (1152 for the released head
+    on google/siglip-so400m-patch14-384). Raises ValueError otherwise (``finet2i fetch-models`` runs it on a
+    download before renaming it into place)."""
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a corrupt or foreign file
+        raise ValueError(f"{path}: not a loadable torch state dict ({e.__class__.__name__}: {e})") from e
+    found = 0
+    if isinstance(state, dict) and hasattr(state.get("scoring_head.0.weight"), "shape"):
+        found = int(state["scoring_head.0.weight"].shape[-1])
+    try:
+        load_head(path, width or found)
+    except RuntimeError as e:  # load_state_dict: missing or unexpected keys, other shapes
+        raise ValueError(f"{path}: not an Aesthetic Predictor V2.5 head: {e}") from e
 
 
 class SiglipAestheticScorer:

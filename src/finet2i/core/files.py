@@ -1,0 +1,15 @@
+"""Small file helpers every layer may use (standard library only)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
