@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from finet2i.explore import media
-from finet2i.explore.catalog import ExploreError, Query
+from finet2i.explore.query import ExploreError, Query
 from finet2i.stages.assemble import write_tar
 
 

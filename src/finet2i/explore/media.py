@@ -14,7 +14,7 @@ import tarfile
 import threading
 from pathlib import Path
 
-from finet2i.explore.catalog import safe_id
+from finet2i.explore.query import safe_id
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from finet2i.explore.catalog import FACETS, Catalog, DroppedPage, Query, SamplePage
+from finet2i.explore.catalog import Catalog, SamplePage
+from finet2i.explore.dropped import DroppedPage
+from finet2i.explore.query import FACETS, Query
 from finet2i.reporting.tables import fmt as report_fmt
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from finet2i.explore import media, pages
-from finet2i.explore.catalog import Catalog, ExploreError, Query, safe_id
+from finet2i.explore.catalog import Catalog
+from finet2i.explore.query import ExploreError, Query, safe_id
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from finet2i.explore import media, pages
-from finet2i.explore.catalog import FACETS, ExploreError, Query, SamplePage
+from finet2i.explore.catalog import SamplePage
+from finet2i.explore.query import FACETS, ExploreError, Query
 
 log = logging.getLogger(__name__)
 
