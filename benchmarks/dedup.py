@@ -140,14 +140,14 @@ def bench_settings(n: int, threshold: float, groups: int, device: str = "auto"):
     """Our settings in every benchmark (this file and dedup_gpu.py): 256 sampled vectors per centroid and 10
     k-means iterations; the partition only decides how much work the group passes save, never a verdict, and
     a 100k-sample 20-iteration k-means cost ~10 s here."""
-    from finet2i.stages.dedup.algorithm import DedupSettings
+    from finet2i.stages.dedup.settings import DedupSettings
 
     return DedupSettings(threshold=threshold, groups=groups, kmeans_sample=min(n, 256 * groups),
                          kmeans_iters=10, block_size=4096, device=device)
 
 
 def ours(v: np.ndarray, threshold: float, groups: int, device: str = "auto") -> dict:
-    from finet2i.stages.dedup.algorithm import dedup_vectors
+    from finet2i.stages.dedup.in_memory import dedup_vectors
 
     t0, c0 = time.monotonic(), cpu_s()
     res = dedup_vectors(v, bench_settings(len(v), threshold, groups, device))

@@ -141,7 +141,7 @@ def brute_pairs(v16: np.ndarray, threshold: float, *, margin: float = 1e-3, rows
                 cols: int = 131072, count_only: bool = False, fp16: bool = False):
     """Every pair i < j with cosine > threshold, by brute force on the GPU: products in float32 (or float16
     with ``fp16``), candidates above ``threshold - margin`` re-checked in float64 from the float16 vectors
-    (exact). Independent of finet2i.stages.dedup.algorithm. Returns (i, j, cosine) arrays, or the candidate count.
+    (exact). Independent of finet2i.stages.dedup. Returns (i, j, cosine) arrays, or the candidate count.
 
     float16 products of float16 unit vectors are off by the float32 accumulation (~1e-6) and the rounding
     of the result to float16 (half an ulp: 2.4e-4 in [0.5, 1)): a 3e-3 margin misses no pair."""
@@ -184,7 +184,7 @@ def brute_pairs(v16: np.ndarray, threshold: float, *, margin: float = 1e-3, rows
 
 def brute_greedy(v16: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
     """The baseline: all pairs above the threshold, then keep each prompt unless an earlier kept one is
-    among its neighbours (the same keep rule as finet2i.stages.dedup.algorithm)."""
+    among its neighbours (the same keep rule as finet2i.stages.dedup)."""
     sync()
     t = time.monotonic()
     i, j, _ = brute_pairs(v16, threshold)
@@ -202,7 +202,7 @@ def brute_greedy(v16: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
 
 
 def ours(v16: np.ndarray, threshold: float, groups: int, device: str):
-    from finet2i.stages.dedup.algorithm import dedup_vectors
+    from finet2i.stages.dedup.in_memory import dedup_vectors
 
     sync()
     t = time.monotonic()

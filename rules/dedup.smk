@@ -1,7 +1,7 @@
 # 3.1.2: semantic dedup, exact (no kept pair above dedup.threshold), as fixed-count file-level jobs:
 # centroids (1) -> assign (per shard) -> manifest (1) -> group (per group) -> cross (1) -> dedup (per shard).
 # A group job reads only its slice of each shard's group-sorted vectors (memory-mapped), so no job holds all
-# vectors. See finet2i.stages.dedup.algorithm for the keep rule and README "Dedup memory plan" for sizes at production.
+# vectors. See finet2i.stages.dedup's docstring for the keep rule and README "Dedup memory plan" for sizes at production.
 
 
 rule dedup_centroids:

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from finet2i.cli.dedup import dedup_command
 from finet2i.core import shards
-from finet2i.stages.dedup.algorithm import greedy_reference, normalise
+from finet2i.stages.dedup.reference import greedy_reference
+from finet2i.stages.dedup.vectors import normalise
 
 
 def vectors(n: int = 400, seed: int = 0) -> np.ndarray:

@@ -99,5 +99,7 @@ def test_output_settings_leave_out_runtime_keys():
 
 def test_stage_closures_stay_apart():
     """An edit of the dedup algorithm must not rerun the embeddings (and the GPU stages after them)."""
-    assert "finet2i.stages.dedup.algorithm" not in code_closure("finet2i.stages.embed")
+    dedup = {m for m in code_closure("finet2i.stages.dedup.jobs") if m.startswith("finet2i.stages.dedup")}
+    assert {"finet2i.stages.dedup.similarity", "finet2i.stages.dedup.sweep", "finet2i.stages.dedup.passes"} <= dedup
+    assert not dedup & set(code_closure("finet2i.stages.embed"))
     assert "finet2i.stages.generate" not in code_closure("finet2i.stages.guard")

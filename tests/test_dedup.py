@@ -12,24 +12,13 @@ import pytest
 from finet2i.core import shards
 from finet2i.plumbing.embeddings import write_embeddings
 from finet2i.stages.dedup import jobs as stage
-from finet2i.stages.dedup.algorithm import (
-    _KEPT,
-    DedupSettings,
-    KeptSet,
-    Matcher,
-    _Block,
-    _decide_in_rounds,
-    _Evidence,
-    _SweepCounts,
-    dedup_vectors,
-    exact_cosines,
-    greedy_reference,
-    make_rank,
-    normalise,
-    rank_row,
-    rank_shard,
-    residual_pairs,
-)
+from finet2i.stages.dedup.in_memory import dedup_vectors
+from finet2i.stages.dedup.ranks import make_rank, rank_row, rank_shard
+from finet2i.stages.dedup.reference import greedy_reference, residual_pairs
+from finet2i.stages.dedup.settings import DedupSettings
+from finet2i.stages.dedup.similarity import Matcher, exact_cosines
+from finet2i.stages.dedup.sweep import _KEPT, KeptSet, _Block, _decide_in_rounds, _Evidence, _SweepCounts
+from finet2i.stages.dedup.vectors import normalise
 
 T = 0.8
 

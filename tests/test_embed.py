@@ -15,7 +15,9 @@ from finet2i.models.backends import TextEmbedder
 from finet2i.models.backends.embedder import load_embedder, padded_batch
 from finet2i.models.spec import ModelSpec
 from finet2i.plumbing.embeddings import read_embeddings
-from finet2i.stages.dedup.algorithm import DedupSettings, dedup_vectors, exact_cosines
+from finet2i.stages.dedup.in_memory import dedup_vectors
+from finet2i.stages.dedup.settings import DedupSettings
+from finet2i.stages.dedup.similarity import exact_cosines
 from finet2i.stages.embed import run_embed
 
 

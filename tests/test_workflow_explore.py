@@ -261,7 +261,8 @@ def test_browse_filter_search_detail_and_dropped(results, base_url, browser, sho
 
 def test_facet_counts_match_the_files(results, tmp_path):
     """Totals and per-value counts under two filters and a search, against a count over the indexes."""
-    from finet2i.explore.catalog import Catalog, Query
+    from finet2i.explore.catalog import Catalog
+    from finet2i.explore.query import Query
 
     catalog = Catalog(results, tmp_path)
     rows = index_rows(results)
@@ -283,7 +284,7 @@ def dedup_drops(results, tmp_path_factory) -> Path:
     """The demo's own prompts and MiniLM embeddings through the real dedup jobs at cosine 0.3 (the demo's 0.45
     drops nothing among 20 tiny-LLM prompts): a results folder whose dedup tables hold drops."""
     from finet2i.stages.dedup import jobs as stage
-    from finet2i.stages.dedup.algorithm import DedupSettings
+    from finet2i.stages.dedup.settings import DedupSettings
 
     root = tmp_path_factory.mktemp("dedup-drops") / "results"
     for part in ("prompts", "embed"):

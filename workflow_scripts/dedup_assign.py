@@ -1,5 +1,5 @@
-from finet2i.stages.dedup.algorithm import DedupSettings
 from finet2i.stages.dedup.jobs import run_dedup_assign
+from finet2i.stages.dedup.settings import DedupSettings
 from finet2i.workflow.adapter import adapter
 
 

@@ -1,5 +1,5 @@
-from finet2i.stages.dedup.algorithm import DedupSettings
 from finet2i.stages.dedup.jobs import read_assign_manifest, run_dedup_cross
+from finet2i.stages.dedup.settings import DedupSettings
 from finet2i.workflow.adapter import adapter
 
 

@@ -123,7 +123,9 @@ def write_output(path: Path, ids: list[str], kept: np.ndarray, dup: np.ndarray, 
 def dedup_command(in_path: Path, out_path: Path, threshold: float, groups: int, partition: str, model: str,
                   dtype: str, batch_size: int, device: str, seed: int) -> None:
     """Exact semantic dedup of IN into OUT (every input id with kept, duplicate_of, similarity)."""
-    from finet2i.stages.dedup.algorithm import DedupSettings, dedup_vectors, normalise
+    from finet2i.stages.dedup.in_memory import dedup_vectors
+    from finet2i.stages.dedup.settings import DedupSettings
+    from finet2i.stages.dedup.vectors import normalise
 
     if not 0.0 < threshold < 1.0:
         raise click.BadParameter(f"must be in (0, 1), got {threshold}", param_hint="--threshold")

@@ -1,7 +1,7 @@
 """What the machine a job runs on can do, for the stages that pick a precision by it (embed, dedup).
 
 A module of its own so that embed's code fingerprint (finet2i.core.codehash) does not include the dedup
-algorithm: an edit of finet2i.stages.dedup.algorithm must not rerun the embeddings and everything after them.
+algorithm: an edit of finet2i.stages.dedup's modules must not rerun the embeddings and everything after them.
 """
 
 from __future__ import annotations

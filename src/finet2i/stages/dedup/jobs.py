@@ -1,4 +1,4 @@
-"""Stage dedup (paper 3.1.2) as file-level jobs with fixed counts (the algorithm: :mod:`.algorithm`).
+"""Stage dedup (paper 3.1.2) as file-level jobs with fixed counts (the algorithm: the package's modules).
 
     dedup_centroids   one job   sample of every shard's vectors -> centroids.npy (+ Fig. 3 histogram)
     dedup_assign      per shard embeddings -> assign/{shard}.npy (float16 vectors sorted by group)
@@ -25,24 +25,14 @@ from typing import Any
 import numpy as np
 
 from finet2i.core import shards
-from finet2i.plumbing.embeddings import read_embeddings
-from finet2i.stages.dedup.algorithm import (
-    DIM,
-    NO_DUP,
-    CrossInput,
-    DedupSettings,
-    Matcher,
-    assign_groups,
-    check_vectors,
-    cross_input,
-    cross_pass,
-    greedy_sweep,
-    make_rank,
-    rank_row,
-    rank_shard,
-    similarity_histogram,
-    train_centroids,
-)
+from finet2i.plumbing.embeddings import DIM, read_embeddings
+from finet2i.stages.dedup.partition import assign_groups, similarity_histogram, train_centroids
+from finet2i.stages.dedup.passes import CrossInput, cross_input, cross_pass
+from finet2i.stages.dedup.ranks import NO_DUP, make_rank, rank_row, rank_shard
+from finet2i.stages.dedup.settings import DedupSettings
+from finet2i.stages.dedup.similarity import Matcher
+from finet2i.stages.dedup.sweep import greedy_sweep
+from finet2i.stages.dedup.vectors import check_vectors
 
 log = logging.getLogger(__name__)
 
