@@ -150,7 +150,7 @@ def _settings_classes() -> list[tuple[str, type]]:
         pair_filter,
         prompts,
     )
-    from finet2i.stages.dedup.algorithm import DedupSettings
+    from finet2i.stages.dedup.settings import DedupSettings
 
     return [("prompts", prompts.PromptSettings), ("embed", embed.EmbedSettings), ("dedup", DedupSettings),
             ("guard", guard.GuardSettings), ("attributes", attributes.AttributeSettings),
