@@ -17,13 +17,26 @@ _REFUSAL = re.compile(
     r"|i\s+(?:can(?:not|'?t|\s+not)|won'?t|am\s+(?:not\s+able|unable)|'m\s+(?:not\s+able|unable)"
     r"|will\s+not|must\s+(?:decline|refuse)|do\s+not\s+feel\s+comfortable)\b)",
     re.IGNORECASE)
+# A reasoning block: closed, or left open because the model ran out of tokens while thinking (then to the end).
 _THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
+_CLOSED_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def without_think(text: str) -> str:
+    """The answer without the model's reasoning: every ``<think>...</think>`` block removed, and one left open
+    removed to the end. The one think-block stripper of the package."""
+    return _THINK_BLOCK.sub("", text)
+
+
+def think_unterminated(text: str) -> bool:
+    """Whether a ``<think>`` block is left open (the model ran out of tokens while thinking)."""
+    return "<think>" in _CLOSED_THINK_BLOCK.sub("", text).lower()
 
 
 def is_refusal(text: str | None) -> bool:
     """Whether an answer declines the task ("I'm sorry, I can't help with that")."""
-    return bool(text) and bool(_REFUSAL.match(_THINK_BLOCK.sub("", text).strip()))
+    return bool(text) and bool(_REFUSAL.match(without_think(text).strip()))
 
 
 def without_control_chars(text: str) -> str:

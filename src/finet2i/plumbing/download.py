@@ -176,9 +176,9 @@ def _retryable(e: BaseException) -> bool:
     return isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError, OSError))
 
 
-def _retry_after(e: BaseException) -> float | None:
-    """Seconds the server asked to wait (``Retry-After``: seconds or an HTTP date), if it did."""
-    value = e.headers.get("Retry-After") if isinstance(e, urllib.error.HTTPError) and e.headers else None
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header value asks to wait (seconds, or an HTTP date), None when it says nothing
+    readable. The one parser of that header (image downloads here, the photo sites' APIs in finet2i.sources)."""
     if not value:
         return None
     try:
@@ -189,6 +189,12 @@ def _retry_after(e: BaseException) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _retry_after(e: BaseException) -> float | None:
+    """Seconds the server asked to wait, if it did."""
+    return retry_after_s(e.headers.get("Retry-After")) if isinstance(e, urllib.error.HTTPError) and e.headers \
+        else None
 
 
 def fetch_url(url: str, settings: FetchSettings) -> Fetched:

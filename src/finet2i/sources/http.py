@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import time
@@ -27,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from finet2i.plumbing.download import USER_AGENT
+from finet2i.plumbing.download import USER_AGENT, retry_after_s
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +185,4 @@ def _reset_s(headers: Mapping[str, str]) -> float | None:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    seconds = _number(value)
-    if seconds is not None:
-        return max(0.0, seconds)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return retry_after_s(headers.get("retry-after"))

@@ -35,7 +35,7 @@ from finet2i.core.settings import FromSection, default
 from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Message, Sampling
 from finet2i.models.spec import ModelSpec
-from finet2i.plumbing.answers import is_refusal, without_control_chars
+from finet2i.plumbing.answers import is_refusal, without_control_chars, without_think, word_count
 from finet2i.plumbing.images import image_bytes, load_image
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,6 @@ _LEAD_IN = re.compile(r"^\s*(?:here(?: is|'s|\u2019s) (?:a|the) (?:(?:short|long
 _CHATTER = re.compile(r"^(?:i hope|hope this|let me know|feel free|if you (?:want|need|would like|'d like)|"
                       r"would you like)", re.IGNORECASE)
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
-_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def clean_caption(text: str | None, long: bool = False) -> str:
     closing paragraph of chatter ("I hope this helps!")."""
     if not text:
         return ""
-    text = without_control_chars(_THINK.sub("", text)).strip()  # a think block or NUL bytes are no caption
+    text = without_control_chars(without_think(text)).strip()  # a think block or NUL bytes are no caption
     text = _LEAD_IN.sub("", text, count=1)
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     if not long:
@@ -185,9 +184,9 @@ def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, mo
             enhanced, reason = _verdict(long_answer, long=True)
             raw = long_answer
             if reason is None:
-                r["enhanced_prompt"], r["enhanced_length"] = enhanced, len(enhanced.split())
+                r["enhanced_prompt"], r["enhanced_length"] = enhanced, word_count(enhanced)
         if reason is None:
-            r["prompt"], r["length"] = short, len(short.split())
+            r["prompt"], r["length"] = short, word_count(short)
         else:
             r["caption_raw"] = raw
         shards.mark(r, reason)

@@ -30,7 +30,7 @@ from finet2i.core.settings import FromSection, default
 from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Constraint, Message, Sampling
 from finet2i.models.spec import ModelSpec
-from finet2i.plumbing.answers import is_refusal, without_control_chars
+from finet2i.plumbing.answers import is_refusal, think_unterminated, without_control_chars, without_think, word_count
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ NO_ANSWER_TAG = "no_answer_tag"
 REFUSED = "enhance_refused"
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _TAG = re.compile(r"</?\s*(?:think|answer)\s*>", re.IGNORECASE)
 
 
@@ -101,11 +100,10 @@ def extract_enhanced(raw: str | None) -> Extraction:
         if is_refusal(text):
             return Extraction(None, REFUSED)
         return Extraction(text, None) if text else Extraction(None, "empty_answer")
-    rest = _THINK_BLOCK.sub("", raw)
-    lowered = rest.lower()
-    if "<think>" in lowered:
+    if think_unterminated(raw):
         return Extraction(None, "unterminated_think")
-    if "<answer>" in lowered:
+    rest = without_think(raw)
+    if "<answer>" in rest.lower():
         return Extraction(None, "unterminated_answer")
     if _TAG.search(rest):
         return Extraction(None, "malformed_tags")
@@ -143,7 +141,7 @@ def enhance_chunk(records: Sequence[Record], llm: Any, settings: EnhanceSettings
         raw = raw_by_id.get(id(r))
         ex = extract_enhanced(raw) if id(r) in raw_by_id else Extraction(None, "empty_input")
         r["enhanced_prompt"] = ex.text if ex.text is not None else original
-        r["enhanced_length"] = len(r["enhanced_prompt"].split())
+        r["enhanced_length"] = word_count(r["enhanced_prompt"])
         r["enhancer"] = model_name
         r["enhance_fallback"] = ex.fallback
         r["enhance_note"] = ex.note

@@ -22,7 +22,7 @@ from finet2i.core.settings import FromSection, default
 from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Message, Sampling
 from finet2i.models.spec import ModelSpec
-from finet2i.plumbing.answers import is_refusal, without_control_chars, word_count
+from finet2i.plumbing.answers import is_refusal, without_control_chars, without_think, word_count
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ _LABEL = re.compile(
     r"[:：\-–—]\s*[*_]*\s*", re.IGNORECASE)
 _LIST_MARK = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 _QUOTES = "\"'`“”‘’«»"
-_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 
 
 def clean_prompt(text: str | None) -> str:
@@ -109,7 +108,7 @@ def clean_prompt(text: str | None) -> str:
     """
     if not text:
         return ""
-    s = without_control_chars(_THINK.sub("", text)).strip()
+    s = without_control_chars(without_think(text)).strip()
     s = _PREAMBLE.sub("", s, count=1)
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", s) if p.strip()]
     # A lone label line ("**Prompt:**") followed by the prompt in the next paragraph.
