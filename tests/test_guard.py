@@ -102,8 +102,7 @@ def test_guard_over_captions_and_their_enhanced_versions() -> None:
                {"id": "real-00000-000001", "prompt": "a cat", "enhanced_prompt": "a cat, bloodied"},
                {"id": "real-00000-000002", "prompt": "a bird", "enhanced_prompt": "a bird, drawn"}]
     llm = _Answers(["safe", "safe", "safe", "unsafe\nS1", "safe", "garbled"])
-    out = guard_chunk(records, llm, GuardSettings(), ("prompt", "enhanced_prompt"), "curated_guard",
-                      check_length=False)
+    out = guard_chunk(records, llm, GuardSettings(max_words=0), ("prompt", "enhanced_prompt"), "curated_guard")
     assert len(llm.seen) == 6  # two texts per image, none skipped for length
     assert [r["drop_reason"] for r in out] == [None, UNSAFE, UNPARSEABLE]
     assert out[1]["curated_guard_flagged"] == "enhanced_prompt" and out[1]["curated_guard_categories"] == ["S1"]

@@ -28,6 +28,7 @@ from finet2i.core.settings import default, from_section
 from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Constraint, Sampling
 from finet2i.models.spec import ModelSpec
+from finet2i.plumbing.answers import word_count
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ MAX_TOKENS = 24
 @dataclass(frozen=True)
 class GuardSettings:
     blocked_categories: tuple[str, ...] = default("guard.blocked_categories")
-    max_words: int = default("guard.max_words")
+    max_words: int = default("guard.max_words")  # 0: no length limit (the guards of model-written text)
     constrained: bool = default("guard.constrained")
     chunk_size: int = default("guard.chunk_size")
 
@@ -122,11 +123,12 @@ def guard_conversation(prompt: str) -> list[dict[str, Any]]:
 
 
 def guard_chunk(records: Sequence[Record], llm: Any, settings: GuardSettings, columns: Sequence[str] = ("prompt",),
-                prefix: str = "guard", check_length: bool = True) -> list[Record]:
+                prefix: str = "guard") -> list[Record]:
     """Guard the texts in ``columns`` of every record (one batched call); any unsafe or unreadable one drops it.
 
     Evidence goes to ``<prefix>_verdict`` / ``_categories`` / ``_raw`` (and ``_flagged``, the columns that
-    dropped it, when several are checked). ``check_length``: apply ``max_words`` to the first column first.
+    dropped it, when several are checked). A first column over ``settings.max_words`` words (when not 0) is
+    dropped as too long before the model sees it.
     """
     out: list[Record] = [dict(r) for r in records]
     asks: list[tuple[Record, str]] = []
@@ -134,7 +136,7 @@ def guard_chunk(records: Sequence[Record], llm: Any, settings: GuardSettings, co
         r[f"{prefix}_verdict"] = r[f"{prefix}_categories"] = r[f"{prefix}_raw"] = None
         if len(columns) > 1:
             r[f"{prefix}_flagged"] = None
-        if check_length and len((r.get(columns[0]) or "").split()) > settings.max_words:
+        if settings.max_words and word_count(r.get(columns[0])) > settings.max_words:
             shards.mark(r, TOO_LONG)
         else:
             asks += [(r, c) for c in columns]
@@ -168,16 +170,17 @@ def run_guard(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
     """Guard one shard: ``results/dedup/{shard}.parquet`` -> ``results/guard/{shard}.parquet``.
 
     The same guard checks the enhanced prompts (stage ``guard_enhanced``, columns ``enhanced_prompt``) and the
-    real images' captions and their enhanced versions (``curated_guard``); those skip the length limit, which
-    is the paper's rule for the original prompts.
+    real images' captions and their enhanced versions (``curated_guard``); each stage's evidence columns carry its
+    name, and its rule gives it its own word limit (``guard_enhanced.max_words``, none by default: the paper's
+    limit is a rule for original prompts).
     """
     s = GuardSettings.from_config(settings)
     from finet2i.models.backends.vllm_llm import lazy_chat
 
     engine = lazy_chat(model, llm)
-    prefix = "guard" if stage == STAGE else stage
+    prefix = stage
     job = runner.ChunkedStage(
-        stage, lambda chunk: guard_chunk(chunk, engine, s, columns, prefix, check_length=stage == STAGE),
+        stage, lambda chunk: guard_chunk(chunk, engine, s, columns, prefix),
         s.chunk_size, key=(settings, model.label, tuple(columns)), model=runner.model_name(engine, model.name),
         close=runner.closer(engine, llm),
         summarize=lambda out: {"flagged_categories": runner.count(out, f"{prefix}_categories")})
