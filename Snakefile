@@ -25,19 +25,19 @@ from finet2i.workflow.config import check_available, validate_config
 
 validate_config(config, base_dir=".", check_models=False)
 
-# The demo lists its real sources from local fake APIs (config/demo.yaml): their key, and their server.
-if config.get("demo"):
-    from finet2i.demo.fake_apis import demo_environment
 
-    demo_environment()
+def check_before_the_first_job():
+    check_available(config, base_dir=".")
 
 
 onstart:
-    if config.get("demo"):
-        from finet2i.demo.fake_apis import ensure_demo_server
+    check_before_the_first_job()
 
-        ensure_demo_server()
-    check_available(config, base_dir=".")
+
+# The embedded demo (config/demo.yaml) adds its local fake photo APIs; nothing of it is in a production run.
+if config.get("demo"):
+
+    include: "rules/demo.smk"
 
 
 include: "rules/common.smk"

@@ -14,14 +14,13 @@ rule assemble:
         "logs/assemble/{subset}.log",
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("assemble")
     resources:
-        # about 2 x package.assemble_memory_mb (4096) + 1 GB at peak (benchmarks/assemble.py); raise both together
-        mem_mb=12000,
-        runtime=240,
+        **resources_of("assemble"),
     params:
         dataset_dir=lambda wildcards: f"results/dataset/{release.folder_of(wildcards.subset)}",
         samples_per_tar=config["package"]["samples_per_tar"],
+        tuning=tuning("package"),  # assemble_memory_mb
         code=script_code("workflow_scripts/assemble.py"),
     script:
         "../workflow_scripts/assemble.py"
@@ -37,11 +36,11 @@ rule dataset_card:
         "logs/dataset_card/dataset_card.log",
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("dataset_card")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **resources_of("dataset_card"),
     params:
+        settings={"seed": config["seed"], "demo": bool(config.get("demo"))},
         code=script_code("workflow_scripts/dataset_card.py"),
     script:
         "../workflow_scripts/dataset_card.py"

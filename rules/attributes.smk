@@ -16,14 +16,13 @@ rule attributes:
         "results/benchmarks/attributes/{shard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("attributes")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("attributes"),
     params:
-        settings=output_settings(config, "attributes"),
-        model=config["models"]["verifier"],
+        settings=stage_settings("attributes"),
+        tuning=tuning("attributes"),
+        models=model_specs("verifier"),
         code=script_code("workflow_scripts/attributes.py"),
     script:
         "../workflow_scripts/attributes.py"

@@ -5,12 +5,20 @@
 
 import os
 
+import yaml
+
 from finet2i.core import batching, pipeline
-from finet2i.release import layout as release
 from finet2i.core.batching import publish_shard
 from finet2i.core.codehash import script_fingerprint
-from finet2i.workflow.config import output_settings, source_path
+from finet2i.release import layout as release
 from finet2i.sources import is_listed, listed_name, manifest_path
+from finet2i.workflow.config import source_path
+from finet2i.workflow.params import (
+    RunOnly,
+    output_settings,
+    report_settings,
+    runtime_settings,
+)
 
 SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
 CURATED_SHARDS = [f"{i:05d}" for i in range(config["curated"]["shards"])]
@@ -29,6 +37,61 @@ wildcard_constraints:
     subset="|".join(SUBSETS + ["real"]),
     source="|".join(LISTED) or "no-listed-source",
     batch=r"\d{5}",
+
+
+# What each rule's job needs (threads, GPUs, memory, runtime), stated once in rules/resources.yaml.
+with open(os.path.join(workflow.basedir, "rules", "resources.yaml")) as _f:
+    NEEDS = yaml.safe_load(_f)
+
+
+def threads_of(rule):
+    return NEEDS["rules"][rule]["threads"]
+
+
+def resources_of(rule, runtime=None):
+    """The rule's `resources:` from rules/resources.yaml: GPUs, runtime, and memory that grows with each retry
+    (attempt x the first attempt's), capped at the largest node of its kind."""
+    need = NEEDS["rules"][rule]
+    base, cap = need["mem_mb"], NEEDS["max_mem_mb"]["gpu" if need.get("gpu") else "cpu"]
+    out = {
+        "mem_mb": lambda wildcards, attempt: min(base * attempt, cap),
+        "runtime": runtime or need["runtime"],
+    }
+    if need.get("gpu"):
+        out["gpu"] = need["gpu"]
+    return out
+
+
+def stage_settings(section, without=()):
+    """A rule's `settings` param: the config section as far as it decides the rule's outputs (a change reruns)."""
+    return output_settings(config, section, without)
+
+
+def tuning(section, keys=()):
+    """A rule's `tuning` param: the section's keys that only set how the job runs (chunk and batch sizes, plus
+    `keys`); passed beside `settings` without being a rerun trigger (finet2i.workflow.params).
+    """
+    node = config
+    for part in section.split("."):
+        node = node[part]
+    return RunOnly(
+        {**runtime_settings(config, section), **{k: node[k] for k in keys if k in node}}
+    )
+
+
+def model_specs(*keys):
+    """A rule's `models` param: the config entries of the models its script loads."""
+    return {key: config["models"][key] for key in keys}
+
+
+def guard_settings(stage):
+    """The guard's settings as `stage` applies them: the guard section with the stage's own word limit
+    (guard.max_words for the original prompts; <stage>.max_words, 0 = none, for model-written text).
+    """
+    return {
+        **stage_settings("guard", without=("max_words",)),
+        "max_words": config[stage]["max_words"],
+    }
 
 
 def script_code(script):
@@ -59,7 +122,23 @@ def upstream_table(stage):
 def package_settings():
     """The package section as the package rules see it: samples_per_tar only cuts tars (assemble), so changing
     it reassembles without finishing every sample again."""
-    return output_settings(config, "package", without=("samples_per_tar",))
+    return stage_settings("package", without=("samples_per_tar",))
+
+
+# curated_ingest's keys: those that decide what a kept photo becomes, and those that only set how patiently and
+# from where it downloads (its `tuning`: not a rerun trigger).
+INGEST_OUTPUT = ("max_pixels", "min_side", "max_bytes", "jpeg_quality")
+INGEST_PATIENCE = (
+    "timeout_s",
+    "deadline_s",
+    "retries",
+    "backoff_s",
+    "allow_private_addresses",
+)
+
+
+def ingest_settings():
+    return {key: config["curated"][key] for key in INGEST_OUTPUT}
 
 
 def packaged_subsets():
@@ -83,7 +162,10 @@ def assemble_manifests():
 
 
 def final_outputs():
-    return assemble_manifests() + ["results/report/report.html", "results/dataset/README.md"]
+    return assemble_manifests() + [
+        "results/report/report.html",
+        "results/dataset/README.md",
+    ]
 
 
 def stage_stats():
@@ -109,7 +191,10 @@ def report_inputs(wildcards):
 
 def curated_inputs():
     """What curated_ingest reads: each folder or URL list, and each listed source's manifest."""
-    return [manifest_path(listed_name(s)) if is_listed(s) else source_path(s) for s in config["curated"]["sources"]]
+    return [
+        manifest_path(listed_name(s)) if is_listed(s) else source_path(s)
+        for s in config["curated"]["sources"]
+    ]
 
 
 def listing_input(wildcards):
@@ -120,14 +205,28 @@ def listing_input(wildcards):
 
 def listed_entry(wildcards):
     """The listed source's entry without the keys that only pace the listing: what its manifest depends on."""
-    return {k: v for k, v in LISTED[wildcards.source].items() if k not in LISTING_RUNTIME_KEYS}
+    return {
+        k: v
+        for k, v in LISTED[wildcards.source].items()
+        if k not in LISTING_RUNTIME_KEYS
+    }
+
+
+def listed_pacing(wildcards):
+    """The keys that only pace the listing (a `tuning` param: changing them reruns nothing)."""
+    return RunOnly(
+        {k: v for k, v in LISTED[wildcards.source].items() if k in LISTING_RUNTIME_KEYS}
+    )
 
 
 # Several shards per GPU job (gpu_jobs; docs/job-sizing.md, finet2i.core.batching). A batched stage runs as
 # <stage>_batch (GPU, one job per batch, writes each shard's result into results/<stage>/.batched/) and
 # <stage>_publish (local, one job per shard: the cached result at results/<stage>/{shard}.*, byte for byte).
 # Unbatched, those two rules match nothing and <stage> runs one GPU job per shard as before.
-BATCHES = {stage: batching.batches(SHARDS, batching.shards_per_job(config, stage)) for stage in batching.BATCHABLE}
+BATCHES = {
+    stage: batching.batches(SHARDS, batching.shards_per_job(config, stage))
+    for stage in batching.BATCHABLE
+}
 
 
 def batched_shard(stage):
@@ -165,7 +264,9 @@ def batch_manifest(stage):
     return manifest
 
 
-def batch_runtime(stage, per_shard_minutes):
-    """A batch job's runtime request: the per-shard request times its shards, at most 24 h (a cluster with a
-    shorter limit lowers gpu_jobs; preflight says which rule does not fit)."""
-    return min(per_shard_minutes * batching.shards_per_job(config, stage), 1440)
+def batch_runtime(stage):
+    """A batch job's runtime request: the stage's per-shard request times its shards, at most 24 h (a cluster
+    with a shorter limit lowers gpu_jobs; preflight says which rule does not fit)."""
+    return min(
+        NEEDS["rules"][stage]["runtime"] * batching.shards_per_job(config, stage), 1440
+    )

@@ -16,19 +16,22 @@ rule curated_caption:
         "results/benchmarks/curated_caption/{cshard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("curated_caption")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("curated_caption"),
     params:
         # long_max_tokens is used only when the captioner writes the long caption: otherwise no rerun for it
-        settings=output_settings(
-            config, "curated.caption",
-            without=() if config["curated"]["long_prompt"] == "captioner" else ("long_max_tokens",),
+        settings=stage_settings(
+            "curated.caption",
+            without=(
+                ()
+                if config["curated"]["long_prompt"] == "captioner"
+                else ("long_max_tokens",)
+            ),
         ),
+        tuning=tuning("curated.caption"),
         long_prompt=config["curated"]["long_prompt"],
-        model=config["models"]["captioner"],
+        models=model_specs("captioner"),
         code=script_code("workflow_scripts/curated_caption.py"),
     script:
         "../workflow_scripts/curated_caption.py"

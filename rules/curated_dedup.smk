@@ -13,12 +13,11 @@ rule curated_dedup:
         "logs/curated_dedup/{cshard}.log",
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("curated_dedup")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **resources_of("curated_dedup"),
     params:
-        near_duplicates=config["curated"]["near_duplicates"],
+        settings={"near_duplicates": config["curated"]["near_duplicates"]},
         code=script_code("workflow_scripts/curated_dedup.py"),
     script:
         "../workflow_scripts/curated_dedup.py"

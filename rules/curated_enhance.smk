@@ -14,14 +14,13 @@ rule curated_enhance:
         "results/benchmarks/curated_enhance/{cshard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("curated_enhance")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("curated_enhance"),
     params:
-        settings=output_settings(config, "enhance"),
-        model=config["models"]["enhancer"],
+        settings=stage_settings("enhance"),
+        tuning=tuning("enhance"),
+        models=model_specs("enhancer"),
         code=script_code("workflow_scripts/curated_enhance.py"),
     script:
         "../workflow_scripts/curated_enhance.py"

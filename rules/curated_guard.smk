@@ -15,14 +15,13 @@ rule curated_guard:
         "results/benchmarks/curated_guard/{cshard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("curated_guard")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("curated_guard"),
     params:
-        settings=output_settings(config, "guard", without=("max_words",)),  # no length limit here
-        model=config["models"]["guard"],
+        settings=guard_settings("curated_guard"),  # its own word limit (none by default)
+        tuning=tuning("guard"),
+        models=model_specs("guard"),
         code=script_code("workflow_scripts/curated_guard.py"),
     script:
         "../workflow_scripts/curated_guard.py"

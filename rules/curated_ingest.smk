@@ -15,17 +15,15 @@ rule curated_ingest:
         "results/benchmarks/curated_ingest/{cshard}.tsv"
     conda:
         "../envs/cpu.yaml"
-    threads: 4
+    threads: threads_of("curated_ingest")
     resources:
-        mem_mb=16000,
-        runtime=360,
+        **resources_of("curated_ingest"),
     params:
         sources=config["curated"]["sources"],  # with the names the dataset records (image_generator)
         n_shards=config["curated"]["shards"],
-        max_pixels=config["curated"]["max_pixels"],
-        min_side=config["curated"]["min_side"],
-        max_bytes=config["curated"]["max_bytes"],
-        jpeg_quality=config["curated"]["jpeg_quality"],
+        settings=ingest_settings(),
+        # how long a download may take and where it may go: how the job runs, not what a photo becomes
+        tuning=tuning("curated", keys=INGEST_PATIENCE),
         code=script_code("workflow_scripts/curated_ingest.py"),
     script:
         "../workflow_scripts/curated_ingest.py"

@@ -20,7 +20,8 @@ rule curated_list:
     conda:
         "../envs/cpu.yaml"
     params:
-        entry=listed_entry,
+        settings=listed_entry,
+        tuning=listed_pacing,
         code=script_code("workflow_scripts/curated_list.py"),
     script:
         "../workflow_scripts/curated_list.py"

@@ -15,15 +15,13 @@ rule curated_score:
         "results/benchmarks/curated_score/{cshard}.tsv"
     conda:
         "../envs/diffusion.yaml"
-    threads: 4
+    threads: threads_of("curated_score")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=120,
+        **resources_of("curated_score"),
     params:
-        threshold=config["curated"]["aesthetic_threshold"],
-        encoder=config["models"]["aesthetic_encoder"],
-        head=config["models"]["aesthetic_head"],
+        settings={"aesthetic_threshold": config["curated"]["aesthetic_threshold"]},
+        tuning=tuning("curated"),  # chunk_size
+        models=model_specs("aesthetic_encoder", "aesthetic_head"),
         code=script_code("workflow_scripts/curated_score.py"),
     script:
         "../workflow_scripts/curated_score.py"

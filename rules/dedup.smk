@@ -16,12 +16,12 @@ rule dedup_centroids:
         "results/benchmarks/dedup_centroids/all.tsv"
     conda:
         "../envs/cpu.yaml"
-    threads: 8
+    threads: threads_of("dedup_centroids")
     resources:
-        mem_mb=16000,
-        runtime=120,
+        **resources_of("dedup_centroids"),
     params:
-        settings=output_settings(config, "dedup"),
+        settings=stage_settings("dedup"),
+        tuning=tuning("dedup"),
         seed=config["seed"],
         code=script_code("workflow_scripts/dedup_centroids.py"),
     script:
@@ -39,12 +39,12 @@ rule dedup_assign:
         "logs/dedup_assign/{shard}.log",
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("dedup_assign")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **resources_of("dedup_assign"),
     params:
-        settings=output_settings(config, "dedup"),
+        settings=stage_settings("dedup"),
+        tuning=tuning("dedup"),
         seed=config["seed"],
         code=script_code("workflow_scripts/dedup_assign.py"),
     script:
@@ -68,10 +68,9 @@ rule dedup_manifest:
     localrule: True
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("dedup_manifest")
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **resources_of("dedup_manifest"),
     script:
         "../workflow_scripts/dedup_manifest.py"
 
@@ -87,13 +86,12 @@ rule dedup_group:
         "results/benchmarks/dedup_group/{group}.tsv"
     conda:
         "../envs/cpu.yaml"
-    threads: 4
+    threads: threads_of("dedup_group")
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=60,
+        **resources_of("dedup_group"),
     params:
-        settings=output_settings(config, "dedup"),
+        settings=stage_settings("dedup"),
+        tuning=tuning("dedup"),
         seed=config["seed"],
         code=script_code("workflow_scripts/dedup_group.py"),
     script:
@@ -114,13 +112,12 @@ rule dedup_cross:
         "results/benchmarks/dedup_cross/all.tsv"
     conda:
         "../envs/cpu.yaml"
-    threads: 8
+    threads: threads_of("dedup_cross")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("dedup_cross"),
     params:
-        settings=output_settings(config, "dedup"),
+        settings=stage_settings("dedup"),
+        tuning=tuning("dedup"),
         seed=config["seed"],
         code=script_code("workflow_scripts/dedup_cross.py"),
     script:
@@ -144,12 +141,12 @@ rule dedup:
         "logs/dedup/{shard}.log",
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("dedup")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **resources_of("dedup"),
     params:
-        settings=output_settings(config, "dedup"),
+        settings=stage_settings("dedup"),
+        tuning=tuning("dedup"),
         seed=config["seed"],
         code=script_code("workflow_scripts/dedup.py"),
     script:

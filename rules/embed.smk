@@ -14,14 +14,13 @@ rule embed:
         "results/benchmarks/embed/{shard}.tsv"
     conda:
         "../envs/cpu.yaml"
-    threads: 4
+    threads: threads_of("embed")
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=30,
+        **resources_of("embed"),
     params:
-        settings=output_settings(config, "embed"),
-        model=config["models"]["embedder"],
+        settings=stage_settings("embed"),
+        tuning=tuning("embed"),
+        models=model_specs("embedder"),
         code=script_code("workflow_scripts/embed.py"),
     script:
         "../workflow_scripts/embed.py"

@@ -15,14 +15,13 @@ rule enhance:
         "results/benchmarks/enhance/{shard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("enhance")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("enhance"),
     params:
-        settings=output_settings(config, "enhance"),
-        model=config["models"]["enhancer"],
+        settings=stage_settings("enhance"),
+        tuning=tuning("enhance"),
+        models=model_specs("enhancer"),
         code=script_code("workflow_scripts/enhance.py"),
     script:
         "../workflow_scripts/enhance.py"

@@ -18,17 +18,13 @@ rule generate:
         "results/benchmarks/generate/{subset}/{shard}.tsv"
     conda:
         "../envs/diffusion.yaml"
-    threads: 8
+    threads: threads_of("generate")
     resources:
-        gpu=1,
-        mem_mb=128000,  # FLUX.2-dev with CPU offload keeps its 32B transformer + 24B encoder in host memory
-        runtime=720,
+        **resources_of("generate"),
     params:
-        settings=output_settings(config, "generate"),
-        z_image=config["models"]["z_image"],
-        flux2=config["models"]["flux2"],
-        aesthetic_encoder=config["models"]["aesthetic_encoder"],
-        aesthetic_head=config["models"]["aesthetic_head"],
+        settings=stage_settings("generate"),
+        tuning=tuning("generate"),
+        models=model_specs("z_image", "flux2", "aesthetic_encoder", "aesthetic_head"),
         seed=config["seed"],
         jpeg_quality=config["package"]["jpeg_quality"],
         code=script_code("workflow_scripts/generate.py"),

@@ -15,14 +15,13 @@ rule guard:
         "results/benchmarks/guard/{shard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("guard")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("guard"),
     params:
-        settings=output_settings(config, "guard"),
-        model=config["models"]["guard"],
+        settings=guard_settings("guard"),
+        tuning=tuning("guard"),
+        models=model_specs("guard"),
         code=script_code("workflow_scripts/guard.py"),
     script:
         "../workflow_scripts/guard.py"
@@ -41,15 +40,14 @@ rule guard_batch:
         "results/benchmarks/guard_batch/{batch}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("guard")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=batch_runtime("guard", 240),
+        **resources_of("guard", runtime=batch_runtime("guard")),
     params:
         shards=batch_shards("guard"),
-        settings=output_settings(config, "guard"),
-        model=config["models"]["guard"],
+        settings=guard_settings("guard"),
+        tuning=tuning("guard"),
+        models=model_specs("guard"),
         code=script_code("workflow_scripts/guard_batch.py"),
     script:
         "../workflow_scripts/guard_batch.py"
@@ -61,13 +59,15 @@ rule guard_publish:
     output:
         table="results/guard/{shard}.parquet",
         stats="results/guard/{shard}.stats.json",
-    wildcard_constraints:
-        shard=batched_shard("guard"),
     log:
         "logs/guard_publish/{shard}.log",
+    wildcard_constraints:
+        shard=batched_shard("guard"),
     localrule: True
     run:
-        publish_shard(input.manifest, wildcards.shard, output.table, output.stats, log=log[0])
+        publish_shard(
+            input.manifest, wildcards.shard, output.table, output.stats, log=log[0]
+        )
 
 
 ruleorder: guard_publish > guard

@@ -15,14 +15,13 @@ rule guard_enhanced:
         "results/benchmarks/guard_enhanced/{shard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("guard_enhanced")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("guard_enhanced"),
     params:
-        settings=output_settings(config, "guard", without=("max_words",)),  # no length limit here
-        model=config["models"]["guard"],
+        settings=guard_settings("guard_enhanced"),  # its own word limit (none by default)
+        tuning=tuning("guard"),
+        models=model_specs("guard"),
         code=script_code("workflow_scripts/guard_enhanced.py"),
     script:
         "../workflow_scripts/guard_enhanced.py"

@@ -16,12 +16,12 @@ rule package:
         subset="|".join(SUBSETS),
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("package")
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **resources_of("package"),
     params:
         settings=package_settings(),
+        tuning=tuning("package"),
         seed=config["seed"],
         code=script_code("workflow_scripts/package.py"),
     script:

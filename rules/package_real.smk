@@ -14,12 +14,12 @@ rule package_real:
         "logs/package_real/{cshard}.log",
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("package_real")
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **resources_of("package_real"),
     params:
         settings=package_settings(),
+        tuning=tuning("package"),
         seed=config["seed"],
         code=script_code("workflow_scripts/package_real.py"),
     script:

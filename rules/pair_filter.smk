@@ -18,15 +18,14 @@ rule pair_filter:
         "results/benchmarks/pair_filter/{shard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("pair_filter")
     resources:
-        gpu=1,
-        mem_mb=64000,
-        runtime=720,
+        **resources_of("pair_filter"),
     params:
         subsets=SUBSETS,  # the order of the input and output lists above
-        settings=output_settings(config, "pair_filter"),
-        model=config["models"]["judge"],
+        settings=stage_settings("pair_filter"),
+        tuning=tuning("pair_filter"),
+        models=model_specs("judge"),
         code=script_code("workflow_scripts/pair_filter.py"),
     script:
         "../workflow_scripts/pair_filter.py"

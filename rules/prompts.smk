@@ -16,14 +16,13 @@ rule prompts:
         "results/benchmarks/prompts/{shard}.tsv"
     conda:
         "../envs/llm.yaml"
-    threads: 4
+    threads: threads_of("prompts")
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **resources_of("prompts"),
     params:
-        settings=output_settings(config, "prompts"),
-        model=config["models"]["prompt_generator"],
+        settings=stage_settings("prompts"),
+        tuning=tuning("prompts"),
+        models=model_specs("prompt_generator"),
         code=script_code("workflow_scripts/prompts.py"),
     script:
         "../workflow_scripts/prompts.py"

@@ -34,12 +34,11 @@ rule report:
         "logs/report/report.log",
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("report")
     resources:
-        mem_mb=16000,
-        runtime=60,
+        **resources_of("report"),
     params:
-        demo=config.get("demo", False),
+        settings=report_settings(config),
         code=script_code("workflow_scripts/report.py"),
     script:
         "../workflow_scripts/report.py"

@@ -12,10 +12,9 @@ rule specs:
         "logs/specs/{shard}.log",
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    threads: threads_of("specs")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **resources_of("specs"),
     params:
         seed=config["seed"],
         n=config["shards"]["specs_per_shard"],

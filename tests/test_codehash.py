@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from finet2i.core.codehash import code_closure, code_fingerprint, normalised_source, script_fingerprint
-from finet2i.workflow.config import RUNTIME_ONLY_KEYS, output_settings
+from finet2i.workflow.params import RUNTIME_ONLY_KEYS, merged, output_settings, runtime_settings
 
 STAGE = '''"""The stage."""
 from finet2i.core import shards
@@ -95,6 +95,22 @@ def test_output_settings_leave_out_runtime_keys():
     assert output_settings(config, "guard") == {"max_words": 150}
     assert output_settings(config, "generate") == {"seed": 1}
     assert {"chunk_size", "batch_size", "subsets", "assemble_memory_mb"} == set(RUNTIME_ONLY_KEYS)
+
+
+def test_runtime_keys_travel_apart_and_merge_back_into_the_section():
+    """A script gets its section back (settings + runtime) while Snakemake's params trigger sees only settings:
+    the runtime param is not a builtin type, which Snakemake leaves out of its rerun trigger."""
+    from snakemake.persistence import UNREPRESENTABLE, PersistenceBase
+
+    config = {"pair_filter": {"aesthetic_threshold": 5.5, "chunk_size": 64,
+                              "judge": {"enabled": True, "batch_size": 8, "max_tokens": 900}}}
+    runtime = runtime_settings(config, "pair_filter")
+    assert dict(runtime) == {"chunk_size": 64, "judge": {"batch_size": 8}}
+    assert merged(output_settings(config, "pair_filter"), runtime) == config["pair_filter"]
+    assert not isinstance(runtime, dict)
+    serialize = PersistenceBase._serialize_param_builtin
+    assert isinstance(serialize(None, output_settings(config, "pair_filter")), str)
+    assert serialize(None, runtime) is UNREPRESENTABLE  # left out of the params trigger
 
 
 def test_stage_closures_stay_apart():

@@ -20,7 +20,8 @@ import yaml
 from workflow_helpers import ROOT, make_workdir, snakemake
 
 from finet2i.core import codehash, pipeline
-from finet2i.workflow.config import load_config, output_settings
+from finet2i.workflow.config import load_config
+from finet2i.workflow.params import output_settings
 
 STAGES_DIR = ROOT / "src" / "finet2i" / "stages"
 SCRIPTS = ROOT / "workflow_scripts"
@@ -57,7 +58,8 @@ def test_every_stage_has_its_rule_file_rule_and_results_folder():
 def test_every_rule_file_belongs_to_a_stage():
     stems = {p.stem for p in (ROOT / "rules").glob("*.smk")}
     # curated_list is not a stage: it lists the real sources into manifests for curated_ingest (a localrule).
-    assert stems == {s.name for s in pipeline.STAGES} | {"common", "report", "assemble", "curated_list"}
+    # demo: the embedded demo's fake photo APIs, included for config/demo.yaml only.
+    assert stems == {s.name for s in pipeline.STAGES} | {"common", "report", "assemble", "curated_list", "demo"}
 
 
 def test_the_report_and_the_funnel_follow_the_pipeline(tmp_path):

@@ -25,7 +25,7 @@ def build(root: Path, n: int = 11, tasks: dict | None = None, spt: int = 4) -> P
     empty = root / "assemble" / "real.json"  # a subset the filters emptied: no folder, no config
     assemble.run_assemble(write_shards(root, [[]], "real"), root / "dataset" / "curated", empty, subset="real",
                           samples_per_tar=spt)
-    dataset_card.run_dataset_card([manifest, empty], None, root / "dataset" / "README.md", config={"seed": 7})
+    dataset_card.run_dataset_card([manifest, empty], None, root / "dataset" / "README.md", settings={"seed": 7})
     return root / "dataset"
 
 

@@ -21,12 +21,14 @@ from finet2i.reporting.funnel import read_stats
 from finet2i.reporting.render import DEMO_BANNER, render_html
 from finet2i.reporting.tables import Table
 from finet2i.stages.report import run_report
+from finet2i.workflow.params import report_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSETS = ["pe_ar", "pe_as", "po_ar", "po_as"]
 CONFIG = {"seed": 7, "shards": {"count": 2, "specs_per_shard": 10}, "generate": {"subsets": SUBSETS},
           "pair_filter": {"aesthetic_threshold": 5.5}, "curated": {"aesthetic_threshold": 6.5},
           "dedup": {"threshold": 0.8}}
+SETTINGS = report_settings(CONFIG)
 
 
 def _stats(path: Path, stage: str, shard: str, records_in: int, kept: int, dropped: dict[str, int],
@@ -92,7 +94,7 @@ def run_dir(tmp_path):
 
 def test_funnel_sums_shards_and_splits_subsets(run_dir):
     tmp, stats, indexes, sim = run_dir
-    funnel = run_report(stats, indexes, sim, str(tmp / "report"), demo=False, config=CONFIG)
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), settings=SETTINGS)
     by = {s["label"]: s for s in funnel["stages"]}
     assert by["prompts"]["records_in"] == 20 and by["prompts"]["kept"] == 16
     assert by["prompts"]["dropped"] == {"too_short": 4} and by["prompts"]["models"] == ["prompt-llm"]
@@ -146,7 +148,7 @@ def test_real_images_row_reads_package_real(run_dir):
     tmp, stats, indexes, sim = run_dir
     real = _stats(tmp / "results" / "dataset" / "real" / "00000.stats.json", "package_real", "00000", 3, 2,
                   {"too_small": 1}, subset="real")
-    funnel = run_report([*stats, real], indexes, sim, str(tmp / "report"), demo=False, config=CONFIG)
+    funnel = run_report([*stats, real], indexes, sim, str(tmp / "report"), settings=SETTINGS)
     cmp = {c["step"]: c for c in funnel["paper_comparison"]}
     assert cmp["real images"]["ours_kept"] == 2  # not curated_score's 3
     assert [s["label"] for s in funnel["stages"]][-1] == "package_real [real]"
@@ -156,7 +158,7 @@ def test_html_escapes_prompts_and_stage_names(tmp_path):
     evil = "<script>alert('x')</script>"
     stats = [_stats(tmp_path / "x" / "00000.stats.json", evil, "00000", 3, 2, {f"judge said {evil}": 1},
                     model=evil)]
-    funnel = run_report(stats, [], None, str(tmp_path / "report"), demo=False, config=CONFIG)
+    funnel = run_report(stats, [], None, str(tmp_path / "report"), settings=SETTINGS)
     assert funnel["stages"][0]["stage"] == evil
     page = (tmp_path / "report" / "report.html").read_text()
     assert "<script" not in page.lower()
@@ -170,7 +172,7 @@ def test_html_escapes_prompts_and_stage_names(tmp_path):
 
 def test_inconsistent_stats_are_flagged(run_dir):
     tmp, stats, indexes, sim = run_dir
-    funnel = run_report(stats, indexes, sim, str(tmp / "report"), demo=False, config=CONFIG)
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), settings=SETTINGS)
     assert any(f.startswith("attributes: shard 00000") and "in 5 != kept 3 + dropped 1" in f
                for f in funnel["flags"])
     html = (tmp / "report" / "report.html").read_text()
@@ -183,7 +185,7 @@ def test_inconsistent_stats_are_flagged(run_dir):
 def test_records_lost_between_stages_are_flagged(run_dir):
     """Conservation: attributes received 5 records on shard 00000 where the guard kept 4."""
     tmp, stats, indexes, sim = run_dir
-    funnel = run_report(stats, indexes, sim, str(tmp / "report"), demo=False, config=CONFIG)
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), settings=SETTINGS)
     assert "attributes: records lost or added between stages, shard 00000: in 5 != guard kept 4" in funnel["flags"]
     row = next(r for r in funnel["stages"] if r["stage"] == "attributes")
     assert row["upstream"] == "guard" and len(row["breaks"]) == 1
@@ -194,7 +196,7 @@ def test_records_lost_between_stages_are_flagged(run_dir):
 def test_tables_and_figures(run_dir):
     tmp, stats, indexes, sim = run_dir
     out = tmp / "report"
-    funnel = run_report(stats, indexes, sim, str(out), demo=False, config=CONFIG)
+    funnel = run_report(stats, indexes, sim, str(out), settings=SETTINGS)
     md = (out / "report.md").read_text()
     # Table 5: one synthetic sample per style cycle, counts per subset, the paper's share beside ours.
     assert "## Style x subset (Table 5)" in md
@@ -220,7 +222,7 @@ def test_tables_and_figures(run_dir):
 
 def test_demo_output_is_labelled(run_dir):
     tmp, stats, indexes, sim = run_dir
-    funnel = run_report(stats, indexes, sim, str(tmp / "report"), demo=True, config={**CONFIG, "demo": True})
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), settings={**SETTINGS, "demo": True})
     assert funnel["demo"] is True
     assert "DEMO OUTPUT IS NOT A DATASET" in (tmp / "report" / "report.html").read_text()
     assert "DEMO OUTPUT IS NOT A DATASET" in (tmp / "report" / "report.md").read_text()
@@ -228,7 +230,7 @@ def test_demo_output_is_labelled(run_dir):
 
 def test_missing_inputs_are_reported_not_fatal(tmp_path):
     stats = [_stats(tmp_path / "specs" / "00000.stats.json", "specs", "00000", 3, 3, {})]
-    funnel = run_report(stats, [], None, str(tmp_path / "report"), demo=False, config=CONFIG)
+    funnel = run_report(stats, [], None, str(tmp_path / "report"), settings=SETTINGS)
     assert "dedup similarity histogram missing: Fig. 3 not drawn" in funnel["flags"]
     assert "no packaged samples: the distribution tables are empty" in funnel["flags"]
     assert (tmp_path / "report" / "report.html").exists() and (tmp_path / "report" / "figures").is_dir()
@@ -248,7 +250,7 @@ def test_bad_similarity_histogram_names_the_file(run_dir):
     bad = tmp / "sim.json"
     bad.write_text(json.dumps({"bin_edges": [0, 1], "counts": [1, 2], "threshold": 0.8, "sample_size": 3}))
     with pytest.raises(ValueError, match="sim.json: 2 bin_edges for 2 counts"):
-        run_report(stats, indexes, str(bad), str(tmp / "report"), demo=False, config=CONFIG)
+        run_report(stats, indexes, str(bad), str(tmp / "report"), settings=SETTINGS)
 
 
 def test_resolution_label():
@@ -274,9 +276,16 @@ def test_snakemake_report_smoke(run_dir):
         report: "report/workflow.rst"
 
         from finet2i.core.codehash import script_fingerprint
+        from finet2i.workflow.params import report_settings
 
         def script_code(script):  # as rules/common.smk defines it
             return script_fingerprint(workflow.basedir + "/" + script)
+
+        def threads_of(rule):
+            return 1
+
+        def resources_of(rule):
+            return {{"mem_mb": 1000, "runtime": 10}}
 
         def report_inputs(wildcards):
             return {{"stats": {rel!r}, "indexes": {idx!r},
@@ -300,7 +309,7 @@ def test_snakemake_report_smoke(run_dir):
 
 def test_the_report_says_how_to_browse_the_run(run_dir):
     tmp, stats, indexes, sim = run_dir
-    run_report(stats, indexes, sim, str(tmp / "report"), demo=False, config=CONFIG)
+    run_report(stats, indexes, sim, str(tmp / "report"), settings=SETTINGS)
     html = (tmp / "report" / "report.html").read_text()
     assert f"<code>finet2i explore {tmp}</code>" in html and 'href="http://127.0.0.1:8000/"' in html
     assert f"`finet2i explore {tmp}`" in (tmp / "report" / "report.md").read_text()

@@ -45,12 +45,12 @@ from workflow_helpers import DEMO_CONFIG, ROOT, demo_workdir, local_demo, make_w
 
 from finet2i.core import pipeline
 
-# Rules that declare `gpu=1` (rules/*.smk). test_profile_matches_rules fails when this drifts from the rules.
-GPU_RULES = {"prompts", "embed", "dedup_group", "dedup_cross", "guard", "guard_batch", "attributes", "enhance",
-             "guard_enhanced", "generate", "pair_filter", "curated_score", "curated_caption", "curated_enhance",
-             "curated_guard"}
-# The memory caps of profiles/slurm (largest node per partition, which the user sets).
-PROFILE_CAP_MB = {"gpu": 250000, "cpu": 120000}
+# What each rule's job needs, stated once (rules/resources.yaml); a batched stage's <stage>_batch takes its stage's.
+NEEDS = yaml.safe_load((ROOT / "rules" / "resources.yaml").read_text())
+GPU_RULES = {r for r, need in NEEDS["rules"].items() if need.get("gpu")}
+GPU_RULES |= {f"{s.name}_batch" for s in pipeline.STAGES if s.batchable}
+# The memory caps of rules/resources.yaml (largest node per partition, which the user sets).
+PROFILE_CAP_MB = NEEDS["max_mem_mb"]
 DEMO = yaml.safe_load((ROOT / DEMO_CONFIG).read_text())
 POLL_SECONDS = 2  # the only plugin setting a test may change: status-poll delay after a submission
 
@@ -58,24 +58,6 @@ POLL_SECONDS = 2  # the only plugin setting a test may change: status-poll delay
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------
-
-def rule_resources() -> dict[str, dict[str, str]]:
-    """{rule: {resource: value text}} from rules/*.smk (the `resources:` block and `threads:`)."""
-    out: dict[str, dict[str, str]] = {}
-    for path in sorted((ROOT / "rules").glob("*.smk")):
-        rule, in_resources = None, False
-        for line in path.read_text().splitlines():
-            if m := re.match(r"rule (\w+):", line):
-                rule, in_resources = m.group(1), False
-                out[rule] = {}
-            elif rule and re.match(r"    resources:", line):
-                in_resources = True
-            elif rule and in_resources and (m := re.match(r"        (\w+)=([^,#]+),?", line)):
-                out[rule][m.group(1)] = m.group(2).strip().rstrip(",")
-            elif re.match(r"    \w", line):
-                in_resources = False
-    return out
-
 
 def write_test_profile(wd: Path, cluster: SlurmCluster) -> str:
     """profiles/slurm with the cluster's names filled in and a short poll delay; nothing else changes."""
@@ -355,28 +337,27 @@ def assert_same_tar(ref: DemoRun, wd: Path, target: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 def test_profile_matches_rules() -> None:
-    """Every rule with gpu=1 goes to the GPU partition and nothing else does; no gres anywhere (the plugin
-    would ask for the GPU twice); the profile's memory is the rule's own value times `attempt`, capped at the
-    largest node's memory of its partition (one cap per partition, which the user sets)."""
-    rules = rule_resources()
+    """Needs are stated once: every submitted rule reads rules/resources.yaml (threads_of / resources_of) and no
+    rule file or profile repeats a number of it; every rule with a GPU goes to the GPU partition and nothing else
+    does; no gres anywhere (the plugin would ask for the GPU twice)."""
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    declared_gpu = {r for r, res in rules.items() if res.get("gpu") == "1"}
-    assert declared_gpu == GPU_RULES, "rules declaring gpu=1 changed: update GPU_RULES and profiles/slurm"
-    assert not any("gres" in res for res in rules.values())
+    texts = {p.name: p.read_text() for p in (ROOT / "rules").glob("*.smk")}
+    rules = {m.group(1): name for name, text in texts.items() for m in re.finditer(r"^rule (\w+):", text, re.M)}
+    local = {"all", "guard_publish", "curated_list"} & set(rules)
+    for rule, name in rules.items():
+        body = texts[name].split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
+        assert not re.search(r"^\s+(mem_mb|runtime|gpu)=", body, re.M), f"rules/{name}: {rule} states a need itself"
+        if rule in NEEDS["rules"]:
+            assert "resources_of(" in body and "threads_of(" in body, f"rule {rule} does not read its needs"
+        else:  # the profile's defaults (1 core, 2 GB): a local rule, or a light CPU one
+            assert rule in local or "gpu" not in body, rule
+    assert set(NEEDS["rules"]) <= set(rules), set(NEEDS["rules"]) - set(rules)
     set_res = profile["set-resources"]
     routed = {r for r, res in set_res.items() if res.get("slurm_partition") == "gpu"}
     assert routed == GPU_RULES
-    assert "gres" not in yaml.safe_dump(profile)
+    assert all(set(res) == {"slurm_partition"} for res in set_res.values()), "the profile only routes"
+    assert "gres" not in yaml.safe_dump(profile) + yaml.safe_dump(NEEDS)
     assert profile["default-resources"]["slurm_partition"] == "cpu"
-    for rule, res in rules.items():
-        if "mem_mb" not in res or rule == "dedup_manifest":  # a localrule runs inside Snakemake itself
-            continue
-        assert rule in set_res, f"profiles/slurm: no set-resources for rule {rule}"
-        expr = str(set_res[rule]["mem_mb"])
-        cap = PROFILE_CAP_MB["gpu" if rule in GPU_RULES else "cpu"]
-        assert expr == f"min({res['mem_mb']} * attempt, {cap})", (rule, expr)
-        for attempt in (1, 2, 3):
-            assert eval(expr, {}, {"attempt": attempt}) == min(int(res["mem_mb"]) * attempt, cap), (rule, expr)  # noqa: S307
     for key in ("retries", "rerun-incomplete", "latency-wait", "group-components", "groups"):
         assert profile.get(key), key
     assert profile["slurm-status-command"] == "squeue"

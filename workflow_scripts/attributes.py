@@ -4,7 +4,7 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_attributes(smk.input.table, smk.output.table, shard=run.shard, settings=run.section("attributes"),
+    run_attributes(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
                    model=run.model("verifier"), stats_path=smk.output.stats)
 
 

@@ -4,10 +4,9 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    curated = run.section("curated")
     run_caption(smk.input.table, smk.input.images, smk.output.table, shard=run.shard,
-                settings=curated["caption"], model=run.model("captioner"), stats_path=smk.output.stats,
-                long_prompt=curated["long_prompt"])
+                settings=run.settings, model=run.model("captioner"), stats_path=smk.output.stats,
+                long_prompt=smk.params.long_prompt)
 
 
 if __name__ == "__main__":

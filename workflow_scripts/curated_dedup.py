@@ -5,7 +5,7 @@ from finet2i.workflow.adapter import adapter
 def main(smk) -> None:
     run = adapter(smk)
     run_curated_dedup(smk.input.table, list(smk.input.hashes), smk.output.table, cshard=run.shard,
-                      settings=run.section("curated"), stats_path=smk.output.stats)
+                      settings=run.settings, stats_path=smk.output.stats)
 
 
 if __name__ == "__main__":

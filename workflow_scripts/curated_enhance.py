@@ -5,7 +5,7 @@ from finet2i.workflow.adapter import adapter
 def main(smk) -> None:
     run = adapter(smk)
     # The captions are the real images' short prompts; enhance them like the synthetic prompts.
-    run_enhance(smk.input.table, smk.output.table, shard=run.shard, settings=run.section("enhance"),
+    run_enhance(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
                 model=run.model("enhancer"), stats_path=smk.output.stats, prompt_column="prompt",
                 stage="curated_enhance")
 

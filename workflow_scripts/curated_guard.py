@@ -5,7 +5,7 @@ from finet2i.workflow.adapter import adapter
 def main(smk) -> None:
     run = adapter(smk)
     # The caption is the real image's prompt; both it and its enhanced version are model-written text.
-    run_guard(smk.input.table, smk.output.table, shard=run.shard, settings=run.section("guard"),
+    run_guard(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
               model=run.model("guard"), stats_path=smk.output.stats, columns=("prompt", "enhanced_prompt"),
               stage="curated_guard")
 

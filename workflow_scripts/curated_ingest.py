@@ -6,7 +6,7 @@ def main(smk) -> None:
     run = adapter(smk)
     # Downloads wait on the network, not the CPU: several fetches per declared thread.
     run_curated_ingest(list(smk.params.sources), smk.output.table, cshard=run.shard,
-                       n_shards=int(smk.params.n_shards), settings=run.section("curated"),
+                       n_shards=int(smk.params.n_shards), settings=run.settings,
                        stats_path=smk.output.stats, workers=4 * run.threads)
 
 

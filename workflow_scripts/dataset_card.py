@@ -4,7 +4,7 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_dataset_card(list(smk.input.manifests), smk.input.funnel, smk.output.card, config=run.config)
+    run_dataset_card(list(smk.input.manifests), smk.input.funnel, smk.output.card, settings=run.settings)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    settings = DedupSettings.from_config(run.section("dedup"), seed=int(smk.params.seed))
+    settings = DedupSettings.from_config(run.settings, seed=int(smk.params.seed))
     run_dedup_keep(smk.input.table, smk.input.vectors, smk.input.index, smk.input.verdicts,
                    smk.input.kept_ids, smk.output.table, shard=run.shard, settings=settings,
                    stats_path=smk.output.stats)

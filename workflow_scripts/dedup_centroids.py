@@ -5,7 +5,7 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    settings = DedupSettings.from_config(run.section("dedup"), seed=int(smk.params.seed))
+    settings = DedupSettings.from_config(run.settings, seed=int(smk.params.seed))
     run_dedup_centroids(list(smk.input.vectors), smk.output.centroids, smk.output.histogram,
                         settings=settings)
 

@@ -6,7 +6,7 @@ from finet2i.workflow.adapter import adapter
 def main(smk) -> None:
     run = adapter(smk)
     run.use_torch()
-    settings = DedupSettings.from_config(run.section("dedup"), seed=int(smk.params.seed))
+    settings = DedupSettings.from_config(run.settings, seed=int(smk.params.seed))
     index, vectors = read_assign_manifest(smk.input.manifest)
     run_dedup_group(index, vectors, smk.output.group, group=int(smk.wildcards.group), settings=settings)
 

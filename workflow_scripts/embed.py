@@ -5,7 +5,7 @@ from finet2i.workflow.adapter import adapter
 def main(smk) -> None:
     run = adapter(smk)
     run.use_torch()
-    run_embed(smk.input.table, smk.output.vectors, shard=run.shard, settings=run.section("embed"),
+    run_embed(smk.input.table, smk.output.vectors, shard=run.shard, settings=run.settings,
               model=run.model("embedder"), stats_path=smk.output.stats)
 
 

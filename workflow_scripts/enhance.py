@@ -4,7 +4,7 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_enhance(smk.input.table, smk.output.table, shard=run.shard, settings=run.section("enhance"),
+    run_enhance(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
                 model=run.model("enhancer"), stats_path=smk.output.stats, prompt_column="prompt")
 
 

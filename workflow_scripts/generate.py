@@ -4,7 +4,7 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    settings = run.section("generate")
+    settings = run.settings
     # Only the generators that render anything need a model (a weight of 0 switches one off).
     models = {kind: run.model(kind) for kind, g in settings["generators"].items() if g.get("weight", 0) > 0}
     run_generate(
@@ -16,8 +16,8 @@ def main(smk) -> None:
         models=models,
         aesthetic_encoder=run.model("aesthetic_encoder"),
         aesthetic_head=run.model("aesthetic_head"),
-        seed=int(run.config["seed"]),
-        jpeg_quality=int(run.config["package"]["jpeg_quality"]),
+        seed=int(smk.params.seed),
+        jpeg_quality=int(smk.params.jpeg_quality),
         stats_path=smk.output.stats,
     )
 

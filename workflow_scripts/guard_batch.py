@@ -7,7 +7,7 @@ from finet2i.workflow.adapter import adapter
 def main(smk) -> None:
     """The guard stage over a batch's shards on one engine, each shard reused while unchanged (core.batching)."""
     run = adapter(smk)
-    settings, model = run.section("guard"), run.model("guard")
+    settings, model = run.settings, run.model("guard")
     engine = lazy_chat(model)  # starts on the first shard that is not reused
     run_batch_job(smk, "guard", lambda w: run_guard(w.in_path, w.table, shard=w.shard, settings=settings,
                                                      model=model, stats_path=w.stats, llm=engine),

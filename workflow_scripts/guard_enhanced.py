@@ -4,7 +4,7 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_guard(smk.input.table, smk.output.table, shard=run.shard, settings=run.section("guard"),
+    run_guard(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
               model=run.model("guard"), stats_path=smk.output.stats, columns=("enhanced_prompt",),
               stage="guard_enhanced")
 

@@ -5,7 +5,7 @@ from finet2i.workflow.adapter import adapter
 def main(smk) -> None:
     run = adapter(smk)
     run_package_real(smk.input.table, smk.input.ingest, smk.output.table, cshard=run.shard,
-                     seed=smk.params.seed, settings=run.section("package"), stats_path=smk.output.stats,
+                     seed=smk.params.seed, settings=run.settings, stats_path=smk.output.stats,
                      credits_path=smk.output.credits)
 
 

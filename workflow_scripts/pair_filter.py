@@ -9,7 +9,7 @@ def main(smk) -> None:
     images = dict(zip(subsets, smk.input.images, strict=True))
     tables = dict(zip(subsets, smk.output.tables, strict=True))
     stats = dict(zip(subsets, smk.output.stats, strict=True))
-    run_pair_filter(images, tables, stats, shard=run.shard, settings=run.section("pair_filter"),
+    run_pair_filter(images, tables, stats, shard=run.shard, settings=run.settings,
                     model=run.model("judge"))
 
 

@@ -4,7 +4,7 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_prompts(smk.input.table, smk.output.table, shard=run.shard, settings=run.section("prompts"),
+    run_prompts(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
                 model=run.model("prompt_generator"), stats_path=smk.output.stats, taxonomy=smk.input.taxonomy)
 
 

@@ -11,7 +11,7 @@ def main(smk) -> None:
     run = adapter(smk)
     similarity = _paths(smk, "similarity_histogram")
     run_report(_paths(smk, "stats"), _paths(smk, "indexes"), similarity[0] if similarity else None,
-               str(smk.output.html).rsplit("/", 1)[0], demo=bool(smk.params.demo), config=run.config)
+               str(smk.output.html).rsplit("/", 1)[0], settings=run.settings)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,16 @@ def demo_models(out: Path, seed: int, force: bool) -> None:
 @click.option("--no-models", is_flag=True, help="Skip the check that every model is available locally.")
 def check_config(configfiles: tuple[str, ...], no_models: bool) -> None:
     """Validate config files (merged in order, like --configfile) without Snakemake."""
-    from finet2i.workflow.config import ConfigError, load_config
+    from finet2i.workflow.config import ConfigError, check_available, load_config
 
     try:
-        load_config(*configfiles, check_models=not no_models)
+        config = load_config(*configfiles, check_models=False)
+        if config.get("demo"):  # the demo's fake photo APIs take a key of their own (rules/demo.smk sets it too)
+            from finet2i.demo.fake_apis import demo_environment
+
+            demo_environment()
+        if not no_models:
+            check_available(config)
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
     click.echo("config OK")

@@ -29,13 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finet2i.core import pipeline
 from finet2i.core.files import sha256_of
+from finet2i.core.settings import lookup
 
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = ".batched"
-# Stages whose rules can run several shards per job (rules/<stage>.smk has <stage>_batch and <stage>_publish).
-BATCHABLE: tuple[str, ...] = ("guard",)
+# Stages whose rules can run several shards per job (finet2i.core.pipeline: Stage.batchable).
+BATCHABLE: tuple[str, ...] = tuple(s.name for s in pipeline.STAGES if s.batchable)
 
 
 def shards_per_job(config: Mapping[str, Any], stage: str) -> int:
@@ -43,8 +45,7 @@ def shards_per_job(config: Mapping[str, Any], stage: str) -> int:
     never more than the shard count; 1 for a stage that cannot batch."""
     if stage not in BATCHABLE:
         return 1
-    section = config.get("gpu_jobs") or {}
-    n = (section.get("stages") or {}).get(stage, section.get("shards_per_job", 1))
+    n = lookup(config, "gpu_jobs.stages").get(stage, lookup(config, "gpu_jobs.shards_per_job"))
     return max(1, min(int(n), int(config["shards"]["count"])))
 
 

@@ -43,6 +43,7 @@ INFRASTRUCTURE = frozenset({
     "finet2i.workflow",
     "finet2i.workflow.config",
     "finet2i.workflow.adapter",
+    "finet2i.workflow.params",
     "finet2i.plumbing.embeddings",
 })
 

@@ -34,6 +34,9 @@ class Stage:
     # all hold.
     switch: str | tuple[str, ...] | None = None
     models: tuple[str, ...] = ()  # keys of config["models"] it loads
+    # Several shards per GPU job (gpu_jobs; finet2i.core.batching): rules/<stage>.smk also has <stage>_batch
+    # and <stage>_publish.
+    batchable: bool = False
 
     @property
     def results(self) -> str:
@@ -46,7 +49,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("prompts", models=("prompt_generator",)),
     Stage("embed", table=False, models=("embedder",)),
     Stage("dedup", reads="prompts"),
-    Stage("guard", models=("guard",)),
+    Stage("guard", models=("guard",), batchable=True),
     Stage("attributes", switch="attributes.enabled", models=("verifier",)),
     Stage("enhance", models=("enhancer",)),
     Stage("guard_enhanced", switch="guard_enhanced.enabled", models=("guard",)),  # beyond the paper
@@ -74,28 +77,14 @@ def stage(name: str) -> Stage:
         raise KeyError(f"no stage {name!r} in finet2i.core.pipeline.STAGES ({', '.join(BY_NAME)})") from None
 
 
-def _lookup(config: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
 def _holds(config: Mapping[str, Any], switch: str) -> bool:
-    """``"a.b"``: the config's boolean at a.b; a key the config lacks leaves the stage on (the schema's
-    default). ``"a.b=value"``: whether the config's a.b is ``value``; a key the config lacks (a config not
-    validated, e.g. a test's) reads as the schema's default."""
-    key, test, want = switch.partition("=")
-    found, value = _lookup(config, key)
-    if not test:
-        return bool(value) if found else True
-    if not found:
-        from finet2i.core.settings import default  # reads the schema (YAML), on this path only
+    """``"a.b"``: the config's boolean at a.b; ``"a.b=value"``: whether the config's a.b is ``value``. A key the
+    config lacks (a config not validated, e.g. a test's) reads as the schema's default."""
+    from finet2i.core.settings import lookup  # reads the schema (YAML) only when a key is missing
 
-        value = default(key)
-    return str(value) == want
+    key, test, want = switch.partition("=")
+    value = lookup(config, key)
+    return str(value) == want if test else bool(value)
 
 
 def enabled(name: str, config: Mapping[str, Any]) -> bool:
@@ -143,12 +132,14 @@ def model_keys(config: Mapping[str, Any]) -> list[str]:
 
     A generator with weight 0 renders nothing and needs no weights; without the judge, pair_filter loads none.
     """
+    from finet2i.core.settings import lookup
+
     keys: list[str] = []
     generators = (config.get("generate") or {}).get("generators") or {}
-    judge_on = bool(((config.get("pair_filter") or {}).get("judge") or {}).get("enabled", True))
+    judge_on = bool(lookup(config, "pair_filter.judge.enabled"))
     for s in enabled_stages(config):
         for key in s.models:
-            if key in generators and float(generators[key].get("weight", 0)) <= 0:
+            if key in generators and float(generators[key]["weight"]) <= 0:
                 continue
             if s.name == "pair_filter" and not judge_on:
                 continue

@@ -59,6 +59,13 @@ def default(key: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def lookup(config: Mapping[str, Any], key: str) -> Any:
+    """The config's value at a dotted key, or the schema's default where the config lacks it (a config that was
+    not validated, e.g. a test's): code never writes a default of its own beside the schema's."""
+    found, value = _get(config, key)
+    return value if found else default(key)
+
+
 def _get(section: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     node: Any = section
     for part in dotted.split("."):

@@ -6,7 +6,7 @@ matplotlib is imported inside the functions (Agg backend): importing the report 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from finet2i.recipe import paper
@@ -78,8 +78,10 @@ def fig_hist(series: dict[str, tuple[list[float], list[int]]], title: str, xlabe
 
 
 def figures(d: Distributions, idx: dict[str, list[Any]], subsets: Sequence[str],
-            similarity: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
-    """key -> (caption, PNG bytes); a figure without data is left out."""
+            similarity: dict[str, Any] | None, aesthetic_threshold: Mapping[str, float]
+            ) -> dict[str, tuple[str, bytes]]:
+    """key -> (caption, PNG bytes); a figure without data is left out. ``aesthetic_threshold``: the run's
+    ``synthetic`` (pair_filter) and ``real`` (curated) thresholds, drawn on the score histogram."""
     out: dict[str, tuple[str, bytes]] = {}
     sets = masks(idx, subsets)
     if any(d.ours.values()):
@@ -102,8 +104,8 @@ def figures(d: Distributions, idx: dict[str, list[Any]], subsets: Sequence[str],
         if vals:
             aes[name] = (aes_edges, histogram(vals, aes_edges))
     if aes:
-        syn_thr = float((config.get("pair_filter") or {}).get("aesthetic_threshold", 5.5))
-        real_thr = float((config.get("curated") or {}).get("aesthetic_threshold", 6.5))
+        syn_thr = float(aesthetic_threshold["synthetic"])
+        real_thr = float(aesthetic_threshold["real"])
         out["aesthetic"] = ("Fig. 5: Aesthetic Predictor V2.5 scores, synthetic vs real",
                             fig_hist(aes, "Aesthetic score", "score",
                                      {f"synthetic > {syn_thr}": syn_thr, f"real >= {real_thr}": real_thr}))

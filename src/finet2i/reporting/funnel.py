@@ -8,7 +8,7 @@ shown after the declared ones rather than dropped.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,18 +138,20 @@ def paper_comparison(rows: list[FunnelRow], subsets: Sequence[str]) -> list[dict
     return out
 
 
-def check_conservation(rows: list[FunnelRow], config: dict[str, Any]) -> None:
+def check_conservation(rows: list[FunnelRow], upstream: Mapping[str, str | None]) -> None:
     """Mark every row whose shards received other counts than its upstream stage kept there.
 
-    Each stage reads the kept rows of the stage before it (``finet2i.core.pipeline.upstream`` under this config), so
+    Each stage reads the kept rows of the stage ``upstream`` names (``finet2i.core.pipeline.upstream`` under the
+    run's config), so
     per shard ``records_in`` must equal the upstream's ``kept``; a difference means records appeared or vanished
     between two stages without a reason (the jobs refuse such input, see ``shards.check_conserved``; the report
     shows it for outputs made otherwise). Sets ``upstream`` and ``breaks`` on the rows.
     """
     by_key = {(r.stage, r.subset): r for r in rows}
     for r in rows:
-        if r.stage not in pipeline.BY_NAME or (up := pipeline.upstream(r.stage, config)) is None:
+        if (name := upstream.get(r.stage)) is None:
             continue
+        up = pipeline.stage(name)
         src = by_key.get((up.name, r.subset if up.per_subset else None))
         if src is None:
             continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -50,7 +50,7 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * float(x):.1f}%"
 
 
-def card_body(manifests: Sequence[dict[str, Any]], funnel: dict[str, Any], config: dict[str, Any]) -> str:
+def card_body(manifests: Sequence[dict[str, Any]], funnel: dict[str, Any], settings: Mapping[str, Any]) -> str:
     lines = [
         "# Fine-T2I reproduction (finet2i)",
         "",
@@ -87,22 +87,22 @@ def card_body(manifests: Sequence[dict[str, Any]], funnel: dict[str, Any], confi
     flags = funnel.get("flags") or []
     if flags:
         lines += ["", "## Flags raised by the report", ""] + [f"- {f}" for f in flags]
-    lines += ["", f"Run seed: `{config.get('seed')}`. "
+    lines += ["", f"Run seed: `{settings['seed']}`. "
               + ("Built by the embedded demo (tiny random-weight models): the images are noise, the counts are "
-                 "not the paper's." if config.get("demo") else ""), ""]
+                 "not the paper's." if settings.get("demo") else ""), ""]
     return "\n".join(lines)
 
 
-def render_card(manifests: Sequence[dict[str, Any]], funnel: dict[str, Any], config: dict[str, Any]) -> str:
+def render_card(manifests: Sequence[dict[str, Any]], funnel: dict[str, Any], settings: Mapping[str, Any]) -> str:
     header = yaml.safe_dump(card_header(manifests), sort_keys=False, allow_unicode=True)
-    return f"---\n{header}---\n\n{card_body(manifests, funnel, config)}"
+    return f"---\n{header}---\n\n{card_body(manifests, funnel, settings)}"
 
 
 def run_dataset_card(manifest_paths: Sequence[str | os.PathLike[str]], funnel_path: str | os.PathLike[str],
-                     card_path: str | os.PathLike[str], *, config: dict[str, Any]) -> str:
+                     card_path: str | os.PathLike[str], *, settings: Mapping[str, Any]) -> str:
     manifests = [shards.read_json(p) for p in manifest_paths]
     funnel = json.loads(open(funnel_path).read()) if funnel_path else {}
-    text = render_card(manifests, funnel, config)
+    text = render_card(manifests, funnel, settings)
     with shards.atomic_path(card_path) as tmp:
         tmp.write_text(text)
     return text

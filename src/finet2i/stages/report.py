@@ -13,12 +13,12 @@ The parts live in ``finet2i.reporting``: ``funnel``, ``distributions``, ``tables
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from finet2i.core import shards
-from finet2i.recipe import paper
 from finet2i.reporting.distributions import (
     aesthetic_bins_table,
     distribution_tables,
@@ -35,13 +35,15 @@ log = logging.getLogger(__name__)
 
 
 def run_report(stats_paths: list[str], index_paths: list[str], similarity_histogram: str | None,
-               out_dir: str, *, demo: bool, config: dict[str, Any]) -> dict[str, Any]:
-    """Write report.html, report.md, funnel.json and figures/ under ``out_dir``; return the funnel JSON."""
+               out_dir: str, *, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Write report.html, report.md, funnel.json and figures/ under ``out_dir``; return the funnel JSON.
+    ``settings``: the run's shape, thresholds and stage wiring (finet2i.workflow.params.report_settings)."""
     out = Path(out_dir)
-    subsets = list((config.get("generate") or {}).get("subsets") or paper.SUBSETS)
+    subsets = list(settings["subsets"])
+    demo = bool(settings["demo"])
 
     rows = read_stats(stats_paths, [*subsets, "real"])
-    check_conservation(rows, config)
+    check_conservation(rows, settings["upstream"])
     flags = [f"{r.label}: shard {bad}" for r in rows for bad in r.inconsistent]
     flags += [f"{r.label}: records lost or added between stages, shard {bad}" for r in rows for bad in r.breaks]
     comparison = paper_comparison(rows, subsets)
@@ -53,7 +55,7 @@ def run_report(stats_paths: list[str], index_paths: list[str], similarity_histog
         flags.append("dedup similarity histogram missing: Fig. 3 not drawn")
     if not n_samples:
         flags.append("no packaged samples: the distribution tables are empty")
-    figs = figures(dist, idx, subsets, similarity, config)
+    figs = figures(dist, idx, subsets, similarity, settings["aesthetic_threshold"])
     for key, (_, png) in figs.items():
         _write_bytes(out / "figures" / f"{key}.png", png)
     (out / "figures").mkdir(parents=True, exist_ok=True)  # declared output, even when no figure has data
@@ -67,9 +69,8 @@ def run_report(stats_paths: list[str], index_paths: list[str], similarity_histog
         "flags": flags,
         "similarity_histogram": similarity,
     }
-    shards_cfg = config.get("shards") or {}
-    meta = {"shards": shards_cfg.get("count"), "specs per shard": shards_cfg.get("specs_per_shard"),
-            "seed": config.get("seed"), "stats files": len(stats_paths), "index files": len(index_paths),
+    meta = {"shards": settings["shards"]["count"], "specs per shard": settings["shards"]["specs_per_shard"],
+            "seed": settings["seed"], "stats files": len(stats_paths), "index files": len(index_paths),
             "packaged samples": n_samples}
     tables = [*funnel_tables(rows, comparison), *distribution_tables(dist, idx, subsets),
               aesthetic_bins_table(idx, subsets)]

@@ -1,7 +1,10 @@
-"""Glue for ``workflow_scripts/*.py``: logging into the rule's log file and typed access to the config.
+"""Glue for ``workflow_scripts/*.py``: logging into the rule's log file and typed access to what the rule passes.
 
-A workflow script is a few lines: ``run = adapter(snakemake)``, then one call into a stage function with
-paths and settings taken from ``snakemake.input/output/params/config``. Tests call the stage functions directly.
+A workflow script is a few lines: ``run = adapter(snakemake)``, then one call into a stage function with paths from
+``snakemake.input/output`` and settings from the rule's params (:mod:`finet2i.workflow.params`): ``run.settings``
+(the ``settings`` and ``tuning`` params merged), ``run.model(key)`` (the ``models`` param). A script never reads
+the config itself: a setting reaches it by one route, the one that also reruns it. Tests call the stage functions
+directly.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import sys
 from typing import Any
 
 from finet2i.models.spec import ModelSpec
+from finet2i.workflow.params import merged
 
 
 class Adapter:
     def __init__(self, smk: Any) -> None:
         self.smk = smk
-        self.config: dict[str, Any] = dict(smk.config)
         log_files = list(getattr(smk, "log", []) or [])
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
         if log_files:
@@ -45,11 +48,15 @@ class Adapter:
     def shard(self) -> str:
         return str(self.smk.wildcards.get("shard", self.smk.wildcards.get("cshard", "all")))
 
-    def section(self, name: str) -> dict[str, Any]:
-        return dict(self.config[name])
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The stage's config section as the rule passed it: ``settings`` (what reruns it) + ``tuning``."""
+        params = self.smk.params
+        return merged(params.get("settings", {}), params.get("tuning"))
 
     def model(self, key: str) -> ModelSpec:
-        return ModelSpec.from_config(f"models.{key}", self.config["models"][key], base_dir=os.getcwd())
+        """``models.<key>`` as the rule passed it (its ``models`` param)."""
+        return ModelSpec.from_config(f"models.{key}", self.smk.params.models[key], base_dir=os.getcwd())
 
     @property
     def threads(self) -> int:

@@ -194,10 +194,6 @@ def missing_keys(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".",
     from finet2i.sources import API_TYPES, listed_name, manifest_path
 
     env = dict(os.environ if environ is None else environ)
-    if config.get("demo"):  # the demo's fake APIs take a key the Snakefile sets for it (finet2i.demo.fake_apis)
-        from finet2i.demo.fake_apis import DEMO_KEY, DEMO_KEY_ENV
-
-        env.setdefault(DEMO_KEY_ENV, DEMO_KEY)
     out = []
     if not config.get("curated", {}).get("enabled", True):
         return out
@@ -246,28 +242,6 @@ def used_model_keys(config: dict[str, Any]) -> list[str]:
     from finet2i.core.pipeline import model_keys
 
     return model_keys(config)
-
-
-# Keys that set how a job runs, never what it writes: records between checkpoints, batch sizes, and
-# generate's list of subsets (every subset has jobs of its own). Rules leave them out of their params
-# (output_settings), so changing one reruns nothing; a checkpoint made with another chunk size is discarded.
-RUNTIME_ONLY_KEYS = frozenset({"chunk_size", "batch_size", "subsets", "assemble_memory_mb"})
-
-
-def output_settings(config: dict[str, Any], section: str, without: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A config section (dotted: ``curated.caption``) without RUNTIME_ONLY_KEYS at any depth: what a rule's
-    params carry, so that a change reruns it and a change of how it runs does not. ``without``: keys of the
-    section that this rule's stage does not use (the guard's max_words, for the guards of model-written text)."""
-    node: Any = config
-    for part in section.split("."):
-        node = node[part]
-    return {k: v for k, v in _without_runtime_keys(node).items() if k not in without}
-
-
-def _without_runtime_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_runtime_keys(v) for k, v in value.items() if k not in RUNTIME_ONLY_KEYS}
-    return value
 
 
 def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] = ".",

@@ -1,0 +1,109 @@
+"""What a rule passes its script: the settings that decide its outputs, and those that only set how a job runs.
+
+A rule's params are Snakemake's rerun trigger: when one changes, the rule and what is downstream of it rerun. So a
+rule passes its stage's settings as two params, and a script reads its settings from those, never from the config:
+
+* ``settings``: :func:`output_settings`, the section without :data:`RUNTIME_ONLY_KEYS` (a dict: Snakemake records
+  it, and a change reruns the rule);
+* ``tuning``: :func:`runtime_settings`, only those keys, as a :class:`RunOnly`. Snakemake leaves a params value
+  it cannot represent (not a builtin type) out of its rerun trigger, so a new ``chunk_size`` reruns nothing; the
+  workflow's rerun tests check exactly that.
+
+The script's adapter (:mod:`finet2i.workflow.adapter`) merges the two back into the section (:func:`merged`).
+Standard library only: the Snakefile imports this while planning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+# Keys that set how a job runs, never what it writes: records between checkpoints, batch sizes, generate's list
+# of subsets (every subset has jobs of its own) and assemble's memory budget. A checkpoint made with another chunk
+# size is discarded (finet2i.core.runner).
+RUNTIME_ONLY_KEYS = frozenset({"chunk_size", "batch_size", "subsets", "assemble_memory_mb"})
+
+
+def section_of(config: Mapping[str, Any], section: str) -> Any:
+    node: Any = config
+    for part in section.split("."):
+        node = node[part]
+    return node
+
+
+def output_settings(config: Mapping[str, Any], section: str, without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config section (dotted: ``curated.caption``) without RUNTIME_ONLY_KEYS at any depth: what a rule's
+    ``settings`` param carries. ``without``: keys of the section that this rule does not use (so that changing one
+    does not rerun it)."""
+    return {k: v for k, v in _without_runtime_keys(section_of(config, section)).items() if k not in without}
+
+
+def _without_runtime_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_runtime_keys(v) for k, v in value.items() if k not in RUNTIME_ONLY_KEYS}
+    return value
+
+
+def _runtime_keys(value: Any) -> Any:
+    """Only the RUNTIME_ONLY_KEYS of a nested section, keeping the nesting (None where there are none)."""
+    if not isinstance(value, Mapping):
+        return None
+    out = {}
+    for k, v in value.items():
+        if k in RUNTIME_ONLY_KEYS:
+            out[k] = v
+        elif (inner := _runtime_keys(v)) is not None:
+            out[k] = inner
+    return out or None
+
+
+class RunOnly(Mapping[str, Any]):
+    """Settings that only set how a job runs. Not a dict on purpose: Snakemake's params trigger ignores values it
+    cannot represent, so a rule may pass these without rerunning when they change."""
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        self._values = dict(values or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"RunOnly({self._values!r})"
+
+
+def runtime_settings(config: Mapping[str, Any], section: str) -> RunOnly:
+    """The RUNTIME_ONLY_KEYS of a config section, for a rule's ``tuning`` param."""
+    return RunOnly(_runtime_keys(section_of(config, section)))
+
+
+def report_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The report rule's ``settings``: the run's shape, its thresholds (shown on the figures), and which stage read
+    which under this config (the funnel's conservation check follows the wiring the config chose)."""
+    from finet2i.core import pipeline
+    from finet2i.core.settings import lookup
+
+    return {
+        "demo": bool(config.get("demo")),
+        "seed": lookup(config, "seed"),
+        "subsets": list(lookup(config, "generate.subsets")),
+        "shards": {"count": lookup(config, "shards.count"),
+                   "specs_per_shard": lookup(config, "shards.specs_per_shard")},
+        "aesthetic_threshold": {"synthetic": lookup(config, "pair_filter.aesthetic_threshold"),
+                                "real": lookup(config, "curated.aesthetic_threshold")},
+        "upstream": {s.name: getattr(pipeline.upstream(s.name, config), "name", None)
+                     for s in pipeline.enabled_stages(config)},
+    }
+
+
+def merged(settings: Mapping[str, Any], runtime: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``settings`` with ``runtime``'s keys put back at their depth: the section as the config has it."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in settings.items()}
+    for k, v in (runtime or {}).items():
+        out[k] = merged(out.get(k) or {}, v) if isinstance(v, Mapping) else v
+    return out
