@@ -131,9 +131,20 @@ def code_closure(*modules: str, root: Path = PACKAGE_ROOT) -> dict[str, Path]:
         seen[name] = path
         # importing a.b.c runs the __init__ of a and a.b first
         todo.extend(name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1))
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        todo.extend(_imported_modules(tree, name, path.name == "__init__.py", root))
+        todo.extend(_module_imports(name, path, root))
     return seen
+
+
+def _module_imports(name: str, path: Path, root: Path) -> frozenset[str]:
+    st = path.stat()
+    return _imports_of_version(name, path, root, st.st_mtime_ns, st.st_size)
+
+
+@cache
+def _imports_of_version(name: str, path: Path, root: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    """Cached per file version: ~40 rules share most modules, and parsing is the slow part of planning."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return frozenset(_imported_modules(tree, name, path.name == "__init__.py", root))
 
 
 def code_fingerprint(*modules: str, root: Path = PACKAGE_ROOT) -> str:
