@@ -9,7 +9,8 @@
 
 Both run in throwaway copies (no results/ there, so every job is planned), with the same command line
 (`snakemake -n --quiet rules` unless --snakemake-args says otherwise). The bare Snakefile has our rule
-names, the same job count per rule and the same files per job (same fan-in and fan-out: per-shard
+names (its stages are finet2i.core.pipeline's that the config enables, each reading its upstream stage's table),
+the same job count per rule and the same files per job (same fan-in and fan-out: per-shard
 chains; all shards -> centroids -> per-shard assign -> manifest -> per-group -> cross -> per-shard keep;
 per-subset generate and package; one pair_filter per shard over all subsets; one assemble per subset over its
 package tables; the report over every stats
@@ -41,7 +42,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from finet2i.core import batching  # noqa: E402(how rules/common.smk reads gpu_jobs)
+from finet2i.core import batching, pipeline  # noqa: E402  (the stages, as rules/common.smk reads them)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "profiles", "envs", "report"]
@@ -50,24 +51,27 @@ DRY_RUN = "-n --quiet rules"
 
 @dataclass
 class Shape:
-    """The counts that decide the DAG's size, read from a config exactly as rules/common.smk reads them."""
+    """The counts that decide the DAG's size, and the stages in order with what each reads, read from a config
+    exactly as rules/common.smk reads them (finet2i.core.pipeline)."""
 
     shards: int
     groups: int
     subsets: list[str]
     curated_shards: int  # 0 when the curated set is off or has no sources
-    attributes: bool
-    guard_per_job: int  # shards per guard job (gpu_jobs; > 1: guard_batch + guard_publish)
+    stages: list[str]  # the enabled stages, in pipeline order
+    upstream: dict[str, str | None]  # stage -> the stage whose table it reads (None: a branch's first)
+    per_job: dict[str, int]  # shards per job of each stage (gpu_jobs; > 1: <stage>_batch + <stage>_publish)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Shape:
-        curated = config["curated"]
-        curated_on = bool(curated.get("enabled", True)) and len(curated["sources"]) > 0
+        stages = [s.name for s in pipeline.enabled_stages(config)]
+        upstream = {name: getattr(pipeline.upstream(name, config), "name", None) for name in stages}
+        curated_on = any(pipeline.stage(name).branch == pipeline.CURATED for name in stages)
         return cls(shards=int(config["shards"]["count"]), groups=int(config["dedup"]["groups"]),
                    subsets=list(config["generate"]["subsets"]),
-                   curated_shards=int(curated["shards"]) if curated_on else 0,
-                   attributes=bool(config["attributes"].get("enabled", True)),
-                   guard_per_job=batching.shards_per_job(config, "guard"))
+                   curated_shards=int(config["curated"]["shards"]) if curated_on else 0,
+                   stages=stages, upstream=upstream,
+                   per_job={name: batching.shards_per_job(config, name) for name in stages})
 
 
 @dataclass
@@ -91,21 +95,13 @@ SHARDS = [f"{{i:05d}}" for i in range({shards})]
 CSHARDS = [f"{{i:05d}}" for i in range({curated_shards})]
 GROUPS = [f"{{g:03d}}" for g in range({groups})]
 SUBSETS = {subsets!r}
-PRE = "attributes" if {attributes} else "guard"
 PACKAGED = expand("results/package/{{subset}}/{{shard}}.parquet", subset=SUBSETS, shard=SHARDS)
 PACKAGED += expand("results/package_real/{{cshard}}.parquet", cshard=CSHARDS)
 BY_SUBSET = {{s: expand("results/package/{{s}}/{{shard}}.parquet", s=s, shard=SHARDS) for s in SUBSETS}}
 BY_SUBSET["real"] = expand("results/package_real/{{cshard}}.parquet", cshard=CSHARDS)
 MANIFESTS = expand("results/assemble/{{subset}}.json", subset=SUBSETS + (["real"] if CSHARDS else []))
-STAGES = ["specs", "prompts", "embed", "dedup", "guard"] + (["attributes"] if {attributes} else [])
-STATS = expand("results/{{stage}}/{{shard}}.stats.json", stage=STAGES + ["enhance", "guard_enhanced"],
-               shard=SHARDS)
-STATS += expand("results/{{stage}}/{{subset}}/{{shard}}.stats.json", stage=["generate", "pair_filter"],
-                subset=SUBSETS, shard=SHARDS)
-STATS += expand("results/{{stage}}/{{cshard}}.stats.json",
-                stage=["curated_ingest", "curated_dedup", "curated_score", "curated_caption", "curated_guard"],
-                cshard=CSHARDS)
-STATS += [t.replace(".parquet", ".stats.json") for t in PACKAGED]
+STATS = []
+{stats}
 ASSIGN = dict(index=expand("results/dedup/assign/{{shard}}.npz", shard=SHARDS),
               vectors=expand("results/dedup/assign/{{shard}}.npy", shard=SHARDS))
 '''
@@ -143,25 +139,10 @@ rule dedup_cross:
 ''',
 }
 
-BARE_RULES = '''
-rule all:
-    input: MANIFESTS, "results/report/report.html", "results/dataset/README.md"
-
-rule specs:
-    input: "config/taxonomy.yaml"
-    output: "results/specs/{shard}.parquet", "results/specs/{shard}.stats.json"
-    shell: "touch {output}"
-
-rule prompts:
-    input: "results/specs/{shard}.parquet", "config/taxonomy.yaml"
-    output: "results/prompts/{shard}.parquet", "results/prompts/{shard}.stats.json"
-    shell: "touch {output}"
-
-rule embed:
-    input: "results/prompts/{shard}.parquet"
-    output: "results/embed/{shard}.npz", "results/embed/{shard}.stats.json"
-    shell: "touch {output}"
-
+# The rules that run before a stage's own (the dedup aggregation: all shards -> centroids -> per-shard assign,
+# then BARE_DEDUP's manifest -> per-group -> cross).
+BARE_BEFORE = {
+    "dedup": '''
 rule dedup_centroids:
     input: expand("results/embed/{shard}.npz", shard=SHARDS)
     output: "results/dedup/centroids.npy", "results/dedup/similarity_histogram.json"
@@ -171,75 +152,23 @@ rule dedup_assign:
     input: "results/embed/{shard}.npz", "results/dedup/centroids.npy"
     output: "results/dedup/assign/{shard}.npy", "results/dedup/assign/{shard}.npz"
     shell: "touch {output}"
-%(dedup)s
-rule dedup:
-    input: "results/prompts/{shard}.parquet", "results/embed/{shard}.npz",
-           "results/dedup/assign/{shard}.npz", "results/dedup/verdicts.npy", "results/dedup/kept_ids.npy"
-    output: "results/dedup/{shard}.parquet", "results/dedup/{shard}.stats.json"
-    shell: "touch {output}"
+%(dedup)s''',
+}
 
-%(guard)s
+# What a stage reads besides its upstream table (rules/<stage>.smk), as Python expressions in the bare Snakefile.
+BARE_ALSO_READS = {
+    "specs": ['"config/taxonomy.yaml"'],
+    "prompts": ['"config/taxonomy.yaml"'],
+    "dedup": ['"results/embed/{shard}.npz"', '"results/dedup/assign/{shard}.npz"', '"results/dedup/verdicts.npy"',
+              '"results/dedup/kept_ids.npy"'],
+    "generate": ['"config/resolutions.yaml"'],
+    "package": ['"results/generate/{subset}/{shard}.parquet"'],
+    "curated_dedup": ['expand("results/curated_ingest/{c}.parquet", c=CSHARDS)'],
+    "curated_score": ['"results/curated_ingest/{cshard}.parquet"'],
+    "package_real": ['"results/curated_ingest/{cshard}.parquet"'],
+}
 
-rule attributes:
-    input: "results/guard/{shard}.parquet"
-    output: "results/attributes/{shard}.parquet", "results/attributes/{shard}.stats.json"
-    shell: "touch {output}"
-
-rule enhance:
-    input: "results/" + PRE + "/{shard}.parquet"
-    output: "results/enhance/{shard}.parquet", "results/enhance/{shard}.stats.json"
-    shell: "touch {output}"
-
-rule guard_enhanced:
-    input: "results/enhance/{shard}.parquet"
-    output: "results/guard_enhanced/{shard}.parquet", "results/guard_enhanced/{shard}.stats.json"
-    shell: "touch {output}"
-
-rule generate:
-    input: "results/guard_enhanced/{shard}.parquet", "config/resolutions.yaml"
-    output: "results/generate/{subset}/{shard}.parquet", "results/generate/{subset}/{shard}.stats.json"
-    shell: "touch {output}"
-
-rule pair_filter:
-    input: expand("results/generate/{subset}/{{shard}}.parquet", subset=SUBSETS)
-    output: expand("results/pair_filter/{subset}/{{shard}}.parquet", subset=SUBSETS),
-            expand("results/pair_filter/{subset}/{{shard}}.stats.json", subset=SUBSETS)
-    shell: "touch {output}"
-
-rule package:
-    input: "results/pair_filter/{subset}/{shard}.parquet", "results/generate/{subset}/{shard}.parquet"
-    output: "results/package/{subset}/{shard}.parquet", "results/package/{subset}/{shard}.stats.json"
-    shell: "touch {output}"
-
-rule curated_ingest:
-    output: "results/curated_ingest/{cshard}.parquet", "results/curated_ingest/{cshard}.stats.json"
-    shell: "touch {output}"
-
-rule curated_dedup:
-    input: "results/curated_ingest/{cshard}.parquet", expand("results/curated_ingest/{c}.parquet", c=CSHARDS)
-    output: "results/curated_dedup/{cshard}.parquet", "results/curated_dedup/{cshard}.stats.json"
-    shell: "touch {output}"
-
-rule curated_score:
-    input: "results/curated_dedup/{cshard}.parquet", "results/curated_ingest/{cshard}.parquet"
-    output: "results/curated_score/{cshard}.parquet", "results/curated_score/{cshard}.stats.json"
-    shell: "touch {output}"
-
-rule curated_caption:
-    input: "results/curated_score/{cshard}.parquet"
-    output: "results/curated_caption/{cshard}.parquet", "results/curated_caption/{cshard}.stats.json"
-    shell: "touch {output}"
-
-rule curated_guard:
-    input: "results/curated_caption/{cshard}.parquet"
-    output: "results/curated_guard/{cshard}.parquet", "results/curated_guard/{cshard}.stats.json"
-    shell: "touch {output}"
-
-rule package_real:
-    input: "results/curated_guard/{cshard}.parquet", "results/curated_ingest/{cshard}.parquet"
-    output: "results/package_real/{cshard}.parquet", "results/package_real/{cshard}.stats.json"
-    shell: "touch {output}"
-
+BARE_AFTER = '''
 rule assemble:
     input: lambda w: BY_SUBSET[w.subset]
     output: "results/assemble/{subset}.json"
@@ -257,34 +186,74 @@ rule dataset_card:
     shell: "touch {output}"
 '''
 
-
-BARE_GUARD = {
-    "per shard": '''
-rule guard:
-    input: "results/dedup/{shard}.parquet"
-    output: "results/guard/{shard}.parquet", "results/guard/{shard}.stats.json"
-    shell: "touch {output}"
-''',
-    # gpu_jobs > 1: one job per batch of shards, then one local publish job per shard (input functions, as ours)
-    "batched": '''
-rule guard_batch:
-    input: lambda w: expand("results/dedup/{shard}.parquet", shard=SHARDS[int(w.batch) * %(n)d:][:%(n)d])
-    output: "results/guard/batches/{batch}.json"
+# gpu_jobs > 1: one job per batch of shards, then one local publish job per shard (input functions, as ours)
+BARE_BATCHED = '''
+rule %(stage)s_batch:
+    input: lambda w: expand("%(table)s", shard=SHARDS[int(w.batch) * %(n)d:][:%(n)d])
+    output: "results/%(stage)s/batches/{batch}.json"
     shell: "touch {output}"
 
-rule guard_publish:
-    input: lambda w: "results/guard/batches/%%05d.json" %% (int(w.shard) // %(n)d)
-    output: "results/guard/{shard}.parquet", "results/guard/{shard}.stats.json"
+rule %(stage)s_publish:
+    input: lambda w: "results/%(stage)s/batches/%%05d.json" %% (int(w.shard) // %(n)d)
+    output: %(outputs)s
     shell: "touch {output}"
-''',
-}
+'''
+
+
+def _table(stage: str, shard: str, subset: str = "{subset}") -> str:
+    """A stage's per-shard file (a stage that writes no record table, embed, writes its .npz)."""
+    s = pipeline.stage(stage)
+    path = pipeline.table_path(stage, shard, subset if s.per_subset else None)
+    return path if s.table else path.removesuffix(".parquet") + ".npz"
+
+
+def _stage_rule(stage: str, shape: Shape) -> str:
+    """The bare rule(s) of one stage: its upstream table (as rules/common.smk's upstream_table gives it) and what
+    else it reads in, its table and stats out; one job per shard, per (subset, shard), or per shard over every
+    subset."""
+    s, up = pipeline.stage(stage), shape.upstream[stage]
+    shard = "{cshard}" if s.branch == pipeline.CURATED else "{shard}"
+    if s.all_subsets_in_one_job:
+        files = [_table(stage, "{{shard}}"), pipeline.stats_path(stage, "{{shard}}", "{subset}")]
+        outputs = [f'expand("{f}", subset=SUBSETS)' for f in files]
+    else:
+        subset = "{subset}" if s.per_subset else None
+        outputs = [f'"{_table(stage, shard)}"', f'"{pipeline.stats_path(stage, shard, subset)}"']
+    inputs = []
+    if up is not None:
+        if pipeline.stage(up).per_subset and s.all_subsets_in_one_job:
+            inputs.append(f'expand("{_table(up, "{{shard}}")}", subset=SUBSETS)')
+        else:
+            inputs.append(f'"{_table(up, shard)}"')
+    inputs += BARE_ALSO_READS.get(stage, [])
+    n = shape.per_job.get(stage, 1)
+    if n > 1:
+        return BARE_BATCHED % {"stage": stage, "table": _table(up or stage, "{shard}"), "n": n,
+                               "outputs": ", ".join(outputs)}
+    return (f"\nrule {stage}:\n" + (f"    input: {', '.join(inputs)}\n" if inputs else "")
+            + f"    output: {', '.join(outputs)}\n    shell: \"touch {{output}}\"\n")
+
+
+def _stats(stage: str) -> str:
+    s = pipeline.stage(stage)
+    if s.per_subset:
+        return f'STATS += expand("{pipeline.stats_path(stage, "{shard}", "{subset}")}", subset=SUBSETS, shard=SHARDS)'
+    if s.branch == pipeline.CURATED:
+        return f'STATS += expand("{pipeline.stats_path(stage, "{cshard}")}", cshard=CSHARDS)'
+    return f'STATS += expand("{pipeline.stats_path(stage, "{shard}")}", shard=SHARDS)'
 
 
 def bare_snakefile(shape: Shape, dedup: str) -> str:
+    """The bare Snakefile: the stages of finet2i.core.pipeline that the config enables, in order, each reading its
+    upstream stage's table, and the rules that are not stages (dedup's aggregation, assemble, report, card)."""
     head = BARE_HEAD.format(shards=shape.shards, curated_shards=shape.curated_shards, groups=shape.groups,
-                            subsets=shape.subsets, attributes=shape.attributes)
-    guard = BARE_GUARD["batched" if shape.guard_per_job > 1 else "per shard"] % {"n": shape.guard_per_job}
-    return head + BARE_RULES % {"dedup": BARE_DEDUP[dedup], "guard": guard}
+                            subsets=shape.subsets, stats="\n".join(_stats(stage) for stage in shape.stages))
+    rules = ["\nrule all:\n    input: MANIFESTS, \"results/report/report.html\", \"results/dataset/README.md\"\n"]
+    for stage in shape.stages:
+        if stage in BARE_BEFORE:
+            rules.append(BARE_BEFORE[stage] % {"dedup": BARE_DEDUP[dedup]})
+        rules.append(_stage_rule(stage, shape))
+    return head + "".join(rules) + BARE_AFTER
 
 
 # ------------------------------------------------------------------------------------------------ running

@@ -106,6 +106,33 @@ def test_disk_estimate_of_the_production_config_comes_from_the_papers_figures() 
     assert "curated_ingest" not in sizes  # the shipped config has no curated sources
 
 
+def test_disk_estimate_sizes_a_stage_inserted_into_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/architecture.md's worked example inserts a blocklist filter after guard: the estimate's stages are
+    the pipeline's, so the new stage is sized (by the generic row, said so) and the stages after it keep theirs."""
+    from finet2i.core import pipeline
+    from finet2i.workflow.config import load_config
+
+    config = load_config(ROOT / "config" / "config.yaml", base_dir=ROOT, check_models=False)
+    before = {s.stage: s for s in estimate(config, ROOT)}
+    at = [s.name for s in pipeline.STAGES].index("guard") + 1
+    stages = (*pipeline.STAGES[:at], pipeline.Stage("blocklist", switch="blocklist.enabled"), *pipeline.STAGES[at:])
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    monkeypatch.setattr(pipeline, "BY_NAME", {s.name: s for s in stages})
+    config["blocklist"] = {"enabled": True}
+    after = estimate(config, ROOT)
+    sizes = {s.stage: s for s in after}
+    assert [s.stage for s in after] == [*before][:at] + ["blocklist"] + [*before][at:]
+    blocklist = sizes.pop("blocklist")
+    assert blocklist.records == sizes["attributes"].records == before["attributes"].records  # guard's kept rows
+    assert blocklist.bytes > 0
+    assert len(blocklist.sources) == 1 and blocklist.sources[0].startswith(
+        "estimate: no size figure declared for stage blocklist; a generic row of"), blocklist.sources
+    assert sizes == before  # attributes, enhance, ..., package, dataset: as without the blocklist
+    assert sum(s.bytes for s in after) == sum(s.bytes for s in before.values()) + blocklist.bytes
+    config["blocklist"] = {"enabled": False}  # switched off: not written, not sized
+    assert [s.stage for s in estimate(config, ROOT)] == [*before]
+
+
 def test_disk_estimate_measures_a_folder_source_and_counts_a_url_list(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -1,10 +1,12 @@
 """How much disk a configured run writes under results/, per stage, and whether the filesystem has it.
 
-Record counts come from the config (shards x specs per shard) and the paper's yields between stages
-(finet2i.recipe.paper.FUNNEL, scaled to the config's size). Bytes per record come from the figures in ``FIGURES``,
-each with its source; images dominate (terabytes) and their figures are the paper's own. Every stage keeps one
-table row per record it received (kept or dropped, finet2i.core.runner), so a stage's table is sized by what
-reaches it, not by what it keeps.
+The stages are the pipeline's (finet2i.core.pipeline.STAGES, those the config enables), so a stage inserted
+there is sized too. Record counts follow the pipeline: a stage receives what its upstream stage keeps, from the
+config (shards x specs per shard) and the paper's yields between stages (finet2i.recipe.paper.FUNNEL, scaled to
+the config's size). Bytes per record come from the figures in ``FIGURES``, each with its source, named per stage
+in ``PER_RECORD``; a stage without one is sized by a generic row and says so. Images dominate (terabytes) and
+their figures are the paper's own. Every stage keeps one table row per record it received (kept or dropped,
+finet2i.core.runner), so a stage's table is sized by what reaches it, not by what it keeps.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finet2i.core import pipeline
+from finet2i.preflight.report import GO, NOGO, WARN, Report
 from finet2i.recipe import paper
 
 _RELEASE_SAMPLES = sum(paper.SUBSET_COUNTS.values()) + paper.REAL_COUNT
@@ -41,20 +44,30 @@ FIGURES: dict[str, Figure] = {
     "caption_row": Figure(2_000, "estimate: a short and a long caption"),
 }
 
-# Stage -> (what reaches it, per-record figure(s)). "Reaches" names a FUNNEL count before the stage.
-_SYNTHETIC: dict[str, tuple[str, tuple[str, ...], int]] = {
-    # stage: (funnel count of the records it receives, figures per record, copies per record (subsets))
-    "specs": ("prompts", ("prompt_row",), 1),
-    "prompts": ("prompts", ("prompt_row",), 1),
-    "embed": ("prompts", ("vector",), 1),
-    "dedup": ("prompts", ("prompt_row",), 1),
-    "guard": ("dedup", ("verdict_row",), 1),
-    "attributes": ("guard", ("verdict_row",), 1),
-    "enhance": ("attributes", ("enhanced_row",), 1),
-    "guard_enhanced": ("attributes", ("enhanced_row",), 1),
-    "generate": ("attributes", ("enhanced_row", "jpeg"), 4),
-    "pair_filter": ("attributes", ("pair_row",), 4),
+# What one record of a stage's table holds (FIGURES keys). A stage not named here is still sized, by
+# GENERIC_ROW, and its sources say so. The curated branch's first stage holds what its sources bring
+# (curated_inputs), and package_real their kept photos at the same bytes per photo.
+PER_RECORD: dict[str, tuple[str, ...]] = {
+    "specs": ("prompt_row",),
+    "prompts": ("prompt_row",),
+    "embed": ("vector",),
+    "dedup": ("prompt_row",),
+    "guard": ("verdict_row",),
+    "attributes": ("verdict_row",),
+    "enhance": ("enhanced_row",),
+    "guard_enhanced": ("enhanced_row",),
+    "generate": ("enhanced_row", "jpeg"),
+    "pair_filter": ("pair_row",),
+    "package": ("jpeg", "pair_row"),
+    "curated_score": ("caption_row",),
+    "curated_caption": ("caption_row",),
+    "curated_enhance": ("caption_row",),
+    "curated_guard": ("caption_row",),
 }
+# The largest text row declared above: a stage without a figure is not under-counted.
+GENERIC_ROW = max(f.bytes for k, f in FIGURES.items() if k.endswith("_row"))
+# The tables that assemble cuts into the release's tars (rules/assemble.smk): the dataset/ row holds them again.
+PACKAGED = ("package", "package_real")
 
 
 @dataclass(frozen=True)
@@ -66,40 +79,65 @@ class StageSize:
 
 
 def estimate(config: Mapping[str, Any], workdir: Path = Path(".")) -> list[StageSize]:
-    """Bytes each enabled stage writes under results/ for the whole run (plus dataset/ for the release)."""
+    """Bytes each enabled stage (finet2i.core.pipeline.STAGES) writes under results/ for the whole run, plus
+    dataset/ for the release.
+
+    A stage receives what its upstream stage keeps (``pipeline.upstream``); a stage keeps what it receives
+    unless the paper says how many it kept (FUNNEL, scaled to the config's specs and subsets).
+    """
     specs = int(config["shards"]["count"]) * int(config["shards"]["specs_per_shard"])
     scale = specs / paper.FUNNEL["prompts"]
     subsets = len(config["generate"]["subsets"])
-    fig = FIGURES
+    kept: dict[str, int] = {}
+    photos: tuple[int, float, tuple[str, ...]] | None = None  # the curated sources: photos, bytes, how known
     out: list[StageSize] = []
-    for name, (reaches, figures, copies) in _SYNTHETIC.items():
-        if not pipeline.enabled(name, config):
+    for s in pipeline.enabled_stages(config):
+        up = pipeline.upstream(s.name, config)
+        if up is None or up.name not in kept:  # a branch's first stage
+            if s.branch == pipeline.CURATED:
+                photos = curated_inputs(config, workdir)
+                kept[s.name] = photos[0]
+                out.append(StageSize(s.name, photos[0], round(photos[1]), photos[2]))
+                continue
+            n = round(paper.FUNNEL["prompts"] * scale)
+            fans_out = False
+        else:
+            fans_out = s.per_subset and not up.per_subset  # one record per prompt and subset from here on
+            n = kept[up.name] * (subsets if fans_out else 1)
+        kept[s.name] = n
+        if s.name in paper.FUNNEL and not fans_out:
+            # The paper's count after the stage (over its four subsets for a per-subset stage). Not for the stage
+            # that fans out to the subsets: its count (generate: 4 x attributes) is what reaches it.
+            per = paper.FUNNEL[s.name] * scale
+            kept[s.name] = round(per * subsets / len(paper.SUBSETS)) if s.per_subset else round(per)
+        if s.name == "package_real" and photos is not None:
+            # The paper gives the curated branch's yield only, as what it ships: its kept share of the photos.
+            n = round(n * paper.REAL_COUNT / paper.REAL_DOWNLOADED)
+            per_photo = photos[1] / photos[0] if photos[0] else 0.0
+            out.append(StageSize(s.name, n, round(n * per_photo),
+                                 (*photos[2], f"paper section 3.2: {paper.REAL_COUNT:,} of {paper.REAL_DOWNLOADED:,} "
+                                              f"downloaded photos kept")))
             continue
-        n = round(paper.FUNNEL[reaches] * scale) * (subsets if copies == 4 else 1)
-        out.append(StageSize(name, n, round(n * sum(fig[f].bytes for f in figures)),
-                             tuple(fig[f].source for f in figures)))
-    kept = round(paper.FUNNEL["pair_filter"] * scale * subsets / 4)
-    if pipeline.enabled("package", config):
-        out.append(StageSize("package", kept, round(kept * (fig["jpeg"].bytes + fig["pair_row"].bytes)),
-                             (fig["jpeg"].source, f"paper Table 2: {paper.FUNNEL['pair_filter']:,} pairs kept")))
-    real_in, real_kept = 0, 0
-    if pipeline.enabled("curated_ingest", config):
-        real_in, real_bytes, how = curated_inputs(config, workdir)
-        real_kept = round(real_in * paper.REAL_COUNT / paper.REAL_DOWNLOADED)
-        per = real_bytes / real_in if real_in else 0.0
-        out.append(StageSize("curated_ingest", real_in, round(real_bytes), how))
-        for name in ("curated_score", "curated_caption", "curated_enhance", "curated_guard"):
-            if pipeline.enabled(name, config):
-                out.append(StageSize(name, real_in, round(real_in * fig["caption_row"].bytes),
-                                     (fig["caption_row"].source,)))
-        out.append(StageSize("package_real", real_kept, round(real_kept * per),
-                             (*how, f"paper section 3.2: {paper.REAL_COUNT:,} of {paper.REAL_DOWNLOADED:,} "
-                                    f"downloaded photos kept")))
-    released = kept + real_kept
-    out.append(StageSize("dataset", released,
-                         round(kept * fig["jpeg"].bytes + sum(x.bytes for x in out if x.stage == "package_real")),
+        out.append(_sized(s.name, n))
+    shipped = {x.stage: x for x in out if x.stage in PACKAGED}
+    synthetic = shipped["package"].records if "package" in shipped else 0
+    real = shipped["package_real"] if "package_real" in shipped else None
+    out.append(StageSize("dataset", synthetic + (real.records if real else 0),
+                         round(synthetic * FIGURES["jpeg"].bytes + (real.bytes if real else 0)),
                          ("the tars hold the package tables' JPEGs once more",)))
     return out
+
+
+def _sized(stage: str, records: int) -> StageSize:
+    figures = PER_RECORD.get(stage)
+    if figures is None:
+        return StageSize(stage, records, round(records * GENERIC_ROW),
+                         (f"estimate: no size figure declared for stage {stage}; a generic row of "
+                          f"{GENERIC_ROW:,.0f} bytes (the largest text row declared)",))
+    sources = tuple(FIGURES[f].source for f in figures)
+    if stage == "package":  # the kept samples: the paper's count, each a JPEG and its row
+        sources = (FIGURES["jpeg"].source, f"paper Table 2: {paper.FUNNEL['pair_filter']:,} pairs kept")
+    return StageSize(stage, records, round(records * sum(FIGURES[f].bytes for f in figures)), sources)
 
 
 # Table 3: per source, photos downloaded and their size on disk.
@@ -196,3 +234,23 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+def _check_disk(config: dict[str, Any], results: Path, workdir: Path, report: Report) -> None:
+    sizes = estimate(config, workdir)
+    total = sum(s.bytes for s in sizes)
+    used = used_bytes(results) if results.exists() else 0
+    free, fs = free_bytes(results)
+    need = max(total - used, 0)
+    report.disk = [{"stage": s.stage, "records": s.records, "bytes": s.bytes, "sources": list(s.sources)}
+                   for s in sizes]
+    biggest = ", ".join(f"{s.stage} {human(s.bytes)}" for s in sorted(sizes, key=lambda s: -s.bytes)[:3])
+    detail = (f"the run writes ~{human(total)} under {results} ({biggest}; per stage: --json); "
+              f"{human(used)} already there; {human(free)} free on {fs}")
+    if need > free:
+        report.add(NOGO, "disk", detail + f": short by {human(need - free)}; point results/ at a larger "
+                                          f"filesystem (run from a workdir there)")
+    elif need > 0.8 * free:
+        report.add(WARN, "disk", detail + ": less than 20% headroom")
+    else:
+        report.add(GO, "disk", detail)

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from finet2i.core import batching, pipeline
+from finet2i.preflight.report import GO, NOGO, Report
 
-# Rules that are not a stage of finet2i.core.pipeline, and the stage whose switch they follow (None: always run).
+# Rules that are not a stage of finet2i.core.pipeline (a stage's rule is named for it) nor a stage's batch rules
+# (batch_rules), and the stage whose switch they follow (None: always run).
 AUXILIARY = {"dedup_centroids": "dedup", "dedup_assign": "dedup", "dedup_manifest": "dedup",
-             "dedup_group": "dedup", "dedup_cross": "dedup", "report": None, "assemble": None,
-             "dataset_card": None}
-# Several shards per GPU job (finet2i.core.batching): <stage>_batch and <stage>_publish run instead of <stage>.
-AUXILIARY.update({f"{stage}_{part}": stage for stage in batching.BATCHABLE for part in ("batch", "publish")})
+             "dedup_group": "dedup", "dedup_cross": "dedup", "curated_list": None, "report": None,
+             "assemble": None, "dataset_card": None}
 
 
 LISTED = ("unsplash_lite", "pexels", "pixabay")  # source types with a listing job each (rules/curated_list.smk)
@@ -72,15 +72,19 @@ def parse_rules(snakefile: Path, configfiles: list[Path], workdir: Path) -> dict
         quiet.setLevel(level)
 
 
+def batch_rules() -> dict[str, str]:
+    """Several shards per GPU job (finet2i.core.batching): <stage>_batch and <stage>_publish, each with its stage,
+    run instead of <stage>."""
+    return {f"{stage}_{part}": stage for stage in batching.BATCHABLE for part in ("batch", "publish")}
+
+
 def rule_enabled(rule: str, config: Mapping[str, Any]) -> bool:
     """Whether the config runs any job of ``rule`` (a switched-off stage's rules exist but never run)."""
-    for stage in batching.BATCHABLE:
-        if rule in (f"{stage}_batch", f"{stage}_publish"):
-            return pipeline.enabled(stage, config) and batching.is_batched(config, stage)
-        if rule == stage and batching.is_batched(config, stage):
-            return False
+    batched = batch_rules().get(rule)
+    if batched is not None:
+        return pipeline.enabled(batched, config) and batching.is_batched(config, batched)
     if rule in pipeline.BY_NAME:
-        return pipeline.enabled(rule, config)
+        return pipeline.enabled(rule, config) and not batching.is_batched(config, rule)
     stage = AUXILIARY.get(rule)
     return True if stage is None else pipeline.enabled(stage, config)
 
@@ -92,8 +96,22 @@ def job_count(rule: RuleInfo, config: Mapping[str, Any]) -> int:
     domains = {"shard": int(config["shards"]["count"]), "cshard": int(config["curated"]["shards"]),
                "group": int(config["dedup"]["groups"]),
                "batch": batching.batch_count(config["shards"]["count"],
-                                             batching.shards_per_job(config, rule.name.rsplit("_", 1)[0])),
+                                             batching.shards_per_job(config, batch_rules().get(rule.name, ""))),
                "subset": subsets + real if rule.name == "assemble" else subsets,
                "source": sum(isinstance(e, dict) and e.get("type") in LISTED
                              for e in config["curated"].get("sources") or [])}
     return math.prod(domains.get(w, 1) for w in rule.wildcards)
+
+
+def _check_workflow(snakefile: Path, files: list[Path], workdir: Path, config: dict[str, Any],
+                    report: Report) -> dict[str, RuleInfo]:
+    """The enabled rules, each with its threads and resources; the jobs of each in ``report.jobs``."""
+    try:
+        parsed = parse_rules(snakefile.resolve(), [f.resolve() for f in files], workdir.resolve())
+    except Exception as e:  # noqa: BLE001 - a Snakefile that does not parse is a NO-GO with its message
+        report.add(NOGO, "workflow", f"{snakefile}: Snakemake cannot parse it: {e}")
+        return {}
+    rules = {name: info for name, info in parsed.items() if rule_enabled(name, config)}
+    report.jobs = {name: job_count(info, config) for name, info in rules.items()}
+    report.add(GO, "workflow", f"{len(rules)} rules, {sum(report.jobs.values()):,} jobs in a full run")
+    return rules
