@@ -18,6 +18,7 @@ from workflow_helpers import DEMO_CONFIG, ROOT, demo_workdir, make_workdir, snak
 
 from finet2i.preflight import GO, NOGO, WARN, Report, run_preflight
 from finet2i.preflight.disk import FIGURES, estimate, human
+from finet2i.preflight.plan import parse_rules
 from finet2i.preflight.profile import Profile, ProfileError, evaluate
 from finet2i.preflight.slurm import _gpus, parse_time_min
 
@@ -45,11 +46,13 @@ def rows(report: Report, status: str, check: str | None = None) -> list[str]:
 
 def test_shipped_profile_memory_grows_per_attempt_and_is_capped() -> None:
     profile = Profile.load(ROOT / "profiles" / "slurm")
-    asks = [profile.request("generate", {"mem_mb": 128000, "gpu": 1}, 8, a) for a in (1, 2, 3)]
-    assert [r.mem_mb for r in asks] == [128000, 250000, 250000]
+    rules = parse_rules(ROOT / "Snakefile", [ROOT / "config" / "config.yaml"], ROOT)
+    generate = rules["generate"]
+    asks = [profile.request("generate", generate.resources, generate.threads, a) for a in (1, 2, 3)]
+    assert [r.mem_mb for r in asks] == [128000, 250000, 250000]  # rules/resources.yaml: x attempt, capped
     assert [(r.partition, r.gpus, r.cpus) for r in asks] == [("gpu", 1, 8)] * 3
-    assert asks[0].mem_from == "set-resources.generate.mem_mb"
-    specs = profile.request("specs", {"mem_mb": 2000, "runtime": 10}, 1, 3)
+    assert asks[0].mem_from == "rule generate (rules/resources.yaml)"
+    specs = profile.request("specs", rules["specs"].resources, 1, 3)
     assert (specs.partition, specs.mem_mb, specs.runtime_min, specs.gpus) == ("cpu", 6000, 10, 0)
     assert profile.group_size("specs") == 16 and profile.group_size("generate") == 1
     assert profile.retries == 2

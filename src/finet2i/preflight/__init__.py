@@ -56,8 +56,10 @@ def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | No
         return report
     report.add(GO, "config", f"{', '.join(map(str, files))}: valid")
     _check_models(config, workdir, report)
-    _check_sources(config, workdir, report)
     rules = _check_workflow(snakefile or workdir / "Snakefile", files, workdir, config, report)
+    # After the Snakefile's parse, as in a run: the workflow sets up its own environment first (the demo's fake
+    # photo APIs take a key that rules/demo.smk sets).
+    _check_sources(config, workdir, report)
     executor = _check_profile(Path(profile), rules, config, report) if profile is not None else None
     _check_network(rules, config, workdir, profile if executor == "slurm" else None, report)
     _check_disk(config, results or workdir / "results", workdir, report)

@@ -4,6 +4,7 @@ jobs each has under a config, without building the DAG (which takes ~45 s at pro
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import math
@@ -58,8 +59,12 @@ def parse_rules(snakefile: Path, configfiles: list[Path], workdir: Path) -> dict
                     if name.startswith("_") or name == "tmpdir":
                         continue
                     raw = getattr(res, "raw", None)
+                    if raw is None:  # a function: Snakemake keeps it as the resource's value
+                        raw = getattr(res, "_value", None)
                     if isinstance(raw, int | str) and not callable(raw):
                         constants[name] = raw
+                    elif callable(raw) and per_attempt(raw):
+                        constants[name] = raw  # e.g. memory that grows with each retry (rules/resources.yaml)
                     else:
                         computed.append(name)
                 cores = rule.resources.get("_cores")
@@ -70,6 +75,16 @@ def parse_rules(snakefile: Path, configfiles: list[Path], workdir: Path) -> dict
             return out
     finally:
         quiet.setLevel(level)
+
+
+def per_attempt(value: Any) -> bool:
+    """Whether a rule's resource is a function of the attempt only (and wildcards it does not read), which
+    preflight can evaluate for every attempt before anything is planned."""
+    try:
+        params = set(inspect.signature(value).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params <= {"wildcards", "attempt"}
 
 
 def batch_rules() -> dict[str, str]:

@@ -11,6 +11,7 @@ Snakemake, so that preflight can check every (rule, attempt) against the cluster
 
 from __future__ import annotations
 
+import inspect
 import re
 import tempfile
 from collections.abc import Mapping
@@ -168,7 +169,10 @@ class Profile:
             if name in self.set_resources.get(rule, {}):
                 raw, where = self.set_resources[rule][name], f"set-resources.{rule}.{name}"
             elif name in declared:
-                return declared[name], f"rule {rule} (rules/{rule}.smk)"
+                raw = declared[name]
+                if callable(raw):  # a function of the attempt (finet2i.preflight.plan.per_attempt)
+                    raw = raw(**{k: attempt if k == "attempt" else None for k in inspect.signature(raw).parameters})
+                return raw, f"rule {rule} (rules/resources.yaml)"
             else:
                 raw, where = self.raw(rule, name)
             return evaluate(raw, attempt=attempt, threads=threads, where=f"{self.path}: {where}"), where
