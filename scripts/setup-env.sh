@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# Debian's chromium for the explorer's browser tests (tests/test_workflow_explore.py): Playwright drives it and
+# Debian's chromium for the explorer's browser tests (tests/workflow_runs/test_workflow_explore.py): Playwright drives it and
 # never downloads a browser. Checked on every run (cheap); needs root or sudo, else it only warns.
 if [ ! -x /usr/bin/chromium ]; then
   apt=(env DEBIAN_FRONTEND=noninteractive apt-get); [ "$(id -u)" = 0 ] || apt=(sudo -n "${apt[@]}")

@@ -125,7 +125,7 @@ MpiDefault=none
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:$NGPU State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
-# For the preflight tests (tests/test_preflight.py): a partition with a 60-minute limit, and a CPU-only partition
+# For the preflight tests (tests/preflight/test_preflight.py): a partition with a 60-minute limit, and a CPU-only partition
 # whose one node exists on paper only (State=CLOUD: powered down, never started; nothing is ever scheduled
 # there) so that "GPUs asked in a partition without GPUs" meets a real partition table.
 # PrivateData=cloud: show that powered-down node in sinfo/scontrol (hidden otherwise), as cloud sites do.

@@ -1,0 +1,315 @@
+"""The report turns stats JSONs and dataset indexes into the funnel and the paper's tables and figures."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from finet2i.core import pipeline
+from finet2i.recipe import paper
+from finet2i.reporting.distributions import resolution_label
+from finet2i.reporting.funnel import read_stats
+from finet2i.reporting.render import DEMO_BANNER, render_html
+from finet2i.reporting.tables import Table
+from finet2i.stages.report import run_report
+from finet2i.workflow.params import report_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBSETS = ["pe_ar", "pe_as", "po_ar", "po_as"]
+CONFIG = {"seed": 7, "shards": {"count": 2, "specs_per_shard": 10}, "generate": {"subsets": SUBSETS},
+          "pair_filter": {"aesthetic_threshold": 5.5}, "curated": {"aesthetic_threshold": 6.5},
+          "dedup": {"threshold": 0.8}}
+SETTINGS = report_settings(CONFIG)
+
+
+def _stats(path: Path, stage: str, shard: str, records_in: int, kept: int, dropped: dict[str, int],
+           model: str | None = None, **extra) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written by hand (not StageStats.write, which refuses inconsistent counts) to also test the flag.
+    path.write_text(json.dumps({"stage": stage, "shard": shard, "records_in": records_in, "kept": kept,
+                                "dropped": dropped, "seconds": 1.5, "model": model, "extra": extra}))
+    return str(path)
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    r = tmp_path / "results"
+    stats = []
+    for shard in ("00000", "00001"):
+        stats.append(_stats(r / "specs" / f"{shard}.stats.json", "specs", shard, 10, 10, {}))
+        stats.append(_stats(r / "prompts" / f"{shard}.stats.json", "prompts", shard, 10, 8, {"too_short": 2},
+                            model="prompt-llm"))
+        stats.append(_stats(r / "dedup" / f"{shard}.stats.json", "dedup", shard, 8, 4,
+                            {"duplicate": 4}))
+        stats.append(_stats(r / "guard" / f"{shard}.stats.json", "guard", shard, 4, 4, {}))
+        for subset in SUBSETS:
+            stats.append(_stats(r / "generate" / subset / f"{shard}.stats.json", "generate", shard, 4, 4, {}))
+            stats.append(_stats(r / "pair_filter" / subset / f"{shard}.stats.json", "pair_filter", shard, 4, 2,
+                                {"aesthetic": 1, "judge": 1}, model="judge"))
+    # A broken shard: 5 in, 3 kept, 1 dropped.
+    stats.append(_stats(r / "attributes" / "00000.stats.json", "attributes", "00000", 5, 3, {"style": 1}))
+    stats.append(_stats(r / "curated_score" / "00000.stats.json", "curated_score", "00000", 6, 3,
+                        {"aesthetic": 3}))
+
+    styles = list(paper.STYLE_TABLE)
+    joints = list(paper.SUBCATEGORY_TABLE)
+    tasks = list(paper.TASK_TABLE)
+    indexes = []
+    for s_i, subset in enumerate([*SUBSETS, "real"]):
+        n = 6 if subset != "real" else 3
+        rows = []
+        for i in range(n):
+            cat, sub = joints[(i + s_i) % len(joints)]
+            syn = subset != "real"
+            rows.append({
+                "id": f"{subset}-00000-{i:06d}", "style": styles[i % len(styles)] if syn else None,
+                "prompt_category": cat if syn else None, "subcategory": sub if syn else None,
+                "task": tasks[-1] if i % 2 else tasks[i % 4],
+                # Indexes may store [w, h] or "WxH": half the subsets use each form.
+                "image_resolution": ([1024, 768] if i % 2 else [1024, 1024]) if s_i % 2 else
+                ("1024x768" if i % 2 else "1024x1024"),
+                "image_aspect_ratio": "4:3" if i % 2 else "1:1", "length": 10 + 7 * i,
+                "enhanced_length": 80 + 20 * i, "aesthetic_predictor_v_2_5_score": 5.6 + 0.3 * i,
+                "subset": subset,
+            })
+        p = r / "dataset" / subset / "train-00000.parquet"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), p)
+        indexes.append(str(p))
+    sim = r / "dedup" / "similarity_histogram.json"
+    counts = [1, 3, 9, 20, 30, 18, 9, 5, 3, 2, 1, 1]
+    sim.write_text(json.dumps({"bin_edges": [x / 10 for x in range(-2, 11)], "counts": counts,
+                               "threshold": 0.8, "sample_size": 2000}))
+    return tmp_path, stats, indexes, str(sim)
+
+
+def test_funnel_sums_shards_and_splits_subsets(run_dir):
+    tmp, stats, indexes, sim = run_dir
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), settings=SETTINGS)
+    by = {s["label"]: s for s in funnel["stages"]}
+    assert by["prompts"]["records_in"] == 20 and by["prompts"]["kept"] == 16
+    assert by["prompts"]["dropped"] == {"too_short": 4} and by["prompts"]["models"] == ["prompt-llm"]
+    assert by["pair_filter [po_as]"]["kept"] == 4 and by["pair_filter [po_as]"]["shards"] == 2
+    assert by["pair_filter [pe_ar]"]["dropped"] == {"aesthetic": 2, "judge": 2}
+    labels = [s["label"] for s in funnel["stages"]]
+    # Pipeline order, curated stages after the synthetic branch.
+    order = ["specs", "prompts", "dedup", "guard", "attributes", "generate [pe_ar]", "pair_filter [pe_ar]",
+             "curated_score"]
+    assert [labels.index(x) for x in order] == sorted(labels.index(x) for x in order)
+    cmp = {c["step"]: c for c in funnel["paper_comparison"]}
+    assert cmp["dedup"]["paper_kept"] == 5_555_147 and cmp["dedup"]["ours_kept"] == 8
+    assert cmp["dedup"]["ours_retention"] == pytest.approx(0.5)
+    assert cmp["dedup"]["paper_retention"] == pytest.approx(5_555_147 / 44_800_567)
+    assert cmp["pair_filter"]["ours_kept"] == 16 and cmp["pair_filter"]["paper_kept"] == 6_145_693
+    assert cmp["pair_filter [pe_ar]"]["ours_retention"] == pytest.approx(0.5)
+    assert cmp["real images"]["ours_kept"] == 3 and cmp["real images"]["paper_kept"] == 168_424
+    assert funnel["samples"] == {"pe_ar": 6, "pe_as": 6, "po_ar": 6, "po_as": 6, "real": 3}
+
+
+def test_funnel_order_follows_the_pipeline(tmp_path, monkeypatch):
+    """Rows come in finet2i.core.pipeline's order whatever order the files are given in; a stage the pipeline
+    does not declare comes last; per-subset stages take their subset from the path, package_real from extra."""
+    r = tmp_path / "results"
+    stats = [_stats(r / "old_stage" / "00000.stats.json", "old_stage", "00000", 1, 1, {})]
+    for s in reversed(pipeline.STAGES):
+        if s.name == "package_real":
+            stats.append(_stats(r / "dataset" / "real" / "package_real-00000.stats.json", s.name, "00000", 2, 2,
+                                {}, subset="real"))
+        elif s.per_subset:
+            stats += [_stats(tmp_path / s.results / sub / "00000.stats.json", s.name, "00000", 2, 2, {})
+                      for sub in reversed(SUBSETS)]
+        else:
+            stats.append(_stats(tmp_path / s.results / "00000.stats.json", s.name, "00000", 2, 2, {}))
+    labels = [row.label for row in read_stats(stats, [*SUBSETS, "real"])]
+    expected = []
+    for s in pipeline.STAGES:
+        if s.per_subset:
+            expected += [f"{s.name} [{sub}]" for sub in sorted(SUBSETS)]
+        else:
+            expected.append(f"{s.name} [real]" if s.name == "package_real" else s.name)
+    assert labels == [*expected, "old_stage"]
+    # The order is read from finet2i.core.pipeline, not a copy of it.
+    backwards = tuple(reversed(pipeline.stage_order()))
+    monkeypatch.setattr(pipeline, "stage_order", lambda: backwards)
+    stages = [row.stage for row in read_stats(stats, [*SUBSETS, "real"])]
+    assert list(dict.fromkeys(stages)) == [*backwards, "old_stage"]
+
+
+def test_real_images_row_reads_package_real(run_dir):
+    tmp, stats, indexes, sim = run_dir
+    real = _stats(tmp / "results" / "dataset" / "real" / "00000.stats.json", "package_real", "00000", 3, 2,
+                  {"too_small": 1}, subset="real")
+    funnel = run_report([*stats, real], indexes, sim, str(tmp / "report"), settings=SETTINGS)
+    cmp = {c["step"]: c for c in funnel["paper_comparison"]}
+    assert cmp["real images"]["ours_kept"] == 2  # not curated_score's 3
+    assert [s["label"] for s in funnel["stages"]][-1] == "package_real [real]"
+
+
+def test_html_escapes_prompts_and_stage_names(tmp_path):
+    evil = "<script>alert('x')</script>"
+    stats = [_stats(tmp_path / "x" / "00000.stats.json", evil, "00000", 3, 2, {f"judge said {evil}": 1},
+                    model=evil)]
+    funnel = run_report(stats, [], None, str(tmp_path / "report"), settings=SETTINGS)
+    assert funnel["stages"][0]["stage"] == evil
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    table = Table(f"title {evil}", [evil], [[f"a prompt: {evil}"], ["FLAG: <b>bold</b>"]], note=evil,
+                  footer=evil)
+    page = render_html([table], {}, [evil], {"seed": evil}, demo=True)
+    assert "<script" not in page.lower() and "<b>" not in page
+    assert page.count("&lt;script&gt;") == 7 and "FLAG: &lt;b&gt;bold&lt;/b&gt;" in page
+
+
+def test_inconsistent_stats_are_flagged(run_dir):
+    tmp, stats, indexes, sim = run_dir
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), settings=SETTINGS)
+    assert any(f.startswith("attributes: shard 00000") and "in 5 != kept 3 + dropped 1" in f
+               for f in funnel["flags"])
+    html = (tmp / "report" / "report.html").read_text()
+    assert "FLAG: 1 shard(s) in != kept + dropped" in html
+    md = (tmp / "report" / "report.md").read_text()
+    assert re.search(r"\| attributes \|.*FLAG", md)
+    assert "| guard |" in md and re.search(r"\| guard \|.*\| OK \(in = dedup kept\) \|", md)
+
+
+def test_records_lost_between_stages_are_flagged(run_dir):
+    """Conservation: attributes received 5 records on shard 00000 where the guard kept 4."""
+    tmp, stats, indexes, sim = run_dir
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), settings=SETTINGS)
+    assert "attributes: records lost or added between stages, shard 00000: in 5 != guard kept 4" in funnel["flags"]
+    row = next(r for r in funnel["stages"] if r["stage"] == "attributes")
+    assert row["upstream"] == "guard" and len(row["breaks"]) == 1
+    pair = next(r for r in funnel["stages"] if r["label"] == "pair_filter [pe_ar]")
+    assert pair["upstream"] == "generate [pe_ar]" and pair["breaks"] == []  # per subset, 4 in = 4 kept
+
+
+def test_tables_and_figures(run_dir):
+    tmp, stats, indexes, sim = run_dir
+    out = tmp / "report"
+    funnel = run_report(stats, indexes, sim, str(out), settings=SETTINGS)
+    md = (out / "report.md").read_text()
+    # Table 5: one synthetic sample per style cycle, counts per subset, the paper's share beside ours.
+    assert "## Style x subset (Table 5)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| General & Photorealistic |"))
+    assert "20.1%" in row  # the paper's 1,232,817 / 6,145,693
+    assert "## Category / sub-category x subset (Table 6)" in md and "| People | Portrait |" in md
+    assert "## Task x subset (Table 7)" in md and "| Not Specified |" in md
+    # Table 8: resolutions as width x height whatever form the index stores them in, real included.
+    res = next(line for line in md.splitlines() if line.startswith("| 4:3 1024x768 |"))
+    assert res.endswith("| 3 | 3 | 3 | 3 | 1 | 13 |")  # odd rows: 3 per synthetic subset, 1 real
+    assert set(funnel["distances_to_paper"]) == {"category", "subcategory", "style", "task"}
+    assert all(0 < d <= 1 for d in funnel["distances_to_paper"].values())
+    for fig in ("shares", "lengths", "aesthetic", "similarity"):
+        png = out / "figures" / f"{fig}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+    html = (out / "report.html").read_text()
+    # Self-contained: every image is embedded, nothing is fetched.
+    assert html.count("data:image/png;base64,") == 4
+    assert not re.search(r"src=['\"](?!data:)", html)
+    assert DEMO_BANNER not in html
+    assert funnel["similarity_histogram"]["sample_size"] == 2000
+
+
+def test_demo_output_is_labelled(run_dir):
+    tmp, stats, indexes, sim = run_dir
+    funnel = run_report(stats, indexes, sim, str(tmp / "report"), settings={**SETTINGS, "demo": True})
+    assert funnel["demo"] is True
+    assert "DEMO OUTPUT IS NOT A DATASET" in (tmp / "report" / "report.html").read_text()
+    assert "DEMO OUTPUT IS NOT A DATASET" in (tmp / "report" / "report.md").read_text()
+
+
+def test_missing_inputs_are_reported_not_fatal(tmp_path):
+    stats = [_stats(tmp_path / "specs" / "00000.stats.json", "specs", "00000", 3, 3, {})]
+    funnel = run_report(stats, [], None, str(tmp_path / "report"), settings=SETTINGS)
+    assert "dedup similarity histogram missing: Fig. 3 not drawn" in funnel["flags"]
+    assert "no packaged samples: the distribution tables are empty" in funnel["flags"]
+    assert (tmp_path / "report" / "report.html").exists() and (tmp_path / "report" / "figures").is_dir()
+    assert funnel["distances_to_paper"]["style"] is None
+
+
+def test_bad_stats_file_names_the_file(tmp_path):
+    bad = tmp_path / "guard" / "00000.stats.json"
+    bad.parent.mkdir()
+    bad.write_text('{"stage": "guard"}')
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        read_stats([bad], SUBSETS)
+
+
+def test_bad_similarity_histogram_names_the_file(run_dir):
+    tmp, stats, indexes, _ = run_dir
+    bad = tmp / "sim.json"
+    bad.write_text(json.dumps({"bin_edges": [0, 1], "counts": [1, 2], "threshold": 0.8, "sample_size": 3}))
+    with pytest.raises(ValueError, match="sim.json: 2 bin_edges for 2 counts"):
+        run_report(stats, indexes, str(bad), str(tmp / "report"), settings=SETTINGS)
+
+
+def test_resolution_label():
+    assert resolution_label([2048, 1536]) == "2048x1536"
+    assert resolution_label("[768, 1024]") == "768x1024"
+    assert resolution_label("1024x1024") == "1024x1024"
+    assert resolution_label(None) is None
+
+
+def test_snakemake_report_smoke(run_dir):
+    """`snakemake` runs rule report from rules/report.smk, then `snakemake --report` renders report/."""
+    tmp, stats, indexes, sim = run_dir
+    wd = tmp / "wf"
+    wd.mkdir()
+    for part in ("rules", "workflow_scripts", "report", "envs"):
+        shutil.copytree(ROOT / part, wd / part)
+    shutil.copytree(tmp / "results", wd / "results")
+    rel = [str(Path(p).relative_to(tmp)) for p in stats]
+    idx = [str(Path(p).relative_to(tmp)) for p in indexes]
+    (wd / "config.yaml").write_text(json.dumps({**CONFIG, "demo": True, "taxonomy": "taxonomy.yaml"}))
+    (wd / "Snakefile").write_text(textwrap.dedent(f"""
+        configfile: "config.yaml"
+        report: "report/workflow.rst"
+
+        from finet2i.core.codehash import script_fingerprint
+        from finet2i.workflow.params import report_settings
+
+        def script_code(script):  # as rules/common.smk defines it
+            return script_fingerprint(workflow.basedir + "/" + script)
+
+        def threads_of(rule):
+            return 1
+
+        def resources_of(rule):
+            return {{"mem_mb": 1000, "runtime": 10}}
+
+        def report_inputs(wildcards):
+            return {{"stats": {rel!r}, "indexes": {idx!r},
+                    "similarity_histogram": ["results/dedup/similarity_histogram.json"]}}
+
+        include: "rules/report.smk"
+
+        rule all:
+            default_target: True
+            input: "results/report/report.html"
+        """))
+    run = [sys.executable, "-m", "snakemake", "-c1", "--quiet"]
+    proc = subprocess.run(run, cwd=wd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "DEMO OUTPUT IS NOT A DATASET" in (wd / "results" / "report" / "report.html").read_text()
+    proc = subprocess.run([*run, "--report", "smk-report.html"], cwd=wd, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (wd / "smk-report.html").stat().st_size > 10_000
+
+
+def test_the_report_says_how_to_browse_the_run(run_dir):
+    tmp, stats, indexes, sim = run_dir
+    run_report(stats, indexes, sim, str(tmp / "report"), settings=SETTINGS)
+    html = (tmp / "report" / "report.html").read_text()
+    assert f"<code>finet2i explore {tmp}</code>" in html and 'href="http://127.0.0.1:8000/"' in html
+    assert f"`finet2i explore {tmp}`" in (tmp / "report" / "report.md").read_text()

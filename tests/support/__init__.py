@@ -1,0 +1,1 @@
+"""Helpers and shared fixtures of the tests (tests/conftest.py registers the fixtures)."""
