@@ -12,7 +12,7 @@ from finet2i.core.batching import publish_shard
 from finet2i.core.codehash import script_fingerprint
 from finet2i.release import layout as release
 from finet2i.sources import is_listed, listed_name, manifest_path
-from finet2i.workflow.config import source_path
+from finet2i.workflow.config import check_available, source_path
 from finet2i.workflow.params import (
     RunOnly,
     output_settings,
@@ -92,6 +92,11 @@ def guard_settings(stage):
         **stage_settings("guard", without=("max_words",)),
         "max_words": config[stage]["max_words"],
     }
+
+
+def check_before_the_first_job():
+    """The run's onstart (after planning, before the first job): every model and curated source is there."""
+    check_available(config, base_dir=".")
 
 
 def script_code(script):

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from support.workflow import demo_yaml
 
@@ -23,3 +25,15 @@ pytest_plugins = ["support.llm", "support.vlm", "support.generation", "support.s
 def demo_config() -> dict:
     """config/demo.yaml as written (not validated), a fresh copy per test."""
     return demo_yaml()
+
+
+@pytest.fixture(autouse=True)
+def _no_snakemake_storage_registry_left():
+    """A workflow parsed inside the test process (preflight's tests parse the Snakefile) leaves Snakemake's storage
+    registry in snakemake.workflow's globals; starting a vLLM engine later in the same process scans every module's
+    attributes and fails on it ("'StorageProviderProxy' object has no attribute 'get'"). A run never mixes the two
+    (a job is its own process), so the tests clear it after each test."""
+    yield
+    module = sys.modules.get("snakemake.workflow")
+    if module is not None:
+        vars(module).pop("storage", None)

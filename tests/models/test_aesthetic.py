@@ -13,7 +13,7 @@ from finet2i.models.backends.aesthetic import build_head_module, load_aesthetic_
 from finet2i.models.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from generation_fixtures import TinyModels
+    from support.generation import TinyModels
 
 
 # The released aesthetic_predictor_v2_5.pth: Linear layers at 0, 2, 4, 6, 8 of `scoring_head` over the

@@ -13,7 +13,7 @@ from finet2i.models.backends.diffusers_gen import GENERATION_SIDECAR, load_gener
 from finet2i.models.spec import ModelNotAvailable, ModelSpec
 
 if TYPE_CHECKING:
-    from generation_fixtures import TinyModels
+    from support.generation import TinyModels
 
 
 

@@ -1,6 +1,6 @@
 """The tiny Llama-3 prompt model and Llama-Guard-3-style guard, built once per test session, and one vLLM
 engine on each, shared by test_vllm_backend, test_prompts, test_guard, test_enhance
-(``pytest_plugins = ["fixtures_llm"]``).
+(registered by tests/conftest.py).
 
 The models are trained for a few steps only (tests check the plumbing and the stage contracts, not prose).
 """

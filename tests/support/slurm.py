@@ -1,8 +1,8 @@
 """Test helpers for the real single-node Slurm cluster (scripts/slurm-up.sh).
 
-Use in a test module:
+Use in a test module (tests/conftest.py registers the `slurm_cluster` fixture):
 
-    from slurm_harness import SlurmCluster, sacct_jobs, slurm_cluster_fixture  # noqa: F401
+    from support.slurm import SlurmCluster, sacct_jobs
 
     @pytest.mark.slurm
     def test_x(slurm_cluster: SlurmCluster, tmp_path): ...

@@ -1,5 +1,5 @@
 """The tiny Qwen3-VL and one vLLM engine on it, built once per test session and shared by the vision-LLM
-stage tests (attributes, pair_filter, caption, qwen3_vl): ``pytest_plugins = ["vlm_fixtures"]``."""
+stage tests (attributes, pair_filter, caption, qwen3_vl): registered by tests/conftest.py."""
 
 from __future__ import annotations
 

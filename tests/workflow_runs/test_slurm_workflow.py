@@ -211,7 +211,7 @@ def demo_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, DemoRu
     """The demo once with the local executor (profiles/local, as `finet2i demo` runs it) and once on Slurm,
     the latter by following the README's first-run section word for word (run_readme_first_run).
 
-    The local run is the session's shared one (workflow_helpers.local_demo): if no earlier test started it,
+    The local run is the session's shared one (support.workflow.local_demo): if no earlier test started it,
     it runs in the background while the Slurm run waits on the queue and its polls.
     """
     local = local_demo(tmp_path_factory)  # the session's shared run; started here if no test started it

@@ -4,7 +4,7 @@ RESULTS_DIR only, every prompt and model answer escaped) and the static export.
 
 Expected values come from the demo's parquet files read with pyarrow, never from the explorer's own queries.
 Named test_workflow_* so that it runs after test_slurm_workflow, which starts the session's shared demo run in
-the background (workflow_helpers.LocalDemo): a test earlier in file order would wait for it alone.
+the background (support.workflow.LocalDemo): a test earlier in file order would wait for it alone.
 Screenshots are kept under the pytest temp folder (``explore-screenshots/``, or ``$FINET2I_TEST_ARTIFACTS``);
 with ``FINET2I_UPDATE_DOCS=1`` the grid, a detail view and a dropped view are also copied into docs/
 (docs/explore.md shows them), so that an ordinary test run leaves the checkout unchanged:
@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
-    """The session's finished demo run (workflow_helpers.local_demo), read only."""
+    """The session's finished demo run (support.workflow.local_demo), read only."""
     return local_demo(tmp_path_factory).wait() / "results"
 
 

@@ -1,6 +1,6 @@
 """Partial reruns and in-shard resume through Snakemake (issue 4, points 3-4).
 
-The session's finished demo run (workflow_helpers.local_demo, shared with test_workflow and
+The session's finished demo run (support.workflow.local_demo, shared with test_workflow and
 test_slurm_workflow: every stage kind, CPU and vLLM and diffusion), then `snakemake -n` after each kind of
 change must plan EXACTLY the jobs that the change can affect:
 
@@ -98,7 +98,7 @@ def assert_reason(planned: dict[str, str], stage: str, reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """The session's finished demo run (workflow_helpers.local_demo), shared with test_workflow and
+    """The session's finished demo run (support.workflow.local_demo), shared with test_workflow and
     test_slurm_workflow. Dry runs plan against it as it is; tests that change files work on a copy."""
     return local_demo(tmp_path_factory).wait()
 
