@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from finet2i.demo.tokenizer import partiprompts
+from finet2i.models.backends.sdxl import readable
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +86,6 @@ def _fresh(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
-
-
-def readable(folder: Path) -> None:
-    """safetensors writes its files 0600 whatever the umask; give them the umask's mode like every other file,
-    so that group members on a shared filesystem can read them."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for p in folder.rglob("*"):
-        if p.is_file():
-            p.chmod(0o666 & ~mask)
 
 
 def build_sdxl(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:

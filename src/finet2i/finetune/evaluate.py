@@ -35,6 +35,7 @@ from finet2i.core import shards
 from finet2i.finetune import geneval, judge, stats, votes
 from finet2i.finetune.prompts import Comparison, comparisons
 from finet2i.finetune.settings import EvaluateSettings
+from finet2i.models.backends.sdxl import ADAPTER_FILE
 from finet2i.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def render_all(base: ModelSpec, adapter_dir: str, comps: Sequence[Comparison], w
     for side in SIDES:
         t0 = time.monotonic()
         if side == "tuned":
-            pipe.load_lora_weights(adapter_dir, weight_name="pytorch_lora_weights.safetensors")
+            pipe.load_lora_weights(adapter_dir, weight_name=ADAPTER_FILE)
         (work / side).mkdir(parents=True, exist_ok=True)
         for i in todo[side]:
             batch = comps[i:i + RENDER_BATCH]
@@ -155,7 +156,7 @@ def run_evaluate(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike
     out = Path(out_dir)
     adapter = Path(adapter_dir)
     prompt_set, comps = comparisons(s.prompts, s.max_prompts, s.images_per_prompt, seed)
-    weights = adapter / "pytorch_lora_weights.safetensors"
+    weights = adapter / ADAPTER_FILE
     key = shards.fingerprint([_digest(weights)], base.label, s.steps, s.guidance, s.resolution,
                              [(c.pair_id, c.prompt, c.seed) for c in comps])
     work = out / ".partial" / key

@@ -45,13 +45,13 @@ from typing import Any
 from finet2i.core import shards
 from finet2i.finetune import data
 from finet2i.finetune.settings import FinetuneSettings
+from finet2i.models.backends.sdxl import ADAPTER_FILE, readable
 from finet2i.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 STAGE = "finetune"
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 FINGERPRINT = "fingerprint.json"
 KEEP_CHECKPOINTS = 2
 
@@ -394,15 +394,6 @@ def _checkpoint(accelerator: Any, folder: Path, step: int, main: bool) -> None:
             shutil.rmtree(old, ignore_errors=True)
         log.info("finetune: checkpoint %s", dst)
     accelerator.wait_for_everyone()
-
-
-def readable(folder: Path) -> None:
-    """safetensors writes 0600 files whatever the umask: give the adapter the umask's mode (shared clusters)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for p in folder.rglob("*"):
-        if p.is_file():
-            p.chmod(0o666 & ~mask)
 
 
 def _stats(job: TrainJob, s: FinetuneSettings, spec: ModelSpec, samples: list[data.Sample], flags: list[bool],

@@ -19,6 +19,18 @@ log = logging.getLogger(__name__)
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 
 
+def readable(folder: str | os.PathLike[str]) -> None:
+    """safetensors writes its files 0600 whatever the umask (an adapter, a saved pipeline): give them the umask's
+    mode like every other file, so that group members on a shared cluster filesystem can read them."""
+    from pathlib import Path
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in Path(folder).rglob("*"):
+        if p.is_file():
+            p.chmod(0o666 & ~mask)
+
+
 def device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
     """cuda + bf16 when there is a GPU, else cpu + fp32 (half precision on a CPU is slow and lossy)."""
     import torch
