@@ -142,6 +142,7 @@ def test_the_runner_loop_exists_once_and_stage_modules_stay_small():
 
 def _settings_classes() -> list[tuple[str, type]]:
     """(config section, settings class) of every stage."""
+    from finet2i.finetune.settings import EvaluateSettings, FinetuneSettings
     from finet2i.stages import (
         attributes,
         caption,
@@ -154,10 +155,10 @@ def _settings_classes() -> list[tuple[str, type]]:
         pair_filter,
         prompts,
     )
-    from finet2i.finetune.settings import EvaluateSettings, FinetuneSettings
     from finet2i.stages.dedup.settings import DedupSettings
 
-    return [("finetune", FinetuneSettings), ("evaluate", EvaluateSettings), ("prompts", prompts.PromptSettings), ("embed", embed.EmbedSettings), ("dedup", DedupSettings),
+    return [("finetune", FinetuneSettings), ("evaluate", EvaluateSettings),
+            ("prompts", prompts.PromptSettings), ("embed", embed.EmbedSettings), ("dedup", DedupSettings),
             ("guard", guard.GuardSettings), ("attributes", attributes.AttributeSettings),
             ("enhance", enhance.EnhanceSettings), ("pair_filter", pair_filter.PairFilterSettings),
             ("curated", curated_ingest.IngestSettings), ("curated", curated_score.ScoreSettings),
