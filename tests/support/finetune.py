@@ -89,3 +89,21 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
         _CACHE["clip"] = build_clip(tmp_path_factory.mktemp("models"), seed=0)
     return _CACHE["clip"]
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_release: Path, tiny_sdxl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter of the tiny SD-XL after a few steps on the tiny release (its folder)."""
+    if "adapter" not in _CACHE:
+        from finet2i.finetune.train import TrainJob, train
+
+        out = tmp_path_factory.mktemp("adapter")
+        job = TrainJob(dataset_dir=str(tiny_release), adapter_dir=str(out / "adapter"),
+                       stats_path=str(out / "finetune.json"), samples_path=str(out / "samples.parquet"),
+                       checkpoints_dir=str(out / "checkpoints"), model={"key": "models.finetune_base",
+                                                                        "path": str(tiny_sdxl)},
+                       settings={"resolution": 64, "bucket_step": 32, "batch_per_gpu": 2, "max_samples": 8,
+                                 "learning_rate": 1e-3, "gradient_checkpointing": False}, seed=7)
+        train(job)
+        _CACHE["adapter"] = out / "adapter"
+    return _CACHE["adapter"]

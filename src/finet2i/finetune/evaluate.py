@@ -106,18 +106,18 @@ def _free() -> None:
         pass
 
 
-def score_all(comps: Sequence[Comparison], images: Path, scorer: Any, *, with_text: bool) -> dict[str, list[float]]:
-    """Each side's scores, loading the images a batch at a time."""
+def score_all(comps: Sequence[Comparison], work: Path, scorer: Any, *, with_text: bool) -> dict[str, list[float]]:
+    """Each side's scores, loading the images (``work/<side>/<pair>.png``) a batch at a time."""
     out: dict[str, list[float]] = {side: [] for side in SIDES}
     for side in SIDES:
         for i in range(0, len(comps), SCORE_BATCH):
             batch = comps[i:i + SCORE_BATCH]
-            ims = [_load(images / image_path(side, c.pair_id)) for c in batch]
+            ims = [_load(work / side / f"{c.pair_id}.png") for c in batch]
             out[side] += scorer.score(ims, [c.prompt for c in batch]) if with_text else scorer.score(ims)
     return out
 
 
-def judge_all(comps: Sequence[Comparison], images: Path, vlm: Any, s: EvaluateSettings) -> list[dict[str, str]]:
+def judge_all(comps: Sequence[Comparison], work: Path, vlm: Any, s: EvaluateSettings) -> list[dict[str, str]]:
     """{criterion: tuned | base | tie | unparseable, "raw": answer} per comparison."""
     from finet2i.models.backends.vllm_llm import chat_seeded
     from finet2i.plumbing.images import load_image
@@ -127,7 +127,7 @@ def judge_all(comps: Sequence[Comparison], images: Path, vlm: Any, s: EvaluateSe
         batch = comps[i:i + JUDGE_CHUNK]
         convs = []
         for c in batch:
-            pair = {side: load_image((images / image_path(side, c.pair_id)).read_bytes(), s.judge_max_image_pixels)
+            pair = {side: load_image((work / side / f"{c.pair_id}.png").read_bytes(), s.judge_max_image_pixels)
                     for side in SIDES}
             first, second = (pair["tuned"], pair["base"]) if c.tuned_left else (pair["base"], pair["tuned"])
             convs.append(judge.build_messages(c.prompt, first, second))
@@ -162,25 +162,19 @@ def run_evaluate(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike
     work = out / ".partial" / key
     log.info("evaluate: %s, %d comparisons (%d prompts x %d seeds), base %s vs + %s", prompt_set, len(comps),
              len(comps) // s.images_per_prompt, s.images_per_prompt, base.label, weights)
+    # The images stay in work/ until the end: a job killed while scoring or judging renders nothing again.
     seconds = {f"render_{k}": v for k, v in render_all(base, str(adapter), comps, work, s).items()}
-    images = out / "images"
-    shutil.rmtree(images, ignore_errors=True)
-    images.mkdir(parents=True)
-    for side in SIDES:
-        os.replace(work / side, images / side)
-    shutil.rmtree(out / ".partial", ignore_errors=True)
-
     rows: list[dict[str, Any]] = [{
         "pair_id": c.pair_id, "prompt": c.prompt, "category": c.category, "seed": c.seed,
         "tuned_left": c.tuned_left, **{f"{side}_image": image_path(side, c.pair_id) for side in SIDES},
-        **{f"{side}_sha256": _digest(out / image_path(side, c.pair_id)) for side in SIDES}} for c in comps]
+        **{f"{side}_sha256": _digest(work / side / f"{c.pair_id}.png") for side in SIDES}} for c in comps]
     metrics: dict[str, Any] = {}
 
     t = time.monotonic()
     from finet2i.models.backends.aesthetic import load_aesthetic_scorer
 
     scorer = load_aesthetic_scorer(aesthetic_encoder, aesthetic_head)
-    aes = score_all(comps, out, scorer, with_text=False)
+    aes = score_all(comps, work, scorer, with_text=False)
     metrics["aesthetic"] = {"label": "Aesthetic Predictor V2.5", "model": scorer.model_name,
                             **stats.paired_difference(aes["base"], aes["tuned"], resamples=s.bootstrap_resamples,
                                                       seed=seed)}
@@ -194,7 +188,7 @@ def run_evaluate(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike
         from finet2i.models.backends.clip_score import load_clip_scorer
 
         scorer = load_clip_scorer(clip)
-        cs = score_all(comps, out, scorer, with_text=True)
+        cs = score_all(comps, work, scorer, with_text=True)
         metrics["clip_score"] = {"label": "CLIPScore (Hessel et al. 2021, x100)", "model": scorer.model_name,
                                  "truncated_prompts": scorer.truncated // 2,
                                  **stats.paired_difference(cs["base"], cs["tuned"], resamples=s.bootstrap_resamples,
@@ -214,7 +208,7 @@ def run_evaluate(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike
 
         engine = lazy_chat(judge_model, vlm, limit_images=2, max_model_len=8192)
         try:
-            verdicts = judge_all(comps, out, engine, s)
+            verdicts = judge_all(comps, work, engine, s)
         finally:
             if vlm is None:
                 engine.close()
@@ -233,6 +227,12 @@ def run_evaluate(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike
     st = geneval.status(s.geneval_repo, s.geneval_detector_dir)
     gen = geneval.not_run(st) if not st["ready"] else _geneval(st, s, base, adapter, out, seed)
 
+    images = out / "images"
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir(parents=True)
+    for side in SIDES:
+        os.replace(work / side, images / side)
+    shutil.rmtree(out / ".partial", ignore_errors=True)
     shards.write_table(out / "pairs.parquet", rows)
     seconds["total"] = round(time.monotonic() - t0, 2)
     result = {
