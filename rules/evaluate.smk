@@ -24,7 +24,11 @@ rule evaluate:
     params:
         settings=stage_settings("evaluate"),
         models=model_specs(
-            "finetune_base", "aesthetic_encoder", "aesthetic_head", "clip_scorer", "judge"
+            "finetune_base",
+            "aesthetic_encoder",
+            "aesthetic_head",
+            "clip_scorer",
+            "judge",
         ),
         seed=config["seed"],
         demo=bool(config.get("demo")),
