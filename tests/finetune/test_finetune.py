@@ -144,3 +144,14 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_release, tiny_sdxl, 
     with pytest.raises(Killed):
         train(job2, on_step=die)
     assert train(replace(job2, settings={**job2.settings, "checkpoint_every": 5}))["resumed_from_step"] == 2
+
+
+def test_two_processes_train_one_adapter_on_their_slices(tiny_release, tiny_sdxl, tmp_path):
+    """The multi-GPU path (one process per device, DDP) with two CPU processes: every global batch split in two,
+    gradients averaged, one adapter written by the main process."""
+    from finet2i.finetune.train import launch
+
+    job = make_job(tiny_release, tiny_sdxl, tmp_path / "ddp", batch_per_gpu=1, epochs=1)
+    stats = launch(job, processes=2)
+    assert stats["processes"] == 2 and stats["images_per_step"] == 4 and stats["steps"] == 3
+    assert len(adapter_tensors(job)) == 176 and not Path(job.checkpoints_dir).exists()

@@ -437,17 +437,27 @@ def gpus() -> int:
 def launch(job: TrainJob, *, processes: int | None = None) -> dict[str, Any]:
     """Train in this process (a CPU or one GPU), or start one process per GPU with ``accelerate launch`` (all
     GPUs of the Slurm job, one node) and wait for them. Returns the stats."""
-    n = gpus() if processes is None else processes
+    cuda = gpus()
+    n = cuda if processes is None else processes
     if n <= 1:
         return train(job)
     spec = Path(job.checkpoints_dir).with_name("finetune-job.json")
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps(asdict(job)))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
-           "--mixed_precision", _mixed_precision(job.settings.get("mixed_precision", "auto"), True),
-           "--dynamo_backend", "no", "-m", "finet2i.finetune.train", str(spec)]
+    env = dict(os.environ)
+    if cuda:
+        precision = _mixed_precision(FinetuneSettings.from_config(job.settings).mixed_precision, True)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+               "--num_machines", "1", "--mixed_precision", precision, "--dynamo_backend", "no",
+               "-m", "finet2i.finetune.train", str(spec)]
+    else:
+        # Several CPU processes (DDP over gloo): the same code path, to try it on a machine without GPUs. accelerate
+        # launch would want mpirun for that; torchrun is what it runs for GPUs anyway.
+        env["ACCELERATE_USE_CPU"] = "1"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+               "-m", "finet2i.finetune.train", str(spec)]
     log.info("finetune: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=env)
     return shards.read_json(job.stats_path)
 
 
