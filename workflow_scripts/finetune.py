@@ -1,6 +1,7 @@
 from dataclasses import asdict
 
-from finet2i.finetune.train import TrainJob, launch
+from finet2i.finetune.launch import launch
+from finet2i.finetune.train import TrainJob
 from finet2i.workflow.adapter import adapter
 
 

@@ -149,7 +149,7 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_release, tiny_sdxl, 
 def test_two_processes_train_one_adapter_on_their_slices(tiny_release, tiny_sdxl, tmp_path):
     """The multi-GPU path (one process per device, DDP) with two CPU processes: every global batch split in two,
     gradients averaged, one adapter written by the main process."""
-    from finet2i.finetune.train import launch
+    from finet2i.finetune.launch import launch
 
     job = make_job(tiny_release, tiny_sdxl, tmp_path / "ddp", batch_per_gpu=1, epochs=1)
     stats = launch(job, processes=2)

@@ -3,7 +3,8 @@
 * :mod:`~finet2i.finetune.data`: the release's samples, the over-long caption filter, the subset mixture, the
   resolution buckets and the seeded plan of every optimizer step;
 * :mod:`~finet2i.finetune.train`: LoRA fine-tuning of an SD-XL-family pipeline (diffusers + peft + accelerate),
-  checkpoints a killed job resumes from bitwise, several GPUs through ``accelerate launch``;
+  with :mod:`~finet2i.finetune.checkpoints` that a killed job resumes from bitwise, and
+  :mod:`~finet2i.finetune.launch`: one process, or one per GPU through ``accelerate launch``;
 * :mod:`~finet2i.finetune.evaluate`: base against base + adapter on a fixed prompt set
   (:mod:`~finet2i.finetune.prompts`): aesthetic score, CLIPScore, the judge's pairwise preference
   (:mod:`~finet2i.finetune.judge`), GenEval when installed (:mod:`~finet2i.finetune.geneval`);

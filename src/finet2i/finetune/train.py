@@ -25,7 +25,7 @@ Where it differs from the example, so that a killed job resumes to the very adap
 
 Bitwise identity needs the same thread count (CPU) or GPU type and kernels; on a cluster a requeued job gets both.
 Several GPUs: the rule's script starts one process per GPU through ``accelerate launch`` inside the one Slurm job
-(:func:`launch`); each process trains its slice of every global batch.
+(:mod:`finet2i.finetune.launch`); each process trains its slice of every global batch.
 """
 
 from __future__ import annotations
@@ -34,16 +34,15 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finet2i.core import shards
-from finet2i.finetune import data
+from finet2i.finetune import checkpoints, data
 from finet2i.finetune.settings import FinetuneSettings
 from finet2i.models.backends.sdxl import ADAPTER_FILE, readable
 from finet2i.models.spec import ModelSpec
@@ -52,8 +51,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "finetune"
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
-FINGERPRINT = "fingerprint.json"
-KEEP_CHECKPOINTS = 2
 
 
 @dataclass
@@ -75,23 +72,6 @@ class TrainJob:
         return ModelSpec(**self.model)
 
 
-class TrainState:
-    """The step counter and the loss history, checkpointed with the adapter (``register_for_checkpointing``)."""
-
-    def __init__(self) -> None:
-        self.global_step = 0
-        self.losses: list[float] = []
-        self.train_seconds = 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"global_step": self.global_step, "losses": list(self.losses), "train_seconds": self.train_seconds}
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.global_step = int(sd["global_step"])
-        self.losses = [float(x) for x in sd["losses"]]
-        self.train_seconds = float(sd.get("train_seconds", 0.0))
-
-
 def encode_prompt(te1: Any, te2: Any, ids1: Any, ids2: Any) -> tuple[Any, Any]:
     """SD-XL's conditioning, as ``StableDiffusionXLPipeline.encode_prompt``: both encoders' penultimate hidden
     states side by side, and the second encoder's pooled projection."""
@@ -105,16 +85,10 @@ def encode_prompt(te1: Any, te2: Any, ids1: Any, ids2: Any) -> tuple[Any, Any]:
     return torch.cat(embeds, dim=-1), pooled.view(pooled.shape[0], -1)
 
 
-def _mixed_precision(setting: str, cuda: bool) -> str:
+def mixed_precision(setting: str, cuda: bool) -> str:
     if setting == "auto":
         return "bf16" if cuda else "no"
     return setting
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint (``checkpoint-N``; a ``.partial`` one was cut by a kill and is ignored)."""
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit() and p.is_dir()]
-    return max(found, key=lambda p: int(p.name.split("-", 1)[1]), default=None)
 
 
 class ImageBatches:
@@ -164,18 +138,17 @@ def train(job: TrainJob, *, on_step: Callable[[int], None] | None = None) -> dic
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params, compute_snr
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     t0 = time.monotonic()
     s = FinetuneSettings.from_config(job.settings)
     cuda = torch.cuda.is_available()
-    precision = _mixed_precision(s.mixed_precision, cuda)
+    precision = mixed_precision(s.mixed_precision, cuda)
     ckpt_dir = Path(job.checkpoints_dir)
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda,
                               project_config=ProjectConfiguration(project_dir=str(ckpt_dir)))
@@ -223,46 +196,21 @@ def train(job: TrainJob, *, on_step: Callable[[int], None] | None = None) -> dic
     if s.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
 
-    def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
-        if main:
-            for model in models:
-                sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(accelerator.unwrap_model(model)))
-                StableDiffusionXLPipeline.save_lora_weights(output_dir, unet_lora_layers=sd)
-                if weights:
-                    weights.pop()  # accelerate would otherwise save the whole UNet as well
-
-    def load_hook(models: list[Any], input_dir: str) -> None:
-        model = models.pop()
-        lora, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(input_dir)
-        unet_sd = convert_unet_state_dict_to_peft(
-            {k.removeprefix("unet."): v for k, v in lora.items() if k.startswith("unet.")})
-        res = set_peft_model_state_dict(accelerator.unwrap_model(model), unet_sd, adapter_name="default")
-        if getattr(res, "unexpected_keys", None):
-            raise RuntimeError(f"{input_dir}: LoRA keys the UNet does not have: {res.unexpected_keys[:5]}")
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
+    checkpoints.register_lora_hooks(accelerator, main)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     lr_scheduler = get_scheduler(s.lr_scheduler, optimizer=optimizer, num_warmup_steps=s.lr_warmup_steps * processes,
                                  num_training_steps=plan.total_steps * processes)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    state = TrainState()
+    state = checkpoints.TrainState()
     accelerator.register_for_checkpointing(state)
 
     # Resume from the newest checkpoint made for the same settings, data, model and process count.
-    fingerprint = _fingerprint(job, s, samples, processes)
-    resumed_from = None
     if main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        stamp = ckpt_dir / FINGERPRINT
-        if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") != fingerprint:
-            log.info("finetune: checkpoints in %s were made for other settings or data: starting afresh", ckpt_dir)
-            shutil.rmtree(ckpt_dir)
-            ckpt_dir.mkdir(parents=True)
-        shards.write_json(stamp, {"fingerprint": fingerprint})
+        checkpoints.prepare(ckpt_dir, _fingerprint(job, s, samples, processes))
     accelerator.wait_for_everyone()
-    ckpt = latest_checkpoint(ckpt_dir)
+    resumed_from = None
+    ckpt = checkpoints.latest(ckpt_dir)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
         resumed_from = state.global_step
@@ -340,7 +288,7 @@ def train(job: TrainJob, *, on_step: Callable[[int], None] | None = None) -> dic
         if state.global_step % s.checkpoint_every == 0 and state.global_step < plan.total_steps:
             state.train_seconds += time.monotonic() - t_loop
             t_loop = time.monotonic()
-            _checkpoint(accelerator, ckpt_dir, state.global_step, main)
+            checkpoints.save(accelerator, ckpt_dir, state.global_step, main)
         if on_step is not None:
             on_step(state.global_step)
     state.train_seconds += time.monotonic() - t_loop
@@ -376,28 +324,8 @@ class _nothing:
         return None
 
 
-def _checkpoint(accelerator: Any, folder: Path, step: int, main: bool) -> None:
-    """``save_state`` into ``checkpoint-<step>.partial``, renamed when complete; the oldest beyond
-    :data:`KEEP_CHECKPOINTS` removed."""
-    tmp, dst = folder / f"checkpoint-{step}.partial", folder / f"checkpoint-{step}"
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if main:
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
-        done = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()),
-                      key=lambda p: int(p.name.split("-", 1)[1]))
-        for old in done[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
-        log.info("finetune: checkpoint %s", dst)
-    accelerator.wait_for_everyone()
-
-
 def _stats(job: TrainJob, s: FinetuneSettings, spec: ModelSpec, samples: list[data.Sample], flags: list[bool],
-           kept: list[data.Sample], buckets: list[tuple[int, int]], plan: data.Plan, state: TrainState,
+           kept: list[data.Sample], buckets: list[tuple[int, int]], plan: data.Plan, state: checkpoints.TrainState,
            lora: dict[str, Any], processes: int, precision: str, resumed_from: int | None, step_start: int,
            cuda: bool, seconds: dict[str, float]) -> dict[str, Any]:
     from collections import Counter
@@ -423,42 +351,6 @@ def _stats(job: TrainJob, s: FinetuneSettings, spec: ModelSpec, samples: list[da
                     "total": round(seconds["total"], 2),
                     "per_step": round(seconds["this_run"] / max(state.global_step - step_start, 1), 4)},
     }
-
-
-def gpus() -> int:
-    try:
-        import torch
-
-        return int(torch.cuda.device_count())
-    except Exception:  # a broken CUDA install: train on what accelerate finds
-        return 0
-
-
-def launch(job: TrainJob, *, processes: int | None = None) -> dict[str, Any]:
-    """Train in this process (a CPU or one GPU), or start one process per GPU with ``accelerate launch`` (all
-    GPUs of the Slurm job, one node) and wait for them. Returns the stats."""
-    cuda = gpus()
-    n = cuda if processes is None else processes
-    if n <= 1:
-        return train(job)
-    spec = Path(job.checkpoints_dir).with_name("finetune-job.json")
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text(json.dumps(asdict(job)))
-    env = dict(os.environ)
-    if cuda:
-        precision = _mixed_precision(FinetuneSettings.from_config(job.settings).mixed_precision, True)
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-               "--num_machines", "1", "--mixed_precision", precision, "--dynamo_backend", "no",
-               "-m", "finet2i.finetune.train", str(spec)]
-    else:
-        # Several CPU processes (DDP over gloo): the same code path, to try it on a machine without GPUs. accelerate
-        # launch would want mpirun for that; torchrun is what it runs for GPUs anyway.
-        env["ACCELERATE_USE_CPU"] = "1"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-               "-m", "finet2i.finetune.train", str(spec)]
-    log.info("finetune: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True, env=env)
-    return shards.read_json(job.stats_path)
 
 
 def main(argv: list[str]) -> None:
