@@ -177,6 +177,13 @@ def test_people_vote_by_keyboard_a_killed_server_loses_none_and_the_report_count
             assert [v["rater"] for v in lines] == ["alice"] * 6 + ["bob"] * 4
             assert [v["choice"] for v in lines] == [{"1": "left", "2": "right", "=": "tie"}[k]
                                                     for keys in answers.values() for _, k in keys]
+            # a hostile name in the URL: refused, shown as text, never run
+            from urllib.parse import quote
+
+            hostile = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+            response = page.goto(url + "/vote?rater=" + quote(hostile))
+            assert response.status == 400 and page.evaluate("window.__xss") is None
+            assert len(votes_file.read_text().splitlines()) == 10
             page.goto(url + "/votes")
             page.screenshot(path=str(shots / "votes.png"), full_page=True)
             for c in ("alignment", "visual_quality"):
