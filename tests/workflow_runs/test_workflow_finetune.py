@@ -125,6 +125,13 @@ def access_key(page, key: str, code: str) -> None:  # type: ignore[no-untyped-de
     cdp.detach()
 
 
+def focused(page, element_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the page's autofocus has given ``element_id`` the focus (Chromium applies it after load: keys
+    typed before then are lost)."""
+    page.wait_for_function(f"document.activeElement && document.activeElement.id === '{element_id}'",
+                           timeout=10_000)
+
+
 def wilson(k: int, n: int) -> tuple[float, float]:
     z = 1.959963984540054
     p, d = k / n, 1 + z * z / n
@@ -152,12 +159,13 @@ def test_people_vote_by_keyboard_a_killed_server_loses_none_and_the_report_count
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             for rater, keys in answers.items():
                 page.goto(url + "/vote")
-                page.keyboard.type(rater)  # the name field has the focus
+                focused(page, "rater")  # autofocus: the name field takes the keys
+                page.keyboard.type(rater)
                 with page.expect_navigation():
                     page.keyboard.press("Enter")
                 for i, (how, key) in enumerate(keys):
                     assert page.locator("#progress").inner_text() == f"{rater}: question {i + 1} of 16"
-                    assert page.evaluate("document.activeElement.id") == "key"
+                    focused(page, "key")  # the answer field has the focus: typing answers
                     assert page.locator("#left").evaluate("img => img.naturalWidth") > 0
                     if i == 0 and rater == "alice":
                         page.screenshot(path=str(shots / "vote.png"), full_page=True)
