@@ -6,7 +6,9 @@ What is checked: the dataset is left byte for byte as it was; the adapter loads 
 and changes the images; the metric table (the real vLLM judge included) and the report's "Does it help?"
 section; every vote survives a SIGKILL of the server and is counted with its Wilson interval. Expected values
 come from the files (the votes file, pairs.parquet), never from the explorer's own summary code.
-Named test_workflow_* so that it runs after test_slurm_workflow starts the shared demo run.
+Named test_workflow_* so that it runs after test_slurm_workflow starts the shared demo run. Screenshots are kept
+under the pytest temp folder (or ``$FINET2I_TEST_ARTIFACTS/vote-screenshots``); ``FINET2I_UPDATE_DOCS=1`` also
+copies the vote page and the summary into docs/.
 """
 
 from __future__ import annotations
@@ -125,6 +127,16 @@ def access_key(page, key: str, code: str) -> None:  # type: ignore[no-untyped-de
     cdp.detach()
 
 
+def screenshot(page, shots: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Kept as a test artifact; with FINET2I_UPDATE_DOCS=1 also copied into docs/ (docs/finetune.md shows it)."""
+    import shutil
+
+    path = shots / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("FINET2I_UPDATE_DOCS") == "1":
+        shutil.copyfile(path, Path(__file__).resolve().parents[2] / "docs" / f"{name}.png")
+
+
 def focused(page, element_id: str) -> None:  # type: ignore[no-untyped-def]
     """Wait until the page's autofocus has given ``element_id`` the focus (Chromium applies it after load: keys
     typed before then are lost)."""
@@ -168,7 +180,7 @@ def test_people_vote_by_keyboard_a_killed_server_loses_none_and_the_report_count
                     focused(page, "key")  # the answer field has the focus: typing answers
                     assert page.locator("#left").evaluate("img => img.naturalWidth") > 0
                     if i == 0 and rater == "alice":
-                        page.screenshot(path=str(shots / "vote.png"), full_page=True)
+                        screenshot(page, shots, "explore-vote")
                     with page.expect_navigation():
                         if how == "type":
                             page.keyboard.type(key)
@@ -193,7 +205,7 @@ def test_people_vote_by_keyboard_a_killed_server_loses_none_and_the_report_count
             assert response.status == 400 and page.evaluate("window.__xss") is None
             assert len(votes_file.read_text().splitlines()) == 10
             page.goto(url + "/votes")
-            page.screenshot(path=str(shots / "votes.png"), full_page=True)
+            screenshot(page, shots, "explore-votes")
             for c in ("alignment", "visual_quality"):
                 mine = [v["outcome"] for v in lines if v["criterion"] == c]
                 won, lost = mine.count("tuned"), mine.count("base")
