@@ -1,6 +1,6 @@
 # Helpers shared by the rule files. Rule files hold rules; anything computed lives here.
-# Nothing here touches the filesystem: the DAG is built from the config alone, so `snakemake -n` stays
-# fast at 4,480 shards x 128 groups. The pipeline's shape (stages, order, what each reads, what the config
+# Nothing here touches the filesystem (but for one file's existence: the human votes, see VOTES): the DAG is
+# built from the config alone, so `snakemake -n` stays fast at 4,480 shards x 128 groups. The pipeline's shape (stages, order, what each reads, what the config
 # switches off) is declared once, in finet2i.core.pipeline; the input functions below read it.
 
 import os
@@ -10,6 +10,7 @@ import yaml
 from finet2i.core import batching, pipeline
 from finet2i.core.batching import publish_shard
 from finet2i.core.codehash import script_fingerprint
+from finet2i.finetune.settings import FINETUNE_TUNING
 from finet2i.release import layout as release
 from finet2i.sources import is_listed, listed_name, manifest_path
 from finet2i.workflow.config import check_available, source_path
@@ -80,8 +81,10 @@ def tuning(section, keys=()):
 
 
 def model_specs(*keys):
-    """A rule's `models` param: the config entries of the models its script loads."""
-    return {key: config["models"][key] for key in keys}
+    """A rule's `models` param: the config entries of the models its script loads (None for an optional model
+    the config does not name: finetune and evaluate exist in every run, and fail with the key's name if asked
+    for without it; with finetune.enabled the config check names it first)."""
+    return {key: config["models"].get(key) for key in keys}
 
 
 def guard_settings(stage):
@@ -166,11 +169,38 @@ def assemble_manifests():
     return [f"results/assemble/{subset}.json" for subset in packaged_subsets()]
 
 
-def final_outputs():
-    return assemble_manifests() + [
-        "results/report/report.html",
-        "results/dataset/README.md",
+def finetune_outputs():
+    """What finetune.enabled adds to the run: the adapter and the evaluation (the report shows them)."""
+    if not any(t.name == "evaluate" for t in pipeline.enabled_targets(config)):
+        return []
+    return [
+        "results/finetune/finetune.json",
+        "results/evaluate/metrics.json",
+        "results/evaluate/pairs.parquet",
     ]
+
+
+def final_outputs():
+    return (
+        assemble_manifests()
+        + ["results/report/report.html", "results/dataset/README.md"]
+        + finetune_outputs()
+    )
+
+
+# People's votes on the evaluation (`finet2i explore`'s /vote page): appended by the explorer, never by a rule, so
+# no rule declares it; the report reads it when it exists, and a new vote reruns the report (its mtime).
+VOTES = "results/human_votes/votes.jsonl"
+
+
+def evaluate_inputs(wildcards):
+    """The adapter, and the prompt file when the config names one (PartiPrompts ships in the package)."""
+    prompts = config["evaluate"]["prompts"]
+    return {
+        "adapter": "results/finetune/adapter",
+        "finetune": "results/finetune/finetune.json",
+        "prompts": [prompts] if prompts else [],
+    }
 
 
 def stage_stats():
@@ -187,10 +217,14 @@ def stage_stats():
 
 def report_inputs(wildcards):
     """Named input lists of the report: small files, or the small columns of the finished-sample tables."""
+    evaluation = finetune_outputs()
     return {
         "stats": stage_stats(),
         "indexes": [t for subset in packaged_subsets() for t in package_tables(subset)],
         "similarity_histogram": ["results/dedup/similarity_histogram.json"],
+        "evaluation": evaluation,
+        # the one input decided by a file's existence: votes come from people, whenever they come
+        "votes": [VOTES] if evaluation and os.path.exists(VOTES) else [],
     }
 
 

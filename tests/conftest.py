@@ -1,14 +1,15 @@
 """Shared fixtures of the whole suite, and where the tests live.
 
     core/            the workflow core (pipeline contract, runner, shards, fingerprints, layers, batching)
-    recipe/ release/ models/ workflow/   one folder per package of src/finet2i
+    recipe/ release/ models/ workflow/ finetune/   one folder per package of src/finet2i
     stages/          one file per stage, named for it (test_<stage>*.py), and the parsers' hostile-input tests
     preflight/ explore/                  the tools around a run
     workflow_runs/   whole runs of the workflow: the shared demo run (local executor), the local Slurm cluster,
                      reruns and resumes, the explorer in a browser
     support/         helpers (support.workflow runs the real workflow in a throwaway copy) and the fixture
                      modules registered below: tiny LLMs and VLMs with their vLLM engines, diffusion models,
-                     release samples, the local Slurm cluster (each built once per session, on first use)
+                     release samples, a small release to fine-tune on with the tiny SD-XL and CLIP, the local
+                     Slurm cluster (each built once per session, on first use)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import pytest
 from support.workflow import demo_yaml
 
-pytest_plugins = ["support.llm", "support.vlm", "support.generation", "support.slurm"]
+pytest_plugins = ["support.llm", "support.vlm", "support.generation", "support.slurm", "support.finetune"]
 
 
 @pytest.fixture

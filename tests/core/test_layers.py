@@ -15,7 +15,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"core"}),
     frozenset({"plumbing", "recipe"}),
     frozenset({"release", "models"}),
-    frozenset({"sources", "reporting"}),
+    frozenset({"sources", "reporting", "finetune"}),
     frozenset({"stages"}),
     frozenset({"workflow"}),
     frozenset({"preflight", "explore", "demo"}),

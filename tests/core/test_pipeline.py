@@ -59,7 +59,9 @@ def test_every_rule_file_belongs_to_a_stage():
     stems = {p.stem for p in (ROOT / "rules").glob("*.smk")}
     # curated_list is not a stage: it lists the real sources into manifests for curated_ingest (a localrule).
     # demo: the embedded demo's fake photo APIs, included for config/demo.yaml only.
-    assert stems == {s.name for s in pipeline.STAGES} | {"common", "report", "assemble", "curated_list", "demo"}
+    # finetune, evaluate: the targets after the dataset (pipeline.TARGETS), off by default.
+    assert stems == ({s.name for s in pipeline.STAGES} | {t.name for t in pipeline.TARGETS}
+                     | {"common", "report", "assemble", "curated_list", "demo"})
 
 
 def test_the_report_and_the_funnel_follow_the_pipeline(tmp_path):
@@ -140,6 +142,7 @@ def test_the_runner_loop_exists_once_and_stage_modules_stay_small():
 
 def _settings_classes() -> list[tuple[str, type]]:
     """(config section, settings class) of every stage."""
+    from finet2i.finetune.settings import EvaluateSettings, FinetuneSettings
     from finet2i.stages import (
         attributes,
         caption,
@@ -154,7 +157,8 @@ def _settings_classes() -> list[tuple[str, type]]:
     )
     from finet2i.stages.dedup.settings import DedupSettings
 
-    return [("prompts", prompts.PromptSettings), ("embed", embed.EmbedSettings), ("dedup", DedupSettings),
+    return [("finetune", FinetuneSettings), ("evaluate", EvaluateSettings),
+            ("prompts", prompts.PromptSettings), ("embed", embed.EmbedSettings), ("dedup", DedupSettings),
             ("guard", guard.GuardSettings), ("attributes", attributes.AttributeSettings),
             ("enhance", enhance.EnhanceSettings), ("pair_filter", pair_filter.PairFilterSettings),
             ("curated", curated_ingest.IngestSettings), ("curated", curated_score.ScoreSettings),
@@ -166,7 +170,7 @@ def test_settings_defaults_are_the_schemas():
     objects' own defaults: no default is written in two places that could disagree."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     for section in ("prompts", "embed", "dedup", "guard", "attributes", "enhance", "pair_filter", "curated",
-                    "package"):
+                    "package", "finetune", "evaluate"):
         config.pop(section, None)
     gen = config["generate"]
     config["generate"] = {"subsets": gen["subsets"], "resolutions": gen["resolutions"],

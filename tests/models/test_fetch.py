@@ -317,3 +317,29 @@ def test_the_schema_takes_url_and_sha256_for_files_only(tmp_path, monkeypatch):
     assert model.is_valid({"id": "org/m", "revision": SHA}) and model.is_valid(ok)
     assert not model.is_valid({"id": "org/m", "url": "https://mirror.example/h.pth"})
     assert not model.is_valid({"id": "org/m", "sha256": "a" * 64})
+
+
+def test_the_fine_tune_models_are_fetched_when_switched_on_and_only_the_files_that_load(monkeypatch, tmp_path):
+    """finetune.enabled adds SD-XL and CLIP to what fetch-models gets, and of their repositories only the
+    diffusers folders and one weights format (the rest is tens of GB the workflow never reads)."""
+    import huggingface_hub
+
+    got: dict[str, list[str] | None] = {}
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, **kw):
+        got[repo_id] = allow_patterns
+        return str(tmp_path / "snapshots" / SHA)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    head = tmp_path / "resources" / "aesthetic_predictor_v2_5.pth"
+    configs = _production(tmp_path, monkeypatch, head)
+    on = tmp_path / "on.yaml"
+    on.write_text("finetune: {enabled: true}\n")
+    CliRunner().invoke(main, ["fetch-models", *configs])
+    assert "stabilityai/stable-diffusion-xl-base-1.0" not in got
+    result = CliRunner().invoke(main, ["fetch-models", *configs, str(on)])
+    sdxl = got["stabilityai/stable-diffusion-xl-base-1.0"]
+    assert "models.finetune_base: stabilityai/stable-diffusion-xl-base-1.0@main ->" in result.output
+    assert "unet/diffusion_pytorch_model.safetensors" in sdxl and not any("onnx" in p or "fp16" in p for p in sdxl)
+    assert got["openai/clip-vit-large-patch14"] == ["*.json", "*.txt", "model.safetensors"]
+    assert got["sentence-transformers/all-MiniLM-L6-v2"] is None  # every other repository whole, as before

@@ -313,3 +313,65 @@ def test_the_report_says_how_to_browse_the_run(run_dir):
     html = (tmp / "report" / "report.html").read_text()
     assert f"<code>finet2i explore {tmp}</code>" in html and 'href="http://127.0.0.1:8000/"' in html
     assert f"`finet2i explore {tmp}`" in (tmp / "report" / "report.md").read_text()
+
+
+def test_does_it_help_reads_the_evaluation_and_the_votes(run_dir):
+    """The section shows what evaluate and finetune wrote and what people voted, escaped, with small copies of
+    the pairs' images; nothing is recomputed (the metric numbers are the file's)."""
+    import io
+
+    from PIL import Image
+
+    from finet2i.core import shards
+    from finet2i.finetune import votes
+
+    tmp, stats, indexes, sim = run_dir
+    ev = tmp / "evaluate"
+    rows = []
+    for i in range(3):
+        row = {"pair_id": f"p{i:05d}-s0", "prompt": f"<script>alert({i})</script> a cat",
+               "base_image": f"images/base/p{i:05d}-s0.png", "tuned_image": f"images/tuned/p{i:05d}-s0.png",
+               "base_sha256": f"b{i}", "tuned_sha256": f"t{i}"}
+        for side in ("base", "tuned"):
+            (ev / row[f"{side}_image"]).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (1024, 768), (9, 99, 199)).save(ev / row[f"{side}_image"])
+        rows.append(row)
+    shards.write_table(ev / "pairs.parquet", rows)
+    evaluation = votes.evaluation_id(rows)
+    metric = {"label": "Aesthetic Predictor V2.5", "model": "aes", "n": 3, "base": 5.125, "tuned": 5.75,
+              "difference": 0.625, "ci95": [0.25, 1.0]}
+    shards.write_json(ev / "metrics.json", {
+        "demo": False, "evaluation_id": evaluation, "prompt_set": "PartiPrompts", "prompts": 3, "images_per_prompt": 1,
+        "render": {"width": 1024, "height": 768, "steps": 30, "guidance": 5.0},
+        "metrics": {"aesthetic": metric, "clip_score": {"label": "CLIPScore", "status": "not run",
+                                                        "reason": "evaluate.clip_score: false"}},
+        "judge": {"model": "judge-vl", "unparseable": 1, "criteria": {
+            "alignment": {"n": 2, "tuned": 2, "base": 0, "tie": 0, "win_rate": 1.0, "ci95": [0.342, 1.0]}}},
+        "geneval": {"status": "not run", "reason": "not installed: mmdet 2.x (found none)"}})
+    shards.write_json(tmp / "finetune" / "finetune.json", {
+        "model": "sdxl", "records_in": 10, "kept": 8, "dropped": {"prompt_too_long": 2}, "epoch_size": 8,
+        "steps": 1, "images_per_step": 8, "buckets": {"1024x1024": 8}, "losses": [0.1], "device": "cuda",
+        "processes": 1, "lora": {"rank": 4, "alpha": 4, "parameters": 100}, "settings": {"learning_rate": 1e-4},
+        "seconds": {"setup": 1.0, "train": 2.0}})
+    vote_file = tmp / "human_votes" / "votes.jsonl"
+    for pair in ("p00000-s0", "p00001-s0"):
+        left = votes.tuned_left(evaluation, "ann", pair)
+        votes.append(vote_file, votes.make_vote(evaluation=evaluation, rater="ann", pair=pair,
+                                                criterion="visual_quality", choice="1" if left else "2",
+                                                known_pairs=[r["pair_id"] for r in rows]))
+    run_report(stats, indexes, sim, str(tmp / "report"), settings={**SETTINGS, "shown_pairs": 2},
+               evaluation={"finetune": str(tmp / "finetune" / "finetune.json"), "metrics": str(ev / "metrics.json"),
+                           "pairs": str(ev / "pairs.parquet")}, votes=str(vote_file))
+    html = (tmp / "report" / "report.html").read_text()
+    section = html[html.index('id="does-it-help"'):]
+    assert "<script>alert" not in html and "&lt;script&gt;alert(0)" in section
+    assert "<td>0.625</td>" in section and "+0.25 to +1" in section and "not run: evaluate.clip_score" in section
+    assert "GenEval" in section and "mmdet 2.x" in section
+    assert "people (1 raters)" in section and "100.0%" in section  # ann chose the fine-tuned image twice
+    thumbs = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', section)
+    assert len(thumbs) == 4
+    import base64
+
+    assert Image.open(io.BytesIO(base64.b64decode(thumbs[0]))).size == (384, 288)  # a small copy, not the PNG
+    md = (tmp / "report" / "report.md").read_text()
+    assert "# Does it help?" in md and "![base](../evaluate/images/base/p00000-s0.png)" in md

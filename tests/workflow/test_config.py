@@ -92,3 +92,32 @@ def test_a_curated_source_may_carry_a_name(demo_config):
     demo_config["curated"]["sources"] = [{"path": "resources/demo/real-images", "name": "my photos/2"}]
     with pytest.raises(Exception, match="curated.sources"):
         check(demo_config)
+
+
+def test_the_fine_tune_needs_its_models_only_when_switched_on(demo_config):
+    from finet2i.workflow.config import used_model_keys
+
+    assert "finetune_base" not in used_model_keys(check(demo_config))
+    demo_config["finetune"]["enabled"] = True
+    keys = used_model_keys(check(demo_config))
+    assert keys[-2:] == ["finetune_base", "clip_scorer"] and "judge" in keys
+    demo_config["evaluate"]["clip_score"] = False
+    assert "clip_scorer" not in used_model_keys(check(demo_config))
+    del demo_config["models"]["finetune_base"]
+    with pytest.raises(ConfigError, match=r"config key models\.finetune_base: finetune\.enabled needs it"):
+        check(demo_config)
+    demo_config["finetune"]["enabled"] = False
+    check(demo_config)  # switched off, the key may be absent
+    demo_config["evaluate"]["prompts"] = "prompts/none.tsv"
+    with pytest.raises(ConfigError, match=r"config key evaluate\.prompts: file .*none\.tsv does not exist"):
+        check(demo_config)
+
+
+def test_the_production_config_names_sdxl_with_the_fine_tune_off():
+    cfg = load_config(ROOT / "config" / "config.yaml", base_dir=ROOT, check_models=False)
+    assert cfg["models"]["finetune_base"]["id"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert cfg["finetune"]["enabled"] is False
+    assert (cfg["finetune"]["learning_rate"], cfg["finetune"]["batch_per_gpu"]) == (1e-4, 8)  # the paper's
+    both = load_config(ROOT / "config" / "demo.yaml", ROOT / "config" / "demo-finetune.yaml", base_dir=ROOT,
+                       check_models=False)
+    assert both["finetune"]["enabled"] is True and both["finetune"]["resolution"] == 64

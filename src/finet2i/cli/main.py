@@ -108,16 +108,20 @@ def fetch_models(configfiles: tuple[str, ...], pin: bool, accepted: tuple[str, .
 @main.command("demo")
 @click.option("--cores", default="all", show_default=True)
 @click.option("--rebuild-models", is_flag=True)
+@click.option("--finetune", is_flag=True,
+              help="Also fine-tune the tiny SD-XL on the demo's dataset and evaluate it (config/demo-finetune.yaml; "
+                   "docs/finetune.md). Run after the demo, it adds only that.")
 @click.argument("snakemake_args", nargs=-1, type=click.UNPROCESSED)
-def demo(cores: str, rebuild_models: bool, snakemake_args: tuple[str, ...]) -> None:
+def demo(cores: str, rebuild_models: bool, finetune: bool, snakemake_args: tuple[str, ...]) -> None:
     """Build the demo models if needed, then run the whole DAG on config/demo.yaml with the local executor."""
     from finet2i.demo.build import build_all
 
     t0 = time.monotonic()
     build_all(DEMO_DIR, seed=0, force=rebuild_models)
     t1 = time.monotonic()
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--configfile",
-           "config/demo.yaml", "--cores", cores, *snakemake_args]
+    configs = ["config/demo.yaml", *(["config/demo-finetune.yaml"] if finetune else [])]
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--configfile", *configs,
+           "--cores", cores, *snakemake_args]
     click.echo(" ".join(cmd))
     rc = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     t2 = time.monotonic()
@@ -125,6 +129,9 @@ def demo(cores: str, rebuild_models: bool, snakemake_args: tuple[str, ...]) -> N
     if rc == 0:
         click.echo("dataset: results/dataset/  report: results/report/report.html "
                    "(demo output is not a dataset: tiny random models)")
+        if finetune:
+            click.echo("adapter: results/finetune/adapter/  evaluation: results/evaluate/metrics.json  vote: "
+                       "finet2i explore results, then open /vote")
     sys.exit(rc)
 
 

@@ -70,6 +70,31 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 
 
+@dataclass(frozen=True)
+class Target:
+    """A rule after the dataset that uses it, not a stage: it reads ``results/dataset/`` (and what the target
+    before it wrote), writes no record table, and runs when its switch holds (or when asked for by name)."""
+
+    name: str
+    switch: str
+    models: tuple[str, ...] = ()
+    # Models needed only when a setting holds: {model key: dotted boolean config key}.
+    model_switches: tuple[tuple[str, str], ...] = ()
+
+
+# Paper section 5 (docs/finetune.md): does the dataset make a model better? Off by default.
+TARGETS: tuple[Target, ...] = (
+    Target("finetune", "finetune.enabled", models=("finetune_base",)),
+    Target("evaluate", "finetune.enabled",
+           models=("finetune_base", "aesthetic_encoder", "aesthetic_head", "clip_scorer", "judge"),
+           model_switches=(("clip_scorer", "evaluate.clip_score"), ("judge", "evaluate.judge.enabled"))),
+)
+
+
+def enabled_targets(config: Mapping[str, Any]) -> list[Target]:
+    return [t for t in TARGETS if _holds(config, t.switch)]
+
+
 def stage(name: str) -> Stage:
     try:
         return BY_NAME[name]
@@ -128,7 +153,7 @@ def stats_path(name: str, shard: str, subset: str | None = None) -> str:
 
 
 def model_keys(config: Mapping[str, Any]) -> list[str]:
-    """The ``models`` keys that the enabled stages load, in pipeline order, each once.
+    """The ``models`` keys that the enabled stages (then the enabled targets) load, in pipeline order, each once.
 
     A generator with weight 0 renders nothing and needs no weights; without the judge, pair_filter loads none.
     """
@@ -144,6 +169,11 @@ def model_keys(config: Mapping[str, Any]) -> list[str]:
             if s.name == "pair_filter" and not judge_on:
                 continue
             if key not in keys:
+                keys.append(key)
+    for t in enabled_targets(config):
+        needed = dict(t.model_switches)
+        for key in t.models:
+            if key not in keys and (key not in needed or _holds(config, needed[key])):
                 keys.append(key)
     return keys
 

@@ -69,9 +69,22 @@ def _steps(out: Path, seed: int) -> list[tuple[str, Callable[[], object]]]:
 
         return write_unsplash_lite(out / "unsplash-lite", DEMO_PORT)
 
+    def sdxl() -> object:
+        from finet2i.demo.sdxl import build_sdxl
+
+        return build_sdxl(models, seed)
+
+    def clip() -> object:
+        from finet2i.demo.sdxl import build_clip
+
+        return build_clip(models, seed)
+
+    # The fine-tune's base and the evaluation's text-image scorer come last: built after the others, a machine
+    # that already has the others builds only these two (a second or so).
     return [("all-MiniLM-L6-v2", minilm), ("real-images", real_images), ("unsplash-lite", unsplash_lite),
             ("z-image", z_image), ("flux2", flux2), ("aesthetic", aesthetic), ("qwen3-vl", qwen3_vl),
-            ("guard-llm", guard_llm), ("prompt-llm", prompt_llm)]
+            ("guard-llm", guard_llm), ("prompt-llm", prompt_llm),
+            ("sdxl", sdxl), ("clip", clip)]
 
 
 def build_all(out: str | Path, *, seed: int = 0, force: bool = False) -> Path:

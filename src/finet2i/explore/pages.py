@@ -34,8 +34,15 @@ class ServerUrls:
     static = False
     css = "/static/explore.css"
 
-    def __init__(self, has_report: bool = True) -> None:
+    def __init__(self, has_report: bool = True, has_votes: bool = False) -> None:
         self.report = "/files/report/report.html" if has_report else None
+        self.votes = "/votes" if has_votes else None  # the human-preference summary; the vote page is vote()
+
+    def vote(self, rater: str | None = None) -> str:
+        return "/vote" + (f"?{urlencode({'rater': rater})}" if rater else "")
+
+    def vote_image(self, pair: str, position: str, rater: str) -> str:
+        return f"/vote/image/{quote(pair)}/{quote(position)}?{urlencode({'rater': rater})}"
 
     def grid(self, params: dict[str, str] | None = None) -> str:
         return "/" + (f"?{urlencode(params)}" if params else "")
@@ -148,6 +155,23 @@ def render_dropped(catalog: Catalog, urls: Any, d: DroppedPage) -> str:
         **_base(catalog, urls), d=d, reasons=reasons,
         prev_url=urls.dropped(d.stage, d.subset, d.reason, d.page - 1) if d.page > 0 else None,
         next_url=urls.dropped(d.stage, d.subset, d.reason, d.page + 1) if d.page + 1 < d.pages else None)
+
+
+def render_vote(urls: Any, prefs: Any, question: dict[str, Any] | None) -> str:
+    """The vote page: the rater's name form (``question`` None), the next question, or the end."""
+    return environment().get_template("vote.html.j2").render(
+        title=TITLE, urls=urls, q=question, token=prefs.token, pairs=len(prefs.pairs), keys=KEY_HINTS,
+        demo=bool(prefs.metrics.get("demo")))
+
+
+KEY_HINTS = (("1", "left"), ("2", "right"), ("=", "tie"))
+
+
+def render_votes(urls: Any, summary: dict[str, Any]) -> str:
+    from finet2i.finetune.votes import QUESTIONS
+
+    return environment().get_template("votes.html.j2").render(title=TITLE, urls=urls, s=summary,
+                                                              questions=QUESTIONS)
 
 
 def render_error(urls: Any, status: int, message: str) -> str:

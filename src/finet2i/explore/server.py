@@ -1,15 +1,21 @@
-"""The explorer's HTTP server: the standard library's threading server, a handful of GET routes.
+"""The explorer's HTTP server: the standard library's threading server, a handful of GET routes and one POST.
 
 Routes: ``/`` (the grid; filters in the query string), ``/sample/<folder>/<key>``, ``/dropped/<stage>``
 (``?subset=&reason=&page=``), ``/image/<folder>/<key>`` and ``/thumb/<folder>/<key>`` (a release sample's image,
 read at its offset in the tar; the thumbnail cached), ``/record-image/<stage>/<subset or ->/<shard>/<id>`` (a
 dropped record's image from a stage table), ``/files/<path>`` (any file under RESULTS_DIR, such as
-``report/report.html``) and ``/static/explore.css``.
+``report/report.html``) and ``/static/explore.css``; when the run has an evaluation (``results/evaluate/``,
+docs/finetune.md), the human-preference pages (:mod:`finet2i.explore.preference`): ``/vote`` (GET: the next
+question; POST: a vote), ``/vote/image/<pair>/<left|right>`` and ``/votes`` (the summary).
+
+The explorer writes one file, and only by appending: the votes (``results/human_votes/votes.jsonl``).
 
 Safety: binds 127.0.0.1 unless told otherwise; on a loopback address, requests for another Host are refused
 (a web page elsewhere cannot reach the app through DNS rebinding); every file read goes through
 ``media.inside`` (resolved, under RESULTS_DIR, else 404); pages are escaped by the templates and sent with a
-Content-Security-Policy that allows no script (the served app needs none).
+Content-Security-Policy that allows no script (the served app needs none, the vote page included: it is a form
+with access keys); a vote must carry the server's form token and come from its own pages (``Origin``,
+``Sec-Fetch-Site``), and a body over 4 KB is refused unread.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from finet2i.explore import media, pages
+from finet2i.explore import media, pages, preference
 from finet2i.explore.catalog import Catalog
 from finet2i.explore.query import ExploreError, Query, safe_id
+from finet2i.finetune.votes import VoteError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,9 @@ class App:
         self.root = self.catalog.root
         self.tars = media.TarImages(self.root)
         self.thumbs = media.ThumbCache(self.cache)
-        self.urls = pages.ServerUrls(has_report=(self.root / "report" / "report.html").is_file())
+        self.preference = preference.Preference.open(self.root)
+        self.urls = pages.ServerUrls(has_report=(self.root / "report" / "report.html").is_file(),
+                                     has_votes=self.preference is not None)
 
     def sample_image(self, folder: str, key: str) -> bytes | None:
         where = self.catalog.locate(folder, key)
@@ -63,6 +72,7 @@ class App:
 
 
 Response = tuple[int, str, bytes]  # status, content type, body
+Redirect = tuple[int, str, bytes, str]  # ... and a Location
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -79,14 +89,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._serve(head=True)
 
-    def _serve(self, head: bool) -> None:
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve(head=False, post=True)
+
+    def _serve(self, head: bool, post: bool = False) -> None:
         url = urlsplit(self.path)
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
         csp = CSP_APP
+        location = None
         try:
             if self.loopback_only and host not in LOOPBACK:
                 status, ctype, body = self._error(HTTPStatus.FORBIDDEN, f"host {host!r} refused: the explorer "
                                                   f"answers only to localhost (start it with --host to share it)")
+            elif post:
+                status, ctype, body, location = self._post(url.path)
             else:
                 status, ctype, body = self._route(url.path, dict(parse_qsl(url.query)))
                 if url.path.startswith("/files/"):
@@ -97,6 +113,8 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("explore: %s failed", self.path)
             status, ctype, body = self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
         self.send_response(status)
+        if location:
+            self.send_header("Location", location)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
@@ -110,6 +128,24 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError):  # the browser moved on before the bytes came
                 log.debug("explore: %s: client went away", self.path)
+
+    def _post(self, path: str) -> Redirect:
+        """The one route that takes a post: a vote. Read at most MAX_BODY bytes; answer with the next question."""
+        prefs = self.app.preference
+        if path != "/vote" or prefs is None:
+            status, ctype, body = self._error(HTTPStatus.NOT_FOUND, f"nothing takes a post at {path}")
+            return status, ctype, body, ""
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            raise ExploreError("a vote needs a Content-Length") from None
+        if not 0 <= length <= preference.MAX_BODY:
+            self.close_connection = True  # the body is not read: this connection cannot serve another request
+            raise ExploreError(f"a vote is at most {preference.MAX_BODY} bytes")
+        form = preference.parse_form(self.rfile.read(length), self.headers.get("Content-Type"))
+        rater = prefs.vote(form, origin=self.headers.get("Origin"), fetch_site=self.headers.get("Sec-Fetch-Site"),
+                           host=self.headers.get("Host") or "")
+        return HTTPStatus.SEE_OTHER, "text/plain; charset=utf-8", b"", self.app.urls.vote(rater)
 
     def _error(self, status: int, message: str) -> Response:
         return status, "text/html; charset=utf-8", pages.render_error(self.app.urls, status, message).encode()
@@ -183,6 +219,37 @@ def _css(h: Handler, app: App, params: dict[str, str]) -> Response:
     return HTTPStatus.OK, "text/css; charset=utf-8", (pages.TEMPLATES / "explore.css").read_bytes()
 
 
+def _preference(app: App) -> preference.Preference:
+    if app.preference is None:
+        raise ExploreError("this run has no evaluation to vote on: run `snakemake finetune evaluate` first "
+                           "(docs/finetune.md)")
+    return app.preference
+
+
+def _vote(h: Handler, app: App, params: dict[str, str]) -> Response:
+    prefs = _preference(app)
+    rater = (params.get("rater") or "").strip()
+    if not rater:
+        return h._html(pages.render_vote(app.urls, prefs, None))
+    try:
+        question = prefs.next_question(rater)
+    except VoteError as e:
+        raise ExploreError(str(e)) from None
+    return h._html(pages.render_vote(app.urls, prefs, question))
+
+
+def _vote_image(h: Handler, app: App, params: dict[str, str], pair: str, position: str) -> Response:
+    try:
+        path = _preference(app).image(pair, position, params.get("rater") or "")
+    except VoteError as e:
+        raise ExploreError(str(e)) from None
+    return h._bytes(path.read_bytes() if path else None, "image/png")
+
+
+def _votes(h: Handler, app: App, params: dict[str, str]) -> Response:
+    return h._html(pages.render_votes(app.urls, _preference(app).summary()))
+
+
 _SEG = r"([^/]+)"
 ROUTES: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
     (re.compile(r"/"), _grid),
@@ -193,6 +260,9 @@ ROUTES: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
     (re.compile(rf"/record-image/{_SEG}/{_SEG}/{_SEG}/{_SEG}"), _record_image),
     (re.compile(r"/files/(.+)"), _file),
     (re.compile(r"/static/explore\.css"), _css),
+    (re.compile(r"/vote"), _vote),
+    (re.compile(rf"/vote/image/{_SEG}/(left|right)"), _vote_image),
+    (re.compile(r"/votes"), _votes),
 ]
 
 

@@ -68,6 +68,7 @@ class StaticUrls:
 
     static = True
     filter_js = FILTER_JS
+    votes = None  # voting needs the server: the export has no human-preference pages
 
     def __init__(self, depth: int, exported: set[tuple[str, str]], dropped: set[str], report: bool) -> None:
         self.prefix = "../" * depth

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from finet2i.core.files import sha256_of
-from finet2i.models.known import GATED_IDS, KNOWN_FILES, FileSource
+from finet2i.models.known import GATED_IDS, HUB_FILES, KNOWN_FILES, FileSource
 
 TOKEN_VAR = "HF_TOKEN"
 TOKEN_PAGE = "https://huggingface.co/settings/tokens"
@@ -236,7 +236,9 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
                 report.say(line, echo)
                 continue
             try:
-                folder = Path(snapshot_download(model_id, revision=revision))
+                only = HUB_FILES.get(model_id)  # the files the workflow loads, where a repo holds far more
+                folder = Path(snapshot_download(model_id, revision=revision,
+                                                **({"allow_patterns": list(only)} if only else {})))
             except Exception as e:  # noqa: BLE001 - collect, go on with the other models
                 if is_access_error(e):
                     advice = gated_advice(model_id)

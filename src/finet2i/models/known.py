@@ -46,3 +46,19 @@ AESTHETIC_HEAD = FileSource(
 
 # Config keys (under models:) of files finet2i knows how to get when their path is missing.
 KNOWN_FILES: dict[str, FileSource] = {"aesthetic_head": AESTHETIC_HEAD}
+
+
+# Hub repositories that hold much more than the workflow loads: fetch-models downloads only these files
+# (``snapshot_download(allow_patterns=...)``). stabilityai/stable-diffusion-xl-base-1.0 also ships two single-file
+# checkpoints, fp16 variants, ONNX and OpenVINO exports (tens of GB); StableDiffusionXLPipeline.from_pretrained
+# reads the diffusers folders below. openai/clip-vit-large-patch14 ships its weights in four formats.
+HUB_FILES: dict[str, tuple[str, ...]] = {
+    "stabilityai/stable-diffusion-xl-base-1.0": (
+        "model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*",
+        "text_encoder/config.json", "text_encoder/model.safetensors",
+        "text_encoder_2/config.json", "text_encoder_2/model.safetensors",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    ),
+    "openai/clip-vit-large-patch14": ("*.json", "*.txt", "model.safetensors"),
+}

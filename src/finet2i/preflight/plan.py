@@ -100,6 +100,8 @@ def rule_enabled(rule: str, config: Mapping[str, Any]) -> bool:
         return pipeline.enabled(batched, config) and batching.is_batched(config, batched)
     if rule in pipeline.BY_NAME:
         return pipeline.enabled(rule, config) and not batching.is_batched(config, rule)
+    if rule in {t.name for t in pipeline.TARGETS}:  # finetune, evaluate: finetune.enabled
+        return rule in {t.name for t in pipeline.enabled_targets(config)}
     stage = AUXILIARY.get(rule)
     return True if stage is None else pipeline.enabled(stage, config)
 

@@ -34,8 +34,39 @@ def _meta_line(meta: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {fmt(v)}" for k, v in meta.items())
 
 
+def _markdown_table(t: Table) -> list[str]:
+    lines = [f"## {t.title}", ""]
+    if t.note:
+        lines += [f"_{t.note}_", ""]
+    lines.append("| " + " | ".join(t.headers) + " |")
+    lines.append("|" + "---|" * len(t.headers))
+    for r in t.rows:
+        lines.append("| " + " | ".join(fmt(v).replace("|", "\\|") for v in r) + " |")
+    lines.append("")
+    if t.footer:
+        lines += [f"_{t.footer}_", ""]
+    return lines
+
+
+def _markdown_helps(helps: dict[str, Any]) -> list[str]:
+    lines = ["# Does it help?", ""]
+    if helps.get("demo_note"):
+        lines += [f"> **{helps['demo_note']}**", ""]
+    for t in helps["tables"]:
+        lines += _markdown_table(t)
+    if helps["pairs"]:
+        lines += ["## Base / fine-tuned, same prompt and seed", "", "| prompt | base | fine-tuned |", "|---|---|---|"]
+        for p in helps["pairs"]:
+            prompt = p["prompt"].replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {prompt} | ![base](../evaluate/{p['base_image']}) | "
+                         f"![fine-tuned](../evaluate/{p['tuned_image']}) |")
+        lines.append("")
+    return lines
+
+
 def render_markdown(tables: list[Table], figures: dict[str, tuple[str, bytes]], flags: list[str],
-                    meta: dict[str, Any], demo: bool, results_dir: str | None = None) -> str:
+                    meta: dict[str, Any], demo: bool, results_dir: str | None = None,
+                    helps: dict[str, Any] | None = None) -> str:
     lines = [f"# {TITLE}", ""]
     if demo:
         lines += [f"> **{DEMO_BANNER}**", ""]
@@ -44,18 +75,11 @@ def render_markdown(tables: list[Table], figures: dict[str, tuple[str, bytes]], 
         lines += [explore_line(results_dir), ""]
     lines += ["## Flags", ""] + ([f"- {f}" for f in flags] or ["- none"]) + [""]
     for t in tables:
-        lines += [f"## {t.title}", ""]
-        if t.note:
-            lines += [f"_{t.note}_", ""]
-        lines.append("| " + " | ".join(t.headers) + " |")
-        lines.append("|" + "---|" * len(t.headers))
-        for r in t.rows:
-            lines.append("| " + " | ".join(fmt(v).replace("|", "\\|") for v in r) + " |")
-        lines.append("")
-        if t.footer:
-            lines += [f"_{t.footer}_", ""]
+        lines += _markdown_table(t)
     for key, (caption, _) in figures.items():
         lines += [f"## {caption}", "", f"![{caption}](figures/{key}.png)", ""]
+    if helps is not None:
+        lines += _markdown_helps(helps)
     return "\n".join(lines)
 
 
@@ -69,8 +93,16 @@ def _environment() -> Any:
                               keep_trailing_newline=True)
 
 
+def _html_table(t: Table) -> dict[str, Any]:
+    return {
+        "title": t.title, "note": t.note, "footer": t.footer, "headers": t.headers,
+        "rows": [[{"text": fmt(v), "flag": isinstance(v, str) and v.startswith("FLAG")} for v in r] for r in t.rows],
+    }
+
+
 def render_html(tables: list[Table], figures: dict[str, tuple[str, bytes]], flags: list[str],
-                meta: dict[str, Any], demo: bool, results_dir: str | None = None) -> str:
+                meta: dict[str, Any], demo: bool, results_dir: str | None = None,
+                helps: dict[str, Any] | None = None) -> str:
     context = {
         "explore": None if results_dir is None else {"results": results_dir, "url": EXPLORE_URL},
         "title": TITLE,
@@ -78,11 +110,8 @@ def render_html(tables: list[Table], figures: dict[str, tuple[str, bytes]], flag
         "banner": DEMO_BANNER,
         "meta": _meta_line(meta),
         "flags": flags,
-        "tables": [{
-            "title": t.title, "note": t.note, "footer": t.footer, "headers": t.headers,
-            "rows": [[{"text": fmt(v), "flag": isinstance(v, str) and v.startswith("FLAG")} for v in r]
-                     for r in t.rows],
-        } for t in tables],
+        "tables": [_html_table(t) for t in tables],
+        "helps": None if helps is None else {**helps, "tables": [_html_table(t) for t in helps["tables"]]},
         "figures": [{"caption": caption, "png_base64": base64.b64encode(png).decode("ascii")}
                     for caption, png in figures.values()],
     }

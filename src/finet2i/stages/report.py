@@ -34,10 +34,27 @@ from finet2i.reporting.tables import funnel_tables
 log = logging.getLogger(__name__)
 
 
+def does_it_help(finetune_stats: str, metrics_path: str, pairs_path: str, votes_path: str | None,
+                 shown: int) -> dict[str, Any]:
+    """The "Does it help?" section from what finetune and evaluate wrote and the people's votes (when any)."""
+    import pyarrow.parquet as pq
+
+    from finet2i.finetune.votes import summarize
+    from finet2i.reporting.helps import helps_section
+
+    metrics = shards.read_json(metrics_path)
+    votes = summarize(votes_path, metrics["evaluation_id"]) if votes_path else None
+    return helps_section(shards.read_json(finetune_stats), metrics, pq.read_table(pairs_path).to_pylist(),
+                         Path(metrics_path).parent, votes, shown)
+
+
 def run_report(stats_paths: list[str], index_paths: list[str], similarity_histogram: str | None,
-               out_dir: str, *, settings: Mapping[str, Any]) -> dict[str, Any]:
+               out_dir: str, *, settings: Mapping[str, Any], evaluation: Mapping[str, str] | None = None,
+               votes: str | None = None) -> dict[str, Any]:
     """Write report.html, report.md, funnel.json and figures/ under ``out_dir``; return the funnel JSON.
-    ``settings``: the run's shape, thresholds and stage wiring (finet2i.workflow.params.report_settings)."""
+    ``settings``: the run's shape, thresholds and stage wiring (finet2i.workflow.params.report_settings).
+    ``evaluation``: {finetune, metrics, pairs} paths when the run fine-tuned and evaluated (the "Does it help?"
+    section), ``votes`` the human votes file when there is one."""
     out = Path(out_dir)
     subsets = list(settings["subsets"])
     demo = bool(settings["demo"])
@@ -76,8 +93,12 @@ def run_report(stats_paths: list[str], index_paths: list[str], similarity_histog
               aesthetic_bins_table(idx, subsets)]
     shards.write_json(out / "funnel.json", funnel)
     results_dir = str(out.parent)  # report/ sits in the run's results folder, which `finet2i explore` opens
-    _write_text(out / "report.md", render_markdown(tables, figs, flags, meta, demo, results_dir))
-    _write_text(out / "report.html", render_html(tables, figs, flags, meta, demo, results_dir))
+    helps = None
+    if evaluation:
+        helps = does_it_help(evaluation["finetune"], evaluation["metrics"], evaluation["pairs"], votes,
+                             int(settings.get("shown_pairs") or 0))
+    _write_text(out / "report.md", render_markdown(tables, figs, flags, meta, demo, results_dir, helps))
+    _write_text(out / "report.html", render_html(tables, figs, flags, meta, demo, results_dir, helps))
     log.info("report: %d stage rows, %d samples, %d flags -> %s", len(rows), n_samples, len(flags), out)
     return funnel
 

@@ -56,7 +56,15 @@ class Adapter:
 
     def model(self, key: str) -> ModelSpec:
         """``models.<key>`` as the rule passed it (its ``models`` param)."""
-        return ModelSpec.from_config(f"models.{key}", self.smk.params.models[key], base_dir=os.getcwd())
+        value = self.smk.params.models[key]
+        if value is None:
+            raise ValueError(f"config key models.{key} is not set; this rule needs it (docs/finetune.md names "
+                             f"what to put there)")
+        return ModelSpec.from_config(f"models.{key}", value, base_dir=os.getcwd())
+
+    def optional_model(self, key: str) -> ModelSpec | None:
+        """``models.<key>``, or None when the config does not name it."""
+        return self.model(key) if self.smk.params.models.get(key) is not None else None
 
     @property
     def threads(self) -> int:

@@ -128,6 +128,23 @@ def _semantic_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
     res = base_dir / config["generate"]["resolutions"]
     if not res.exists():
         yield f"config key generate.resolutions: file {res} does not exist"
+    yield from _finetune_errors(config, base_dir)
+
+
+def _finetune_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:
+    """The fine-tune's models must be named when it is switched on; a prompt file must exist when named."""
+    from finet2i.core.pipeline import model_keys
+
+    if (config.get("finetune") or {}).get("enabled"):
+        for key in model_keys(config):
+            if key not in config["models"]:
+                yield (f"config key models.{key}: finetune.enabled needs it (finetune_base: an SD-XL-family "
+                       f"diffusers pipeline such as {{id: stabilityai/stable-diffusion-xl-base-1.0, revision: "
+                       f"<commit>}}; clip_scorer: a CLIP model such as openai/clip-vit-large-patch14; "
+                       f"docs/finetune.md)")
+    prompts = (config.get("evaluate") or {}).get("prompts")
+    if prompts and not (base_dir / prompts).is_file():
+        yield f"config key evaluate.prompts: file {base_dir / prompts} does not exist (a TSV with a Prompt column)"
 
 
 def _taxonomy_errors(config: dict[str, Any], base_dir: Path) -> Iterator[str]:

@@ -98,6 +98,8 @@ def report_settings(config: Mapping[str, Any]) -> dict[str, Any]:
                                 "real": lookup(config, "curated.aesthetic_threshold")},
         "upstream": {s.name: getattr(pipeline.upstream(s.name, config), "name", None)
                      for s in pipeline.enabled_stages(config)},
+        # with finetune.enabled: how many base / fine-tuned pairs "Does it help?" shows
+        "shown_pairs": lookup(config, "evaluate.shown_pairs") if lookup(config, "finetune.enabled") else 0,
     }
 
 
