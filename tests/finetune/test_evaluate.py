@@ -5,7 +5,6 @@ after rendering that renders nothing again."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,7 +15,6 @@ from finet2i.finetune.evaluate import run_evaluate
 from finet2i.models.spec import ModelSpec
 
 pytestmark = [pytest.mark.slow]
-DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo" / "models"
 
 
 class Killed(BaseException):
@@ -41,10 +39,11 @@ class FirstImageJudge:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_sdxl, tiny_clip):
+def models(tiny_sdxl, tiny_clip, tiny_models):
+    # The session's tiny SigLIP + V2.5 head (support.generation), not the demo's folder: a fresh clone has none.
     return dict(base=ModelSpec("models.finetune_base", path=str(tiny_sdxl)),
-                aesthetic_encoder=ModelSpec("models.aesthetic_encoder", path=str(DEMO / "siglip")),
-                aesthetic_head=ModelSpec("models.aesthetic_head", path=str(DEMO / "aesthetic_head.pth")),
+                aesthetic_encoder=tiny_models.spec("siglip"),
+                aesthetic_head=tiny_models.spec("head"),
                 clip=ModelSpec("models.clip_scorer", path=str(tiny_clip)),
                 judge_model=ModelSpec("models.judge", path="/unused"))
 

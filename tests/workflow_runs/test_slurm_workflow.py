@@ -399,7 +399,9 @@ def test_demo_on_slurm_places_jobs_and_matches_local(demo_runs: dict[str, DemoRu
     assert gpu_counts == {r: local.counts.get(r, 0) for r in GPU_RULES}, (gpu_counts, local.counts)
     # ... every one the demo config enables (curated_enhance runs only with curated.long_prompt: enhancer)
     demo_gpu = GPU_RULES - {"dedup_group", "dedup_cross", "guard_batch"}
-    assert all(gpu_counts[r] for r in demo_gpu if pipeline.enabled(r, DEMO)), gpu_counts
+    assert all(gpu_counts[r] for r in demo_gpu if r in pipeline.BY_NAME and pipeline.enabled(r, DEMO)), gpu_counts
+    # ... and no target after the dataset (finetune, evaluate) that the demo config leaves off
+    assert not any(gpu_counts.get(t.name) for t in pipeline.TARGETS if t not in pipeline.enabled_targets(DEMO))
     assert gpu_counts["guard_batch"] == 0, "the demo guards one shard per job (gpu_jobs: 1)"
     assert all(gpu_counts[r] for r in ("dedup_group", "dedup_cross")), gpu_counts
     # Grouping: the per-shard CPU jobs ran as fewer Slurm jobs than Snakemake jobs.
