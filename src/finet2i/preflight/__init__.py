@@ -60,7 +60,12 @@ def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | No
     # After the Snakefile's parse, as in a run: the workflow sets up its own environment first (the demo's fake
     # photo APIs take a key that rules/demo.smk sets).
     _check_sources(config, workdir, report)
-    executor = _check_profile(Path(profile), rules, config, report) if profile is not None else None
+    if profile is not None:
+        executor = _check_profile(Path(profile), rules, config, report)
+    else:
+        executor = None
+        report.add(WARN, "cluster", "cluster not checked: no --profile given; add --profile profiles/slurm to check "
+                                    "partitions, accounts and every rule's request against the live cluster")
     _check_network(rules, config, workdir, profile if executor == "slurm" else None, report)
     _check_disk(config, results or workdir / "results", workdir, report)
     report.seconds = time.monotonic() - t0
