@@ -27,12 +27,8 @@ CONFIG_FILES = list(workflow.overwrite_configfiles or ["config/config.yaml"])
 validate_config(config, base_dir=".", check_models=False, files=CONFIG_FILES)
 
 
-def check_before_the_first_job():
-    check_available(config, base_dir=".", files=CONFIG_FILES)
-
-
 onstart:
-    check_before_the_first_job()
+    check_available(config, base_dir=".", files=CONFIG_FILES)
 
 
 # The embedded demo (config/demo.yaml) adds its local fake photo APIs; nothing of it is in a production run.

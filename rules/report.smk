@@ -33,7 +33,7 @@ rule report:
     log:
         "logs/report/report.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("report")
     resources:
         **resources_of("report"),

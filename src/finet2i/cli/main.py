@@ -233,16 +233,24 @@ def explore(results_dir: Path, port: int, host: str, cache_dir: Path | None, sta
 @click.option("--results", type=click.Path(path_type=Path), default=None,
               help="The results folder whose filesystem must hold the run (default: ./results, followed if it "
                    "is a symlink).")
+@click.option("--probe-gpu", is_flag=True,
+              help="Also submit one short job per GPU partition through the profile: it reports the node's GPU, "
+                   "driver, CUDA, torch, vLLM's platform and diffusers, and runs a tiny model on the GPU "
+                   "(NO-GO: a CPU vLLM, no GPU, a driver too old). Waits for a GPU like any job.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report (per-stage disk sizes too) as JSON.")
-def preflight(configfiles: tuple[Path, ...], profile: Path | None, results: Path | None, as_json: bool) -> None:
+def preflight(configfiles: tuple[Path, ...], profile: Path | None, results: Path | None, probe_gpu: bool,
+              as_json: bool) -> None:
     """Check a run before the first GPU-hour: config, models (present, pinned, on a shared filesystem), the
     profile against the live Slurm cluster (partitions, accounts, GPUs, memory and runtime of every rule at
-    every attempt), disk for the whole run, and where the rules that download run. Submits nothing.
+    every attempt), disk for the whole run, and where the rules that download run. Submits nothing, unless
+    --probe-gpu is given.
 
-    Run it on the login node, in the workflow folder. Exit status 0 when everything is GO, 1 on any NO-GO."""
+    Run it on the login node, in the workflow folder, from the environment the run will use. Exit status 0
+    when everything is GO, 1 on any NO-GO."""
     from finet2i.preflight import run_preflight
 
-    report = run_preflight(configfiles, profile=profile, results=results)
+    report = run_preflight(configfiles, profile=profile, results=results, probe_gpu=probe_gpu,
+                           echo=lambda line: click.echo(line, err=True))
     click.echo(report.to_json() if as_json else report.table())
     sys.exit(0 if report.ok else 1)
 
