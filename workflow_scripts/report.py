@@ -11,7 +11,8 @@ def main(smk) -> None:
     run = adapter(smk)
     similarity = _paths(smk, "similarity_histogram")
     run_report(_paths(smk, "stats"), _paths(smk, "indexes"), similarity[0] if similarity else None,
-               str(smk.output.html).rsplit("/", 1)[0], settings=run.settings)
+               str(smk.output.html).rsplit("/", 1)[0], settings=run.settings,
+               dropped=list(zip(_paths(smk, "dropped"), _paths(smk, "dropped_images"), strict=True)))
 
 
 if __name__ == "__main__":
