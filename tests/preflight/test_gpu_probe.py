@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.gpu import H100, fake_cuda_env
 from support.slurm import SlurmCluster
 from support.workflow import DEMO_CONFIG, ROOT, demo_workdir
 
@@ -23,22 +24,6 @@ from finet2i.preflight import GO, NOGO, WARN, run_preflight
 from finet2i.preflight.gpu import collect, problems, summary
 from finet2i.preflight.probe import gpu_partitions, probe_snakefile
 from finet2i.preflight.profile import Profile
-
-ENV = "/shared/envs/finet2i-gpu"
-# What the pinned GPU environment reports on an H100 node with an R580 driver (the shape collect() returns).
-H100: dict = {
-    "node": "gpu042", "python": f"{ENV}/bin/python", "environment": ENV, "python_version": "3.11.7",
-    "cuda_visible_devices": "0",
-    "packages": {"vllm": "vllm 0.33.0", "torch": "torch 2.14.0", "transformers": "transformers 5.19.0",
-                 "diffusers": "diffusers 0.42.1"},
-    "nvml": {"driver": "580.95.05", "driver_max_cuda": "13.0",
-             "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "capability": "9.0"}]},
-    "torch": {"version": "2.14.0+cu130", "cuda": "13.0", "available": True, "warnings": [],
-              "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "capability": "9.0"}]},
-    "vllm_platform": {"name": "CudaPlatform", "device": "cuda", "cuda": True},
-    "tiny_model": {"torch": "forward pass on cuda:0 (0.4 s)", "vllm": "engine started and generated 4 tokens "
-                                                                     "(21.3 s)"},
-}
 
 
 def fake(**changes) -> dict:  # type: ignore[no-untyped-def]
@@ -128,28 +113,6 @@ def test_the_probe_goes_to_each_gpu_partition_of_the_profile(tmp_path: Path) -> 
 
 
 # --- on the local Slurm cluster ------------------------------------------------------------------------------
-
-FAKE_CUDA_HOOK = '''\
-# Test-only (tests/preflight/test_gpu_probe.py): the probe job's facts are an H100's. Loaded through PYTHONPATH
-# by every Python process; acts only in the probe job (its argument ends in .gpu-probe.json).
-import json, os, sys
-_fake = os.environ.get("FINET2I_TEST_FAKE_GPU")
-if _fake and sys.argv and sys.argv[-1].endswith(".gpu-probe.json"):
-    import finet2i.preflight.gpu as _gpu
-    _answer = json.loads(open(_fake).read())
-    _answer["environment"], _answer["python"] = sys.prefix, sys.executable
-    _gpu.collect = lambda: _answer
-'''
-
-
-def fake_cuda_env(folder: Path) -> dict[str, str]:
-    """The environment under which the probe job on the test cluster answers like the H100 above."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(FAKE_CUDA_HOOK)
-    (folder / "h100.json").write_text(__import__("json").dumps(H100))
-    return {"PYTHONPATH": os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p),
-            "FINET2I_TEST_FAKE_GPU": str(folder / "h100.json")}
-
 
 def test_profile(wd: Path, cluster: SlurmCluster) -> Path:
     """profiles/slurm with the test cluster's names and a short poll delay."""

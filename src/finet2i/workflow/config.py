@@ -205,7 +205,7 @@ def missing_keys(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".",
             continue  # listed already: the key is needed no more
         if not (env.get(entry["key_env"]) or "").strip():
             out.append(f"config key curated.sources[{i}] ({entry['type']}): the API key is not set: export "
-                       f"{entry['key_env']}=<your key> on the node that runs the listing (README: 'Real photos')")
+                       f"{entry['key_env']}=<your key> on the node that runs the listing (docs/real-sources.md)")
     return out
 
 
