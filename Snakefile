@@ -17,17 +17,18 @@ if not workflow.overwrite_configfiles:
 report: "report/workflow.rst"
 
 
-# Config mistakes fail here, while parsing, naming the key. Models and curated sources are checked when a
-# run starts (onstart: after planning, before the first job), so that -n, --dag and --summary work on a
+# Config mistakes fail here, while parsing, naming the file and the key. Models and curated sources are checked
+# when a run starts (onstart: after planning, before the first job), so that -n, --dag and --summary work on a
 # login node without weights.
 from finet2i.core import pipeline
-from finet2i.workflow.config import validate_config
+from finet2i.workflow.config import check_available, validate_config
 
-validate_config(config, base_dir=".", check_models=False)
+CONFIG_FILES = list(workflow.overwrite_configfiles or ["config/config.yaml"])
+validate_config(config, base_dir=".", check_models=False, files=CONFIG_FILES)
 
 
 onstart:
-    check_before_the_first_job()
+    check_available(config, base_dir=".", files=CONFIG_FILES)
 
 
 # The embedded demo (config/demo.yaml) adds its local fake photo APIs; nothing of it is in a production run.
@@ -49,9 +50,6 @@ for stage in pipeline.STAGES:
 
 include: "rules/report.smk"
 include: "rules/assemble.smk"
-# After the dataset, optional (finetune.enabled): does it make a model better? (paper section 5)
-include: "rules/finetune.smk"
-include: "rules/evaluate.smk"
 
 
 rule all:

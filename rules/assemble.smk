@@ -13,7 +13,7 @@ rule assemble:
     log:
         "logs/assemble/{subset}.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("assemble")
     resources:
         **resources_of("assemble"),
@@ -35,7 +35,7 @@ rule dataset_card:
     log:
         "logs/dataset_card/dataset_card.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("dataset_card")
     resources:
         **resources_of("dataset_card"),

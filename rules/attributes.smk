@@ -15,7 +15,7 @@ rule attributes:
     benchmark:
         "results/benchmarks/attributes/{shard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("attributes")
     resources:
         **resources_of("attributes"),

@@ -216,12 +216,22 @@ def stage_stats():
 
 
 def report_inputs(wildcards):
-    """Named input lists of the report: small files, or the small columns of the finished-sample tables."""
+    """Named input lists of the report: small files, or the small columns of the finished-sample tables; for
+    the pictures of dropped records, the first shard's tables of the stages that judge images (the report reads
+    a few rows of each: finet2i.reporting.thumbnails)."""
+    dropped, images = [], []
+    for judge, holder in pipeline.judged_images(config):
+        first = (CURATED_SHARDS if judge.branch == pipeline.CURATED else SHARDS)[0]
+        for subset in SUBSETS if judge.per_subset else [None]:
+            dropped.append(pipeline.table_path(judge.name, first, subset))
+            images.append(pipeline.table_path(holder.name, first, subset))
     evaluation = finetune_outputs()
     return {
         "stats": stage_stats(),
         "indexes": [t for subset in packaged_subsets() for t in package_tables(subset)],
         "similarity_histogram": ["results/dedup/similarity_histogram.json"],
+        "dropped": dropped,
+        "dropped_images": images,
         "evaluation": evaluation,
         # the one input decided by a file's existence: votes come from people, whenever they come
         "votes": [VOTES] if evaluation and os.path.exists(VOTES) else [],

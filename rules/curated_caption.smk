@@ -15,7 +15,7 @@ rule curated_caption:
     benchmark:
         "results/benchmarks/curated_caption/{cshard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("curated_caption")
     resources:
         **resources_of("curated_caption"),

@@ -12,7 +12,7 @@ rule curated_dedup:
     log:
         "logs/curated_dedup/{cshard}.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("curated_dedup")
     resources:
         **resources_of("curated_dedup"),

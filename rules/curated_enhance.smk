@@ -13,7 +13,7 @@ rule curated_enhance:
     benchmark:
         "results/benchmarks/curated_enhance/{cshard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("curated_enhance")
     resources:
         **resources_of("curated_enhance"),

@@ -14,7 +14,7 @@ rule curated_guard:
     benchmark:
         "results/benchmarks/curated_guard/{cshard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("curated_guard")
     resources:
         **resources_of("curated_guard"),

@@ -14,7 +14,7 @@ rule curated_ingest:
     benchmark:
         "results/benchmarks/curated_ingest/{cshard}.tsv"
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("curated_ingest")
     resources:
         **resources_of("curated_ingest"),

@@ -18,7 +18,7 @@ rule curated_list:
     log:
         "logs/curated_list/{source}.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     params:
         settings=listed_entry,
         tuning=listed_pacing,

@@ -14,7 +14,7 @@ rule curated_score:
     benchmark:
         "results/benchmarks/curated_score/{cshard}.tsv"
     conda:
-        "../envs/diffusion.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("curated_score")
     resources:
         **resources_of("curated_score"),

@@ -15,7 +15,7 @@ rule dedup_centroids:
     benchmark:
         "results/benchmarks/dedup_centroids/all.tsv"
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("dedup_centroids")
     resources:
         **resources_of("dedup_centroids"),
@@ -38,7 +38,7 @@ rule dedup_assign:
     log:
         "logs/dedup_assign/{shard}.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("dedup_assign")
     resources:
         **resources_of("dedup_assign"),
@@ -67,7 +67,7 @@ rule dedup_manifest:
         "logs/dedup_manifest/all.log",
     localrule: True
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("dedup_manifest")
     resources:
         **resources_of("dedup_manifest"),
@@ -85,7 +85,7 @@ rule dedup_group:
     benchmark:
         "results/benchmarks/dedup_group/{group}.tsv"
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("dedup_group")
     resources:
         **resources_of("dedup_group"),
@@ -111,7 +111,7 @@ rule dedup_cross:
     benchmark:
         "results/benchmarks/dedup_cross/all.tsv"
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("dedup_cross")
     resources:
         **resources_of("dedup_cross"),
@@ -140,7 +140,7 @@ rule dedup:
     log:
         "logs/dedup/{shard}.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("dedup")
     resources:
         **resources_of("dedup"),

@@ -7,6 +7,7 @@ from finet2i.demo.fake_apis import demo_environment, ensure_demo_server
 demo_environment()
 
 
+# This onstart replaces the Snakefile's (Snakemake keeps the last one), so it repeats its check.
 onstart:
     ensure_demo_server()
-    check_before_the_first_job()
+    check_available(config, base_dir=".", files=CONFIG_FILES)

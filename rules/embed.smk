@@ -13,7 +13,7 @@ rule embed:
     benchmark:
         "results/benchmarks/embed/{shard}.tsv"
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("embed")
     resources:
         **resources_of("embed"),

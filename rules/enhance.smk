@@ -14,7 +14,7 @@ rule enhance:
     benchmark:
         "results/benchmarks/enhance/{shard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("enhance")
     resources:
         **resources_of("enhance"),

@@ -17,7 +17,7 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/evaluate.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),

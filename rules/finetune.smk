@@ -19,7 +19,7 @@ rule finetune:
     benchmark:
         "results/benchmarks/finetune/finetune.tsv"
     conda:
-        "../envs/diffusion.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("finetune")
     resources:
         **resources_of("finetune"),

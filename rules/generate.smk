@@ -17,7 +17,7 @@ rule generate:
     benchmark:
         "results/benchmarks/generate/{subset}/{shard}.tsv"
     conda:
-        "../envs/diffusion.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("generate")
     resources:
         **resources_of("generate"),

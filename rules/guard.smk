@@ -14,7 +14,7 @@ rule guard:
     benchmark:
         "results/benchmarks/guard/{shard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("guard")
     resources:
         **resources_of("guard"),
@@ -39,7 +39,7 @@ rule guard_batch:
     benchmark:
         "results/benchmarks/guard_batch/{batch}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("guard")
     resources:
         **resources_of("guard", runtime=batch_runtime("guard")),

@@ -14,7 +14,7 @@ rule guard_enhanced:
     benchmark:
         "results/benchmarks/guard_enhanced/{shard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("guard_enhanced")
     resources:
         **resources_of("guard_enhanced"),

@@ -15,7 +15,7 @@ rule package:
         # the synthetic subsets only: "real" is finished by package_real from the curated shards
         subset="|".join(SUBSETS),
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("package")
     resources:
         **resources_of("package"),

@@ -13,7 +13,7 @@ rule package_real:
     log:
         "logs/package_real/{cshard}.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("package_real")
     resources:
         **resources_of("package_real"),

@@ -17,7 +17,7 @@ rule pair_filter:
     benchmark:
         "results/benchmarks/pair_filter/{shard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("pair_filter")
     resources:
         **resources_of("pair_filter"),

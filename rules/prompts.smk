@@ -15,7 +15,7 @@ rule prompts:
     benchmark:
         "results/benchmarks/prompts/{shard}.tsv"
     conda:
-        "../envs/llm.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("prompts")
     resources:
         **resources_of("prompts"),

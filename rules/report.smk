@@ -6,7 +6,10 @@
 #   stats: every *.stats.json of every stage (specs, prompts, embed, dedup, guard, attributes, enhance,
 #          generate per subset, pair_filter per subset, curated_*, package, package_real),
 #   indexes: results/package/{subset}/{shard}.parquet and results/package_real/{cshard}.parquet,
-#   similarity_histogram: ["results/dedup/similarity_histogram.json"] (or [] when dedup writes none).
+#   similarity_histogram: ["results/dedup/similarity_histogram.json"] (or [] when dedup writes none),
+#   dropped, dropped_images: the first shard's tables of each stage that judges images (pair_filter per subset,
+#          the curated filters) and of the stage holding those images (generate, curated_ingest), pairwise:
+#          the report shows a few dropped records with their picture and reason.
 
 
 rule report:
@@ -33,7 +36,7 @@ rule report:
     log:
         "logs/report/report.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("report")
     resources:
         **resources_of("report"),

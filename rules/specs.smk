@@ -11,7 +11,7 @@ rule specs:
     log:
         "logs/specs/{shard}.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/finet2i.yaml"
     threads: threads_of("specs")
     resources:
         **resources_of("specs"),

@@ -3,7 +3,8 @@
     core/            the workflow core (pipeline contract, runner, shards, fingerprints, layers, batching)
     recipe/ release/ models/ workflow/ finetune/   one folder per package of src/finet2i
     stages/          one file per stage, named for it (test_<stage>*.py), and the parsers' hostile-input tests
-    preflight/ explore/                  the tools around a run
+    preflight/ explore/ cli/             the tools around a run, and the `finet2i` command
+    docs/            README.md and docs/*.md hold together (index, links, no history)
     workflow_runs/   whole runs of the workflow: the shared demo run (local executor), the local Slurm cluster,
                      reruns and resumes, the explorer in a browser
     support/         helpers (support.workflow runs the real workflow in a throwaway copy) and the fixture

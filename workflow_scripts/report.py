@@ -15,7 +15,8 @@ def main(smk) -> None:
     votes = _paths(smk, "votes")
     run_report(_paths(smk, "stats"), _paths(smk, "indexes"), similarity[0] if similarity else None,
                str(smk.output.html).rsplit("/", 1)[0], settings=run.settings, evaluation=evaluation or None,
-               votes=votes[0] if votes else None)
+               votes=votes[0] if votes else None,
+               dropped=list(zip(_paths(smk, "dropped"), _paths(smk, "dropped_images"), strict=True)))
 
 
 if __name__ == "__main__":

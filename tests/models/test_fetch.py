@@ -266,15 +266,22 @@ def test_dry_run_lists_what_would_be_fetched_and_downloads_nothing(fake_hub, tmp
     assert "gated" not in lines["models.verifier"]
     assert lines["models.aesthetic_head"] == (
         f"models.aesthetic_head: would download {AESTHETIC_HEAD.url} -> {head} (AGPL-3.0, "
-        "https://github.com/discus0434/aesthetic-predictor-v2-5; needs --accept-license aesthetic_head)")
+        "https://github.com/discus0434/aesthetic-predictor-v2-5; needs --accept-license aesthetic_head); "
+        "size unknown offline")
+    # Offline, the sizes are unknown except what the cache holds; the cache's path is the first line.
+    assert out.splitlines()[0].startswith(f"Hugging Face cache: {constants.HF_HUB_CACHE} (set HF_HOME")
+    assert "size unknown offline" in lines["models.guard"] and " in the cache" in lines["models.embedder"]
+    assert out.splitlines()[-1].startswith("to download: ") and "of unknown size (offline" in out.splitlines()[-1]
 
 
 def test_dry_run_asks_the_hub_when_online(fake_hub, monkeypatch):
     import huggingface_hub
     from huggingface_hub import HfApi
 
+    files = [SimpleNamespace(rfilename="model.safetensors", size=16_060_000_000),
+             SimpleNamespace(rfilename="config.json", size=855)]
     monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, **kw: SimpleNamespace(
-        gated="manual" if repo_id.startswith("org/") else False))
+        gated="manual" if repo_id.startswith("org/") else False, siblings=files))
 
     def auth_check(repo_id, **kw):
         if repo_id == "org/closed":
@@ -284,10 +291,14 @@ def test_dry_run_asks_the_hub_when_online(fake_hub, monkeypatch):
     config = {"models": {k: {"id": f"org/{k}", "revision": "main"} for k in ("open", "closed")}
               | {"guard": {"id": "meta-llama/Llama-Guard-3-8B", "revision": "main"}}}
     report = fetch.fetch_models(config, ["open", "closed", "guard"], dry_run=True)
-    assert "gated (the hub says)" in report.lines[0] and "your token has access" in report.lines[0]
-    assert "no access with the current token yet" in report.lines[1]
-    assert "gated" not in report.lines[2]  # the hub's answer wins over the list in code
+    assert report.lines[0].startswith("Hugging Face cache: ")
+    assert "gated (the hub says)" in report.lines[1] and "your token has access" in report.lines[1]
+    assert "no access with the current token yet" in report.lines[2]
+    assert "gated" not in report.lines[3]  # the hub's answer wins over the list in code
     assert report.missing == []
+    # The size of each repository at its revision, from the hub's file list; the total at the end.
+    assert all("; 16.1 GB" in line for line in report.lines[1:4]), report.lines
+    assert report.lines[-1] == "to download: 48.2 GB"
 
 
 def test_accept_license_names_a_model_key(fake_hub, tmp_path, monkeypatch):

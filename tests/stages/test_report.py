@@ -315,6 +315,118 @@ def test_the_report_says_how_to_browse_the_run(run_dir):
     assert f"`finet2i explore {tmp}`" in (tmp / "report" / "report.md").read_text()
 
 
+# --- the report's pictures and figures ------------------------------------------------------------------------
+
+def _jpeg(color: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "JPEG")
+    return out.getvalue()
+
+
+def _picture_tables(root: Path, rows_per_table: int = 40) -> tuple[list[str], list[tuple[str, str]]]:
+    """Finished-sample tables (kept rows with a JPEG, and one package drop without) for pe_ar and real, and a
+    judged table with its image table for pe_ar: the inputs of the report's pictures."""
+    indexes = []
+    for subset, folder in (("pe_ar", root / "package" / "pe_ar"), ("real", root / "package_real")):
+        folder.mkdir(parents=True, exist_ok=True)
+        for shard in ("00000", "00001"):
+            rows = [{"id": f"{shard}-{i:06d}", "kept": i != 0, "drop_reason": "bad_image" if i == 0 else None,
+                     "key": f"{subset}-{shard}-{i:04d}", "jpg": None if i == 0 else _jpeg((i * 5, 100, 150)),
+                     "txt": f"prompt {i} of {subset}", "aesthetic_predictor_v_2_5_score": 5.0 + i / 100}
+                    for i in range(rows_per_table)]
+            path = folder / f"{shard}.parquet"
+            pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=16)
+            indexes.append(str(path))
+    judged, images = root / "pair_filter" / "pe_ar" / "00000.parquet", root / "generate" / "pe_ar" / "00000.parquet"
+    judged.parent.mkdir(parents=True), images.parent.mkdir(parents=True)
+    reasons = ["aesthetic_low", "aesthetic_low", "judge_rejected", "aesthetic_low", None, "judge_unsafe"] * 4
+    pq.write_table(pa.Table.from_pylist([
+        {"id": f"00000-{i:06d}", "kept": r is None, "drop_reason": r, "prompt_used": f"judged prompt {i}",
+         "aesthetic_predictor_v_2_5_score": 4.0, "judge_reasoning": "a hand with six fingers" if r else None}
+        for i, r in enumerate(reasons)]), judged)
+    pq.write_table(pa.Table.from_pylist([{"id": f"00000-{i:06d}", "image": _jpeg((200, 0, i))}
+                                         for i in range(len(reasons))]), images, row_group_size=4)
+    return indexes, [(str(judged), str(images))]
+
+
+def test_pictures_a_few_finished_samples_and_a_few_drops_with_their_reason(tmp_path):
+    from PIL import Image
+
+    from finet2i.reporting.thumbnails import (
+        DROPPED_PER_SUBSET,
+        KEPT_PER_SUBSET,
+        THUMB_SIDE,
+        dropped_thumbnails,
+        kept_thumbnails,
+    )
+
+    indexes, dropped = _picture_tables(tmp_path / "results")
+    kept = kept_thumbnails(indexes, SUBSETS)
+    assert set(kept) == {"pe_ar", "real"} and all(len(v) == KEPT_PER_SUBSET for v in kept.values())
+    # The first kept rows in key order (the package drop without an image is skipped), as small JPEGs.
+    assert [t.key for t in kept["pe_ar"][:2]] == ["pe_ar-00000-0001", "pe_ar-00000-0002"]
+    for t in kept["pe_ar"]:
+        with Image.open(__import__("io").BytesIO(t.jpeg)) as im:
+            assert im.format == "JPEG" and max(im.size) <= THUMB_SIDE
+        assert t.reason is None and t.prompt.startswith("prompt ")
+    drops = dropped_thumbnails(dropped, SUBSETS)["pe_ar"]
+    assert len(drops) == DROPPED_PER_SUBSET
+    # One of each reason first, then the earliest others; each with its stage, evidence and own image.
+    assert [t.reason for t in drops] == ["aesthetic_low", "judge_rejected", "judge_unsafe", "aesthetic_low"]
+    assert all(t.stage == "pair_filter" and "six fingers" in t.evidence for t in drops)
+    assert drops[0].prompt == "judged prompt 0" and drops[1].key == "00000-000002"
+
+
+def test_the_report_shows_the_pictures_in_html_and_markdown(run_dir, tmp_path):
+    tmp, stats, indexes, sim = run_dir
+    pictures, dropped = _picture_tables(tmp_path / "pictures")
+    out = tmp / "report"
+    run_report(stats, indexes + pictures, sim, str(out), settings=SETTINGS, dropped=dropped)
+    html = (out / "report.html").read_text()
+    assert '<h2 id="samples">Samples</h2>' in html
+    assert html.count('<figure class="thumb" ') == 16 and html.count('<figure class="thumb dropped" ') == 4
+    assert html.count("data:image/jpeg;base64,") == 20 and "pair_filter: judge_unsafe" in html
+    assert not re.search(r"src=['\"](?!data:)", html)  # still self-contained
+    md = (out / "report.md").read_text()
+    assert "![pe_ar](figures/samples_pe_ar.png)" in md and "- dropped by pair_filter: **judge_rejected**" in md
+    for subset in ("pe_ar", "real"):
+        assert (out / "figures" / f"samples_{subset}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _overlaps(fig) -> list[str]:  # type: ignore[no-untyped-def]
+    """Texts of the figure (tick labels, titles, annotations) that its legends cover."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    boxes = [lg.get_window_extent(renderer) for lg in legends]
+    texts = [t for ax in fig.axes for t in (*ax.get_yticklabels(), *ax.get_xticklabels(), ax.title, *ax.texts)]
+    return [t.get_text() for t in texts if t.get_text()
+            and any(b.overlaps(t.get_window_extent(renderer)) for b in boxes)]
+
+
+def test_figures_fit_a_laptop_screen_and_no_legend_covers_a_label():
+    import matplotlib.pyplot as plt
+
+    from finet2i.reporting.figures import DPI, MAX_WIDTH_IN, hist_figure, shares_figure
+
+    target = paper.marginals()
+    ours = {k: {label: share * 0.8 for label, share in v.items()} for k, v in target.items()}
+    edges = [x / 4 for x in range(41)]
+    figs = {"shares": shares_figure(ours, target),
+            "aesthetic": hist_figure({"synthetic": (edges, [0] * 16 + [3, 5, 8, 4] + [0] * 20),
+                                      "real": (edges, [0] * 20 + [1, 2, 3] + [0] * 17)}, "Aesthetic score",
+                                     "score", {"synthetic > 5.5": 5.5, "real >= 6.5": 6.5})}
+    for name, fig in figs.items():
+        width = fig.get_size_inches()[0] * DPI
+        assert width <= MAX_WIDTH_IN * DPI <= 1000, (name, width)  # inside a 1300 px window, with margins
+        assert _overlaps(fig) == [], name
+        plt.close(fig)
+
+
 def test_does_it_help_reads_the_evaluation_and_the_votes(run_dir):
     """The section shows what evaluate and finetune wrote and what people voted, escaped, with small copies of
     the pairs' images; nothing is recomputed (the metric numbers are the file's)."""

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "profiles", "envs", "report"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "profiles", "envs", "report", "scripts"]
 
 # Modules that must never be imported while Snakemake parses the workflow (dry runs, --lint, planning).
 HEAVY_MODULES = ["torch", "vllm", "diffusers", "transformers", "sentence_transformers", "faiss"]

@@ -1,5 +1,9 @@
 """The demo workflow through `snakemake --profile profiles/slurm` on the real local Slurm cluster.
 
+- The README's first-run block, word for word: it builds the environment (a stand-in over this .venv), makes
+  its copy of the recipe (here the demo's), fetches and pins, fills in the profile, runs preflight with the GPU
+  probe (a faked H100 answer: no GPU here) and the run; every GPU job's log says it ran that environment's
+  python.
 - Placement: every job of a rule that declares `gpu=1` ran in partition `gpu` with one GPU, every other job
   in `cpu` (checked with sacct), and the dataset equals a local-executor run's byte for byte (ids, prompts,
   JPEGs, metadata in every tar; the tiny VLMs' free-text reasons only for presence, see MODEL_PROSE).
@@ -33,6 +37,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from support.gpu import fake_cuda_env
 from support.slurm import (
     SlurmCluster,
     cancel_jobs,
@@ -204,6 +209,7 @@ class DemoRun:
     seconds: float
     uuid: str | None = None
     since: datetime | None = None
+    env: Path | None = None  # the environment the README's first run built and ran from
 
 
 @pytest.fixture(scope="module")
@@ -218,20 +224,25 @@ def demo_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, DemoRu
     slurm_wd = demo_workdir(tmp_path_factory.mktemp("slurm"))
     since = datetime.now()
     t0 = time.monotonic()
-    out = run_readme_first_run(slurm_wd, slurm_cluster, tmp_path_factory.mktemp("hf_home"))
+    env_dir = tmp_path_factory.mktemp("env") / "finet2i"
+    out = run_readme_first_run(slurm_wd, slurm_cluster, tmp_path_factory.mktemp("hf_home"), env_dir,
+                               tmp_path_factory.mktemp("fake-gpu"))
     slurm_seconds = time.monotonic() - t0
     local_wd = local.wait()
     runs = {
         "local": DemoRun(local_wd, dataset_digest(local_wd / "results"), job_counts(local.log.read_text()),
                          local.seconds or 0.0),
         "slurm": DemoRun(slurm_wd, dataset_digest(slurm_wd / "results"), job_counts(out), slurm_seconds,
-                         run_uuid(out), since),
+                         run_uuid(out), since, env_dir),
     }
     print(f"\ndemo: Slurm {slurm_seconds:.0f} s")
     return runs
 
 
-README_VALUES = ("CONFIG", "ACCOUNT", "CPU_PARTITION", "GPU_PARTITION", "export HF_HOME")
+README_VALUES = ("RECIPE", "CONFIG", "ACCOUNT", "CPU_PARTITION", "GPU_PARTITION", "ENV", "export HF_HOME",
+                 "export HF_TOKEN")
+# The copy of the recipe that the README's first run makes and runs (CONFIG=...): the demo config, copied.
+README_CONFIG = "my-demo.yaml"
 
 
 def readme_first_run() -> str:
@@ -242,15 +253,21 @@ def readme_first_run() -> str:
     return block
 
 
-def run_readme_first_run(wd: Path, cluster: SlurmCluster, hf_home: Path) -> str:
+def run_readme_first_run(wd: Path, cluster: SlurmCluster, hf_home: Path, env_dir: Path, fake_gpu: Path) -> str:
     """Follow the README's first run in `wd` on the local cluster: the block runs as written, in bash with
-    -e (a NO-GO from preflight stops it), after its five values are given this cluster's (the README says which
-    lines are yours). The one change outside the block: the profile's status-poll delay (POLL_SECONDS, the
-    only plugin setting a test may change), or each of the demo's ~15 levels would wait 40 s.
-    Returns everything the block printed."""
+    -e (a NO-GO from preflight stops it), after its values are given this cluster's (the README says which
+    lines are yours): the demo config as the recipe, a scratch environment, model cache and token.
+
+    Three things differ from a GPU cluster, each outside the block: the profile's status-poll delay
+    (POLL_SECONDS, the only plugin setting a test may change), or each of the demo's ~15 levels would wait 40 s;
+    the environment is a stand-in (FINET2I_ENV_BASE: scripts/setup-gpu-env.sh layers ENV over this .venv and
+    its CPU builds in a second, instead of installing the 10 GB GPU lock); and the --probe-gpu job answers with
+    a faked H100 (support.gpu), since the test node has no GPU (its real answer, NO-GO, is
+    tests/preflight/test_gpu_probe.py's). Returns everything the block printed."""
     block = readme_first_run()
-    values = {"CONFIG": DEMO_CONFIG, "ACCOUNT": cluster.account, "CPU_PARTITION": cluster.cpu_partition,
-              "GPU_PARTITION": cluster.gpu_partition, "export HF_HOME": str(hf_home)}
+    values = {"RECIPE": DEMO_CONFIG, "CONFIG": README_CONFIG, "ACCOUNT": cluster.account,
+              "CPU_PARTITION": cluster.cpu_partition, "GPU_PARTITION": cluster.gpu_partition, "ENV": str(env_dir),
+              "export HF_HOME": str(hf_home), "export HF_TOKEN": ""}
     lines = block.splitlines()
     for name in README_VALUES:
         found = [i for i, line in enumerate(lines) if line.startswith(f"{name}=")]
@@ -261,7 +278,8 @@ def run_readme_first_run(wd: Path, cluster: SlurmCluster, hf_home: Path) -> str:
     assert "slurm-init-seconds-before-status-checks: 40" in text
     profile.write_text(text.replace("slurm-init-seconds-before-status-checks: 40",
                                     f"slurm-init-seconds-before-status-checks: {POLL_SECONDS}"))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "FINET2I_ENV_BASE": str(Path(sys.executable).parent.parent), **fake_cuda_env(fake_gpu)}
     started = datetime.now()
     try:
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=wd, env=env,
@@ -276,8 +294,20 @@ def run_readme_first_run(wd: Path, cluster: SlurmCluster, hf_home: Path) -> str:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"the README's first run failed ({proc.returncode}):\n{out[-8000:]}"
     assert re.search(r"^GO \(", proc.stdout, re.M), f"preflight did not say GO:\n{out[-8000:]}"
+    assert re.search(r"^GO +gpu probe +partition gpu .*NVIDIA H100", proc.stdout, re.M), out[-8000:]
     assert "models.aesthetic_head: local" in proc.stdout, out[-4000:]
     assert "CHANGE_ME" not in profile.read_text()
+    assert (wd / README_CONFIG).read_text() == (wd / DEMO_CONFIG).read_text()  # the copy, pinned: nothing to pin
+    return out
+
+
+def gpu_job_environments(wd: Path) -> dict[str, str]:
+    """{log of each GPU job: the interpreter its first lines say it ran} (finet2i.workflow.adapter)."""
+    out = {}
+    for rule in GPU_RULES:
+        for log in sorted((wd / "logs" / rule).rglob("*.log")):
+            m = re.search(r"environment: python (\S+) \(prefix", log.read_text(errors="replace"))
+            out[str(log.relative_to(wd))] = m.group(1) if m else ""
     return out
 
 
@@ -414,6 +444,22 @@ def test_demo_on_slurm_places_jobs_and_matches_local(demo_runs: dict[str, DemoRu
     diff = digest_diff(local.digest, slurm.digest)
     assert not diff, "Slurm and local datasets differ:\n" + diff
     print(f"\nSlurm jobs: {len(jobs)} ({len(gpu_jobs)} GPU) for {sum(local.counts.values())} Snakemake jobs")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_readme_run_jobs_ran_in_the_environment_it_built(demo_runs: dict[str, DemoRun]) -> None:
+    """The README's first run builds ENV and runs Snakemake from it: every GPU job's log says it ran ENV's
+    python (the plugin starts jobs with Snakemake's own interpreter), and the LLM jobs name vLLM's platform."""
+    slurm = demo_runs["slurm"]
+    assert slurm.env is not None and (slurm.env / "bin" / "python").exists()
+    pythons = gpu_job_environments(slurm.workdir)
+    assert pythons and set(pythons.values()) == {str(slurm.env / "bin" / "python")}, pythons
+    llm_logs = [log for rule in ("prompts", "guard", "enhance")
+                for log in (slurm.workdir / "logs" / rule).rglob("*.log")]
+    assert llm_logs and all("vLLM platform: CpuPlatform (device cpu)" in log.read_text() for log in llm_logs)
+    print(f"\n{len(pythons)} GPU job logs, each ran {slurm.env}/bin/python")
 
 
 SLOW_GENERATE_HOOK = '''\

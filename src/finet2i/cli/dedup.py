@@ -107,7 +107,7 @@ def write_output(path: Path, ids: list[str], kept: np.ndarray, dup: np.ndarray, 
             tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-@click.command("dedup")
+@click.command("dedup", short_help="Exact semantic dedup of a prompt table (no Snakemake).")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--threshold", default=0.8, show_default=True, help="Drop a prompt at cosine > this.")

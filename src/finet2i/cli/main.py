@@ -14,17 +14,54 @@ import click
 log = logging.getLogger("finet2i")
 
 DEMO_DIR = Path("resources/demo")
+DEFAULT_CONFIG = Path("config/config.yaml")
 
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
-    """finet2i: build a Fine-T2I-style text-to-image fine-tuning dataset."""
+    """finet2i: build a Fine-T2I-style text-to-image fine-tuning dataset with
+    Snakemake, on a laptop (the demo) or a Slurm cluster (README.md).
+
+    \b
+    First steps:
+      finet2i demo                          the pipeline on tiny offline models
+      finet2i check-config my-run.yaml      is my config valid?
+      finet2i fetch-models --pin my-run.yaml       download and pin the models
+      finet2i preflight --profile profiles/slurm my-run.yaml   GO / NO-GO
+
+    Commands that read configs take them as arguments or as --configfile
+    (default config/config.yaml); several files are merged in order, as
+    Snakemake's --configfile does.
+    """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@main.command("demo-models")
+def config_files(func):  # type: ignore[no-untyped-def]
+    """The config files of a command, as arguments (``finet2i check-config a.yaml``) or as ``--configfile``
+    (``finet2i preflight --configfile a.yaml``), the two forms accepted alike: the command receives
+    ``configfiles``, the arguments first, then each --configfile, default config/config.yaml."""
+    import functools
+
+    path = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+    @click.argument("config_args", metavar="[CONFIG]...", nargs=-1, type=path)
+    @click.option("--configfile", "config_opts", multiple=True, type=path, metavar="FILE",
+                  help="A config file (repeatable; the same as giving it as an argument). Files are merged in "
+                       "order, as Snakemake's --configfile does. Default: config/config.yaml.")
+    @functools.wraps(func)
+    def wrapper(*args, config_args: tuple[Path, ...], config_opts: tuple[Path, ...], **kwargs):  # type: ignore[no-untyped-def]
+        files = (*config_args, *config_opts) or (DEFAULT_CONFIG,)
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise click.BadParameter(f"{missing[0]} does not exist", param_hint="CONFIG")
+        return func(*args, configfiles=files, **kwargs)
+
+    return wrapper
+
+
+@main.command("demo-models", short_help="Build the demo's tiny offline models.")
 @click.option("--out", type=click.Path(path_type=Path), default=DEMO_DIR, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if the models exist.")
@@ -35,11 +72,13 @@ def demo_models(out: Path, seed: int, force: bool) -> None:
     build_all(out, seed=seed, force=force)
 
 
-@main.command("check-config")
-@click.argument("configfiles", nargs=-1, type=click.Path(exists=True), required=True)
+@main.command("check-config", short_help="Validate config files (and that their models are here).")
+@config_files
 @click.option("--no-models", is_flag=True, help="Skip the check that every model is available locally.")
-def check_config(configfiles: tuple[str, ...], no_models: bool) -> None:
-    """Validate config files (merged in order, like --configfile) without Snakemake."""
+def check_config(configfiles: tuple[Path, ...], no_models: bool) -> None:
+    """Validate config files (merged in order, like --configfile) without Snakemake: the schema, the files they
+    name, the curated sources and (unless --no-models) that every model the enabled stages load is here.
+    Each error names the config file and the key."""
     from finet2i.workflow.config import ConfigError, check_available, load_config
 
     try:
@@ -49,22 +88,23 @@ def check_config(configfiles: tuple[str, ...], no_models: bool) -> None:
 
             demo_environment()
         if not no_models:
-            check_available(config)
+            check_available(config, files=configfiles)
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
     click.echo("config OK")
 
 
-@main.command("fetch-models")
-@click.argument("configfiles", nargs=-1, type=click.Path(exists=True), required=True)
+@main.command("fetch-models", short_help="Download the models a config names (on a node with network).")
+@config_files
 @click.option("--pin", is_flag=True,
-              help="Write the commit each revision resolved to back into the config file that names it.")
+              help="Write the commit each revision resolved to back into the config file given that names it "
+                   "(copy config/config.yaml or config/pilot.yaml first and pin your copy).")
 @click.option("--accept-license", "accepted", multiple=True, metavar="KEY",
               help="Accept the license of the file model under models.KEY (e.g. aesthetic_head: AGPL-3.0) so "
                    "that it is downloaded; repeatable.")
 @click.option("--dry-run", is_flag=True,
               help="List what would be fetched (and which hub repositories are gated) without downloading.")
-def fetch_models(configfiles: tuple[str, ...], pin: bool, accepted: tuple[str, ...], dry_run: bool) -> None:
+def fetch_models(configfiles: tuple[Path, ...], pin: bool, accepted: tuple[str, ...], dry_run: bool) -> None:
     """Download every model the config names: hub models (their revision) into the Hugging Face cache, and
     missing local files that have a known or configured url (models.aesthetic_head: the published Aesthetic
     Predictor V2.5 head, AGPL-3.0, only with --accept-license aesthetic_head).
@@ -78,9 +118,12 @@ def fetch_models(configfiles: tuple[str, ...], pin: bool, accepted: tuple[str, .
 
     from finet2i.models.fetch import fetch_models as fetch
     from finet2i.models.spec import pin_revision_text
-    from finet2i.workflow.config import load_config, used_model_keys
+    from finet2i.workflow.config import ConfigError, load_config, used_model_keys
 
-    config = load_config(*configfiles, check_models=False)
+    try:
+        config = load_config(*configfiles, check_models=False)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
     unknown = sorted({a.removeprefix("models.") for a in accepted} - set(config["models"]))
     if unknown:
         raise click.BadParameter(f"no such model key: {', '.join(unknown)}", param_hint="--accept-license")
@@ -105,7 +148,7 @@ def fetch_models(configfiles: tuple[str, ...], pin: bool, accepted: tuple[str, .
         sys.exit(1)
 
 
-@main.command("demo")
+@main.command("demo", short_help="Run the whole pipeline on tiny offline models.")
 @click.option("--cores", default="all", show_default=True)
 @click.option("--rebuild-models", is_flag=True)
 @click.option("--finetune", is_flag=True,
@@ -135,7 +178,7 @@ def demo(cores: str, rebuild_models: bool, finetune: bool, snakemake_args: tuple
     sys.exit(rc)
 
 
-@main.command("validate")
+@main.command("validate", short_help="Check a dataset folder against the released Fine-T2I layout.")
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--max-samples", type=click.IntRange(min=1), default=None,
               help="Stop after N samples per subset folder (a quick look at a huge folder).")
@@ -151,7 +194,7 @@ def validate(dataset_dir: Path, max_samples: int | None, as_json: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
-@main.command("explore")
+@main.command("explore", short_help="Browse a run's samples and dropped records in a web browser.")
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -190,23 +233,31 @@ def explore(results_dir: Path, port: int, host: str, cache_dir: Path | None, sta
         server.server_close()
 
 
-@main.command("preflight")
+@main.command("preflight", short_help="GO / NO-GO for a run: config, models, cluster, disk, GPUs.")
+@config_files
 @click.option("--profile", type=click.Path(exists=True, path_type=Path), default=None,
               help="The Snakemake profile to check against the live cluster (e.g. profiles/slurm).")
-@click.option("--configfile", "configfiles", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Config file(s), merged in order as --configfile does; default config/config.yaml.")
 @click.option("--results", type=click.Path(path_type=Path), default=None,
-              help="The results folder whose filesystem must hold the run (default: ./results).")
+              help="The results folder whose filesystem must hold the run (default: ./results, followed if it "
+                   "is a symlink).")
+@click.option("--probe-gpu", is_flag=True,
+              help="Also submit one short job per GPU partition through the profile: it reports the node's GPU, "
+                   "driver, CUDA, torch, vLLM's platform and diffusers, and runs a tiny model on the GPU "
+                   "(NO-GO: a CPU vLLM, no GPU, a driver too old). Waits for a GPU like any job.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report (per-stage disk sizes too) as JSON.")
-def preflight(profile: Path | None, configfiles: tuple[Path, ...], results: Path | None, as_json: bool) -> None:
+def preflight(configfiles: tuple[Path, ...], profile: Path | None, results: Path | None, probe_gpu: bool,
+              as_json: bool) -> None:
     """Check a run before the first GPU-hour: config, models (present, pinned, on a shared filesystem), the
     profile against the live Slurm cluster (partitions, accounts, GPUs, memory and runtime of every rule at
-    every attempt), disk for the whole run, and where the rules that download run. Submits nothing.
+    every attempt), disk for the whole run, and where the rules that download run. Submits nothing, unless
+    --probe-gpu is given.
 
-    Run it on the login node, in the workflow folder. Exit status 0 when everything is GO, 1 on any NO-GO."""
+    Run it on the login node, in the workflow folder, from the environment the run will use. Exit status 0
+    when everything is GO, 1 on any NO-GO."""
     from finet2i.preflight import run_preflight
 
-    report = run_preflight(configfiles or (Path("config/config.yaml"),), profile=profile, results=results)
+    report = run_preflight(configfiles, profile=profile, results=results, probe_gpu=probe_gpu,
+                           echo=lambda line: click.echo(line, err=True))
     click.echo(report.to_json() if as_json else report.table())
     sys.exit(0 if report.ok else 1)
 

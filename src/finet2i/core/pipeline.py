@@ -37,6 +37,7 @@ class Stage:
     # Several shards per GPU job (gpu_jobs; finet2i.core.batching): rules/<stage>.smk also has <stage>_batch
     # and <stage>_publish.
     batchable: bool = False
+    images: bool = False  # its table holds each record's image bytes (read for pictures of later stages' drops)
 
     @property
     def results(self) -> str:
@@ -53,10 +54,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("attributes", switch="attributes.enabled", models=("verifier",)),
     Stage("enhance", models=("enhancer",)),
     Stage("guard_enhanced", switch="guard_enhanced.enabled", models=("guard",)),  # beyond the paper
-    Stage("generate", per_subset=True, models=("z_image", "flux2", "aesthetic_encoder", "aesthetic_head")),
+    Stage("generate", per_subset=True, images=True,
+          models=("z_image", "flux2", "aesthetic_encoder", "aesthetic_head")),
     Stage("pair_filter", per_subset=True, all_subsets_in_one_job=True, models=("judge",)),  # one judge load
     Stage("package", per_subset=True),  # finished samples; `assemble` cuts them into the release's tars
-    Stage("curated_ingest", branch=CURATED, switch="curated.enabled"),
+    Stage("curated_ingest", branch=CURATED, switch="curated.enabled", images=True),
     Stage("curated_dedup", branch=CURATED, switch="curated.enabled"),  # one photo from two sites: kept once
     Stage("curated_score", branch=CURATED, switch="curated.enabled",
           models=("aesthetic_encoder", "aesthetic_head")),
@@ -176,6 +178,19 @@ def model_keys(config: Mapping[str, Any]) -> list[str]:
             if key not in keys and (key not in needed or _holds(config, needed[key])):
                 keys.append(key)
     return keys
+
+
+def judged_images(config: Mapping[str, Any]) -> list[tuple[Stage, Stage]]:
+    """(stage, the stage whose table holds its records' images) for every enabled stage that decides on records
+    after their images exist and before they are packaged (the branch's last stage): the stages whose drops can
+    be shown with their picture (the report's thumbnails)."""
+    out: list[tuple[Stage, Stage]] = []
+    for branch in (SYNTHETIC, CURATED):
+        mine = [s for s in enabled_stages(config) if s.branch == branch and s.table]
+        holders = [i for i, s in enumerate(mine) if s.images]
+        if holders:
+            out += [(s, mine[holders[0]]) for s in mine[holders[0] + 1:-1]]
+    return out
 
 
 def stage_order() -> tuple[str, ...]:

@@ -7,7 +7,6 @@ it stays under the results folder, so ``/files/../../etc/passwd`` or a symlink o
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tarfile
@@ -70,14 +69,10 @@ class TarImages:
 
 
 def thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes:
-    from PIL import Image
+    """A JPEG at most ``side`` pixels on its longer side (the report's, at the explorer's size)."""
+    from finet2i.reporting.thumbnails import thumbnail as make
 
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        im.thumbnail((side, side))
-        out = io.BytesIO()
-        im.save(out, "JPEG", quality=80)
-    return out.getvalue()
+    return make(data, side)
 
 
 class ThumbCache:

@@ -168,21 +168,63 @@ def license_notice(key: str, source: FileSource) -> str:
             f"with --accept-license {key}")
 
 
-def _hub_status(model_id: str, revision: str | None, online: bool) -> tuple[str, bool | None]:
-    """(what the cache holds, whether the hub says the repository is gated: None when it was not asked)."""
+def human_size(n: float | None) -> str:
+    """Bytes for a person: ``16.1 GB`` (powers of 1000, as the hub shows them)."""
+    if n is None:
+        return "size unknown"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of a folder's files, following the cache's snapshot symlinks to their blobs."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+@dataclass(frozen=True)
+class HubStatus:
+    cached: str  # what the cache holds, as a phrase
+    gated: bool | None  # whether the hub says the repository is gated (None: not asked)
+    size: str  # "16.1 GB", "16.1 GB in the cache", "size unknown offline"
+    download: int | None  # bytes a fetch would download (None: unknown; 0: in the cache)
+
+
+def _hub_status(model_id: str, revision: str | None, online: bool) -> HubStatus:
+    """What the cache holds, and (online) the repository's size at that revision and whether it is gated."""
     from huggingface_hub import snapshot_download
 
     try:
         folder = Path(snapshot_download(model_id, revision=revision, local_files_only=True))
-        cached = f"in the cache ({folder.name})"
+        cached, here = f"in the cache ({folder.name})", folder_size(folder)
     except Exception:  # noqa: BLE001 - the hub raises several types for "not in cache"
-        cached = "would download into the Hugging Face cache"
+        cached, here = "would download into the Hugging Face cache", None
     if not online:
-        return cached, None
+        if here is not None:
+            return HubStatus(cached, None, f"{human_size(here)} in the cache", 0)
+        return HubStatus(cached, None, "size unknown offline", None)
     from huggingface_hub import HfApi
 
-    info = HfApi().model_info(model_id, timeout=10)
-    return cached, bool(info.gated)
+    info = HfApi().model_info(model_id, revision=revision, files_metadata=True, timeout=10)
+    sizes = [getattr(f, "size", None) for f in (info.siblings or [])]
+    total = sum(x for x in sizes if x) if sizes and all(x is not None for x in sizes) else None
+    size = human_size(total) + ("" if here is None else " (in the cache)")
+    return HubStatus(cached, bool(info.gated), size, 0 if here is not None else total)
+
+
+def _url_size(url: str, online: bool) -> int | None:
+    """Content-Length of a file to download (a HEAD request); None offline or when the server does not say."""
+    if not online:
+        return None
+    try:
+        req = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the configured url
+            length = resp.headers.get("Content-Length")
+    except (OSError, http.client.HTTPException):
+        return None
+    return int(length) if length and length.isdigit() else None
 
 
 def _has_access(model_id: str) -> bool | None:
@@ -202,19 +244,22 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
     each through ``echo``. ``accepted``: keys whose license the user accepted (``--accept-license``).
     ``online``: whether the dry run may ask the hub which repositories are gated (it stops asking at the
     first failure)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     accepted = {a.removeprefix("models.") for a in accepted}
     report = FetchReport()
+    to_download: list[int | None] = []  # dry run: bytes per model a fetch would download (None: unknown)
+    if dry_run:
+        report.say(f"Hugging Face cache: {constants.HF_HUB_CACHE} (set HF_HOME to move it: on a cluster, a "
+                   f"filesystem the compute nodes mount)", echo)
     for key in keys:
         spec = config["models"][key]
         name = f"models.{key}"
         if "id" in spec:
             model_id, revision = spec["id"], spec.get("revision")
             if dry_run:
-                gated: bool | None = None
                 try:
-                    cached, gated = _hub_status(model_id, revision, online)
+                    status = _hub_status(model_id, revision, online)
                 except Exception as e:  # noqa: BLE001
                     if getattr(e, "response", None) is not None and not is_access_error(e):
                         report.say(f"{name}: {model_id}@{revision}: the hub does not know it "
@@ -222,11 +267,13 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
                         report.lack(f"{name}: {model_id} is not on the hub; check the id")
                         continue
                     online = False  # unreachable: stop asking, use the list
-                    cached, gated = _hub_status(model_id, revision, False)
+                    status = _hub_status(model_id, revision, False)
+                gated = status.gated
                 source = "the hub says" if gated is not None else "finet2i's list"
                 if gated is None:
                     gated = model_id in GATED_IDS
-                line = f"{name}: {model_id}@{revision}: {cached}"
+                to_download.append(status.download)
+                line = f"{name}: {model_id}@{revision}: {status.cached}; {status.size}"
                 if gated:
                     access = _has_access(model_id) if online else None
                     line += (f"; gated ({source}): accept the license at {license_page(model_id)} while logged in "
@@ -264,7 +311,8 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
                     report.lack(f"{name}: {path} is not the configured file (sha256 mismatch); remove it and rerun "
                                 f"fetch-models, or correct {name}.sha256")
                     continue
-            report.say(f"{name}: local {path} (present)", echo)
+            size = f", {human_size(folder_size(path) if path.is_dir() else path.stat().st_size)}" if dry_run else ""
+            report.say(f"{name}: local {path} (present{size})", echo)
             continue
         source = file_source(key, spec)
         if source is None:
@@ -273,10 +321,14 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
             continue
         needs_consent = bool(source.license)
         if dry_run:
+            length = _url_size(source.url, online)
+            to_download.append(length)
             line = f"{name}: would download {source.url} -> {path}"
             if needs_consent:
                 line += (f" ({source.license}, {source.home}; "
                          + ("license accepted" if key in accepted else f"needs --accept-license {key}") + ")")
+            line += f"; {human_size(length)}" if length is not None else \
+                ("; size unknown" if online else "; size unknown offline")
             report.say(line, echo)
             continue
         if needs_consent and key not in accepted:
@@ -295,4 +347,11 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
             continue
         pin = "" if wanted else f"; add `sha256: {digest}` to {name} to pin it"
         report.say(f"{name}: {source.url} -> {path} (sha256 {digest}{pin})", echo)
+    if dry_run:
+        known = sum(n for n in to_download if n)
+        unknown = sum(n is None for n in to_download)
+        parts = [human_size(known)] if known or not unknown else []
+        if unknown:
+            parts.append(f"{unknown} model(s) of unknown size" + ("" if online else " (offline: the hub gives sizes)"))
+        report.say("to download: " + " and ".join(parts), echo)
     return report

@@ -33,15 +33,17 @@ from finet2i.preflight.disk import _check_disk
 from finet2i.preflight.models import _check_models, _check_sources
 from finet2i.preflight.network import _check_network
 from finet2i.preflight.plan import _check_workflow
+from finet2i.preflight.probe import _check_environment
 from finet2i.preflight.report import GO, NOGO, WARN, Check, Report
 
 __all__ = ["GO", "NOGO", "WARN", "Check", "Report", "run_preflight"]
 
 
 def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | None, workdir: Path = Path("."),
-                  snakefile: Path | None = None, results: Path | None = None,
+                  snakefile: Path | None = None, results: Path | None = None, probe_gpu: bool = False,
                   echo: Callable[[str], None] | None = None) -> Report:
-    """Every check; never raises for a problem it can name (it becomes a NO-GO row)."""
+    """Every check; never raises for a problem it can name (it becomes a NO-GO row). ``probe_gpu``: also submit
+    one short job per GPU partition through the profile (finet2i.preflight.probe)."""
     from finet2i.workflow.config import ConfigError, load_config
 
     t0 = time.monotonic()
@@ -60,8 +62,44 @@ def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | No
     # After the Snakefile's parse, as in a run: the workflow sets up its own environment first (the demo's fake
     # photo APIs take a key that rules/demo.smk sets).
     _check_sources(config, workdir, report)
-    executor = _check_profile(Path(profile), rules, config, report) if profile is not None else None
+    if profile is not None:
+        executor = _check_profile(Path(profile), rules, config, report)
+    else:
+        executor = None
+        report.add(WARN, "cluster", "cluster not checked: no --profile given; add --profile profiles/slurm to check "
+                                    "partitions, accounts and every rule's request against the live cluster")
+    _check_environment(executor, rules, report)
     _check_network(rules, config, workdir, profile if executor == "slurm" else None, report)
     _check_disk(config, results or workdir / "results", workdir, report)
+    if probe_gpu:
+        _probe(profile, executor, rules, workdir, report, echo)
     report.seconds = time.monotonic() - t0
     return report
+
+
+# Rows that would make the probe's own job fail the same way: fix them first.
+_CLUSTER_ROWS = ("profile", "cluster", "partition", "account")
+
+
+def _probe(profile: str | Path | None, executor: str | None, rules: dict, workdir: Path, report: Report,
+           echo: Callable[[str], None] | None) -> None:
+    from finet2i.preflight.probe import _check_probe
+    from finet2i.preflight.profile import Profile
+    from finet2i.preflight.slurm import SlurmUnavailable, read_cluster
+
+    if profile is None or executor != "slurm":
+        report.add(NOGO, "gpu probe", "--probe-gpu submits one job per GPU partition through the Slurm profile: "
+                                      "add --profile profiles/slurm")
+        return
+    blocking = [c for c in report.checks if c.status == NOGO and
+                (c.check in _CLUSTER_ROWS or c.check.startswith("rule "))]
+    if blocking:
+        report.add(NOGO, "gpu probe", f"not submitted: the cluster would refuse it like the rows above "
+                                      f"({', '.join(dict.fromkeys(c.check for c in blocking))}); fix them first")
+        return
+    try:
+        default = read_cluster().default_partition
+    except SlurmUnavailable as e:
+        report.add(NOGO, "gpu probe", str(e))
+        return
+    _check_probe(Path(profile), Profile.load(profile), rules, default, workdir, report, echo)

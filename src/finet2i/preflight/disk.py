@@ -236,6 +236,12 @@ def human(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+# How to put the run's outputs on another filesystem (docs/storage.md): symlinks, so that the rules' relative
+# paths, the profile and .snakemake/ stay in the workflow folder.
+MOVE_RESULTS = ("mkdir -p /big/fs/finet2i/results /big/fs/finet2i/logs && ln -s /big/fs/finet2i/results results "
+                "&& ln -s /big/fs/finet2i/logs logs")
+
+
 def _check_disk(config: dict[str, Any], results: Path, workdir: Path, report: Report) -> None:
     sizes = estimate(config, workdir)
     total = sum(s.bytes for s in sizes)
@@ -245,11 +251,12 @@ def _check_disk(config: dict[str, Any], results: Path, workdir: Path, report: Re
     report.disk = [{"stage": s.stage, "records": s.records, "bytes": s.bytes, "sources": list(s.sources)}
                    for s in sizes]
     biggest = ", ".join(f"{s.stage} {human(s.bytes)}" for s in sorted(sizes, key=lambda s: -s.bytes)[:3])
-    detail = (f"the run writes ~{human(total)} under {results} ({biggest}; per stage: --json); "
+    where = f"{results} -> {results.resolve()}" if results.is_symlink() else str(results)
+    detail = (f"the run writes ~{human(total)} under {where} ({biggest}; per stage: --json); "
               f"{human(used)} already there; {human(free)} free on {fs}")
     if need > free:
-        report.add(NOGO, "disk", detail + f": short by {human(need - free)}; point results/ at a larger "
-                                          f"filesystem (run from a workdir there)")
+        report.add(NOGO, "disk", detail + f": short by {human(need - free)}; put results/ (and logs/) on a "
+                                          f"larger filesystem with a symlink: {MOVE_RESULTS} (docs/storage.md)")
     elif need > 0.8 * free:
         report.add(WARN, "disk", detail + ": less than 20% headroom")
     else:

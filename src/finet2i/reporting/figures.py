@@ -15,7 +15,7 @@ from finet2i.reporting.distributions import Distributions, histogram, masks, val
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -31,11 +31,19 @@ def _plt() -> Any:
     return plt
 
 
-def fig_shares(ours: dict[str, dict[str, float]], target: dict[str, dict[str, float]]) -> bytes:
-    """Fig. 4: category, style and task shares, ours beside the paper's."""
+# Figures fit a laptop screen: at most this wide in inches at DPI (990 px, inside a 1300 px window with margins).
+DPI = 110
+MAX_WIDTH_IN = 9.0
+
+
+def shares_figure(ours: dict[str, dict[str, float]], target: dict[str, dict[str, float]]) -> Any:
+    """Fig. 4: category, style and task shares, ours beside the paper's; the panels stacked (one per attribute,
+    each as tall as its labels need) and the legend above them, clear of every label."""
     plt = _plt()
     names = ["category", "style", "task"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    heights = [max(len(target[n]), 2) for n in names]
+    fig, axes = plt.subplots(3, 1, figsize=(MAX_WIDTH_IN, 0.28 * sum(heights) + 2.2),
+                             gridspec_kw={"height_ratios": heights}, constrained_layout=True)
     for ax, name in zip(axes, names, strict=True):
         labels = list(target[name])
         y = range(len(labels))
@@ -44,16 +52,23 @@ def fig_shares(ours: dict[str, dict[str, float]], target: dict[str, dict[str, fl
                 label="this run")
         ax.set_yticks(list(y), labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("% of synthetic samples")
-        ax.set_title(name)
-    axes[0].legend()
-    return _png(fig)
+        ax.set_title(name, fontsize=10, loc="left")
+    axes[-1].set_xlabel("% of synthetic samples")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper right", ncols=2, fontsize=9)
+    return fig
 
 
-def fig_hist(series: dict[str, tuple[list[float], list[int]]], title: str, xlabel: str,
-             vline: dict[str, float] | None = None) -> bytes:
+def fig_shares(ours: dict[str, dict[str, float]], target: dict[str, dict[str, float]]) -> bytes:
+    return _png(shares_figure(ours, target))
+
+
+def hist_figure(series: dict[str, tuple[list[float], list[int]]], title: str, xlabel: str,
+                vline: dict[str, float] | None = None) -> Any:
+    """Overlaid histograms in percent; thresholds as dashed lines labelled inside the plot, and the legend
+    outside it on the right, so that it never covers a bar or a threshold's label."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN - 1.8, 3.6), constrained_layout=True)
     for name, (edges, counts) in series.items():
         total = sum(counts) or 1
         widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -66,15 +81,24 @@ def fig_hist(series: dict[str, tuple[list[float], list[int]]], title: str, xlabe
     if xs:
         pad = 0.05 * (max(xs) - min(xs) or 1.0)
         ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # headroom for the threshold labels above the bars
     top = ax.get_ylim()[1]
+    left, right = ax.get_xlim()
     for i, (label, x) in enumerate((vline or {}).items()):
         ax.axvline(x, color="red", linestyle="--", linewidth=1)
-        ax.annotate(f" {label}", (x, top * (0.93 - 0.08 * i)), color="red", fontsize=8, ha="left")
+        inside = x < (left + right) / 2  # the label on the side of its line that has room, inside the plot
+        ax.annotate(f" {label}" if inside else f"{label} ", (x, top * (0.93 - 0.08 * i)), color="red", fontsize=8,
+                    ha="left" if inside else "right")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("%")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    fig.legend(loc="outside right upper", fontsize=8)
+    return fig
+
+
+def fig_hist(series: dict[str, tuple[list[float], list[int]]], title: str, xlabel: str,
+             vline: dict[str, float] | None = None) -> bytes:
+    return _png(hist_figure(series, title, xlabel, vline))
 
 
 def figures(d: Distributions, idx: dict[str, list[Any]], subsets: Sequence[str],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from finet2i.reporting.tables import Table, fmt
+from finet2i.reporting.thumbnails import Thumb
 
 TITLE = "Fine-T2I pipeline report"
 DEMO_BANNER = ("DEMO OUTPUT IS NOT A DATASET: this run used tiny random-weight models and demo thresholds; "
@@ -21,6 +22,8 @@ DEMO_BANNER = ("DEMO OUTPUT IS NOT A DATASET: this run used tiny random-weight m
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 HTML_TEMPLATE = "report.html.j2"
 EXPLORE_URL = "http://127.0.0.1:8000/"  # where `finet2i explore` serves by default
+SAMPLES_NOTE = ("A few finished samples of each subset (the first ones in key order), then a few records a stage "
+                "dropped (framed red: the stage and its reason); finet2i explore shows them all.")
 
 
 def explore_line(results_dir: str) -> str:
@@ -28,6 +31,30 @@ def explore_line(results_dir: str) -> str:
     return (f"Browse the samples and every record a stage dropped, with its reason and evidence: run "
             f"`finet2i explore {results_dir}` and open {EXPLORE_URL} (docs/explore.md); "
             f"`finet2i explore {results_dir} --static DIR` writes a copy that opens from disk.")
+
+
+def subset_title(subset: str) -> str:
+    """``pe_ar`` -> ``pe_ar: synthetic_enhanced_prompt_random_resolution`` (the release folder it ships in)."""
+    from finet2i.release.layout import FOLDERS
+
+    return f"{subset}: {FOLDERS[subset]}" if subset in FOLDERS else subset
+
+
+def _short(text: str, words: int = 14) -> str:
+    parts = text.split()
+    return " ".join(parts[:words]) + (" ..." if len(parts) > words else "")
+
+
+def _samples_context(samples: dict[str, list[Thumb]]) -> list[dict[str, Any]]:
+    out = []
+    for subset, thumbs in samples.items():
+        kept = sum(t.reason is None for t in thumbs)
+        out.append({"title": subset_title(subset), "kept": kept, "dropped": len(thumbs) - kept, "thumbs": [{
+            "src": "data:image/jpeg;base64," + base64.b64encode(t.jpeg).decode("ascii"),
+            "prompt": t.prompt, "short": _short(t.prompt), "key": t.key, "reason": t.reason, "stage": t.stage,
+            "evidence": _short(t.evidence, 24), "score": None if t.score is None else f"{t.score:.2f}",
+        } for t in thumbs]})
+    return out
 
 
 def _meta_line(meta: dict[str, Any]) -> str:
@@ -66,6 +93,7 @@ def _markdown_helps(helps: dict[str, Any]) -> list[str]:
 
 def render_markdown(tables: list[Table], figures: dict[str, tuple[str, bytes]], flags: list[str],
                     meta: dict[str, Any], demo: bool, results_dir: str | None = None,
+                    samples: dict[str, list[Thumb]] | None = None,
                     helps: dict[str, Any] | None = None) -> str:
     lines = [f"# {TITLE}", ""]
     if demo:
@@ -73,6 +101,13 @@ def render_markdown(tables: list[Table], figures: dict[str, tuple[str, bytes]], 
     lines += [_meta_line(meta), ""]
     if results_dir is not None:
         lines += [explore_line(results_dir), ""]
+    if samples:
+        lines += ["## Samples", "", SAMPLES_NOTE, ""]
+        for subset, thumbs in samples.items():
+            lines += [f"### {subset_title(subset)}", "", f"![{subset}](figures/samples_{subset}.png)", ""]
+            lines += [f"- dropped by {t.stage}: **{t.reason}**" + (f" ({t.evidence})" if t.evidence else "")
+                      for t in thumbs if t.reason]
+            lines.append("")
     lines += ["## Flags", ""] + ([f"- {f}" for f in flags] or ["- none"]) + [""]
     for t in tables:
         lines += _markdown_table(t)
@@ -102,8 +137,11 @@ def _html_table(t: Table) -> dict[str, Any]:
 
 def render_html(tables: list[Table], figures: dict[str, tuple[str, bytes]], flags: list[str],
                 meta: dict[str, Any], demo: bool, results_dir: str | None = None,
+                samples: dict[str, list[Thumb]] | None = None,
                 helps: dict[str, Any] | None = None) -> str:
     context = {
+        "samples": _samples_context(samples or {}),
+        "samples_note": SAMPLES_NOTE,
         "explore": None if results_dir is None else {"results": results_dir, "url": EXPLORE_URL},
         "title": TITLE,
         "demo": demo,

