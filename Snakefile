@@ -51,6 +51,8 @@ for stage in pipeline.STAGES:
     include: f"rules/{stage.name}.smk"
 
 
+# Several shards per GPU job (gpu_jobs), for every stage that opts in: derived from the stage rules above.
+include: "rules/batching.smk"
 include: "rules/report.smk"
 include: "rules/assemble.smk"
 

@@ -1,8 +1,14 @@
-from finet2i.stages.pair_filter import run_pair_filter
+from finet2i.models.backends.vllm_llm import lazy_chat
+from finet2i.stages.pair_filter import JUDGE_ENGINE, run_pair_filter
 from finet2i.workflow.adapter import adapter
 
 
-def main(smk) -> None:
+def shared(run) -> dict:
+    """What a batch job of several shards loads once (finet2i.workflow.batch)."""
+    return {"vlm": lazy_chat(run.model("judge"), **JUDGE_ENGINE)}
+
+
+def main(smk, vlm=None) -> None:
     run = adapter(smk)
     subsets = list(smk.params.subsets)
     # The rule lists inputs and outputs in the order of `subsets`.
@@ -10,7 +16,7 @@ def main(smk) -> None:
     tables = dict(zip(subsets, smk.output.tables, strict=True))
     stats = dict(zip(subsets, smk.output.stats, strict=True))
     run_pair_filter(images, tables, stats, shard=run.shard, settings=run.settings,
-                    model=run.model("judge"))
+                    model=run.model("judge"), vlm=vlm)
 
 
 if __name__ == "__main__":

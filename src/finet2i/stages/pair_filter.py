@@ -285,6 +285,11 @@ def filter_chunk(records: list[Record], vlm: Any, settings: PairFilterSettings,
     return out
 
 
+# The judge's engine: one image per conversation, room for the image tokens and a reasoning answer. A batch job
+# builds its shared engine with the same options (workflow_scripts/pair_filter.py).
+JUDGE_ENGINE = {"limit_images": 1, "max_model_len": 8192}
+
+
 def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
                     out_tables: Mapping[str, str | os.PathLike[str]],
                     stats_paths: Mapping[str, str | os.PathLike[str]], *, shard: str,
@@ -302,7 +307,7 @@ def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
     if missing:
         raise ValueError(f"pair_filter/{shard}: subsets {missing} lack an images table, an output or a stats "
                          f"path; pass the same subsets in all three")
-    engine = lazy_chat(model, vlm, limit_images=1, max_model_len=8192)
+    engine = lazy_chat(model, vlm, **JUDGE_ENGINE)
     close = runner.closer(engine, vlm)  # one engine for every subset: closed here, not per table
     name = runner.model_name(engine, model.name) if s.judge_enabled else None
     result: dict[str, StageStats] = {}
