@@ -49,8 +49,8 @@ class Stage:
 
 def _work(inputs: list[Path]) -> list[batching.UnitWork]:
     folder = Path("results") / "guard" / batching.CACHE_FOLDER
-    return [batching.UnitWork(p.stem, folder, {"table": str(p)},
-                              {"table": f"results/guard/{p.stem}.parquet", "stats": f"results/guard/{p.stem}.stats.json"})
+    return [batching.UnitWork(p.stem, folder, {"table": str(p)}, {"table": f"results/guard/{p.stem}.parquet",
+                                                                  "stats": f"results/guard/{p.stem}.stats.json"})
             for p in inputs]
 
 
