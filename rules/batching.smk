@@ -26,6 +26,7 @@ for _stage in batching.BATCHABLE:
             f"logs/{_stage}_batch/{unit_pattern(_stage, '{batch}')}.log",
         benchmark:
             f"results/benchmarks/{_stage}_batch/{unit_pattern(_stage, '{batch}')}.tsv"
+        priority: workflow.get_rule(_stage).priority
         conda:
             workflow.get_rule(_stage).conda_env
         threads: threads_of(_stage)

@@ -120,6 +120,39 @@ def upstream_table(stage):
     return pipeline.table_path(up.name, shard, "{subset}")
 
 
+# Disk (docs/disk.md): unless pair_filter.keep_dropped_images, a generate table (every chosen image, kept or not)
+# is temp(): Snakemake deletes it once its shard's pair_filter job has cut the kept pairs' images out of it.
+KEEP_DROPPED_IMAGES = config["pair_filter"]["keep_dropped_images"]
+
+
+def unless_images_kept(pattern):
+    """A generate table's pattern: temp() unless pair_filter.keep_dropped_images."""
+    return pattern if KEEP_DROPPED_IMAGES else temp(pattern)
+
+
+def kept_images_outputs():
+    """pair_filter's extra outputs: the kept pairs' images per subset (none while the generate tables are kept)."""
+    if KEEP_DROPPED_IMAGES:
+        return {}
+    return {
+        "images": expand(
+            "results/pair_filter/{subset}/{{shard}}.images.parquet", subset=SUBSETS
+        )
+    }
+
+
+def images_table(subset, shard):
+    """The table that holds a synthetic sample's image bytes once its pair is filtered: the package tables refer
+    to it instead of copying the bytes (the release tars are cut from it)."""
+    if KEEP_DROPPED_IMAGES:
+        return f"results/generate/{subset}/{shard}.parquet"
+    return f"results/pair_filter/{subset}/{shard}.images.parquet"
+
+
+def package_images(wildcards):
+    return images_table(wildcards.subset, wildcards.shard)
+
+
 def package_settings():
     """The package section as the package rules see it: samples_per_tar only cuts tars (assemble), so changing
     it reassembles without finishing every sample again."""
@@ -156,6 +189,13 @@ def package_tables(subset):
 
 def assemble_inputs(wildcards):
     return package_tables(wildcards.subset)
+
+
+def assemble_images(wildcards):
+    """The tables the finished samples of a subset refer to for their image bytes (package, package_real)."""
+    if wildcards.subset == "real":
+        return [f"results/curated_ingest/{s}.parquet" for s in CURATED_SHARDS]
+    return [images_table(wildcards.subset, s) for s in SHARDS]
 
 
 def assemble_manifests():

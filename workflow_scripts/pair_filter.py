@@ -15,8 +15,10 @@ def main(smk, vlm=None) -> None:
     images = dict(zip(subsets, smk.input.images, strict=True))
     tables = dict(zip(subsets, smk.output.tables, strict=True))
     stats = dict(zip(subsets, smk.output.stats, strict=True))
-    run_pair_filter(images, tables, stats, shard=run.shard, settings=run.settings,
-                    model=run.model("judge"), vlm=vlm)
+    # The kept pairs' images, cut from the generate tables when those are not kept (pair_filter.keep_dropped_images)
+    kept = getattr(smk.output, "images", None)
+    run_pair_filter(images, tables, stats, shard=run.shard, settings=run.settings, model=run.model("judge"),
+                    vlm=vlm, kept_images=dict(zip(subsets, kept, strict=True)) if kept else None)
 
 
 if __name__ == "__main__":
