@@ -190,8 +190,12 @@ def explore(results_dir: Path, port: int, host: str, cache_dir: Path | None, sta
               help="Config file(s), merged in order as --configfile does; default config/config.yaml.")
 @click.option("--results", type=click.Path(path_type=Path), default=None,
               help="The results folder whose filesystem must hold the run (default: ./results).")
+@click.option("--gpus", type=click.IntRange(min=1), default=None,
+              help="GPU jobs you expect to run at once: the shards whose generate tables exist together "
+                   "(docs/disk.md) [default: 64].")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report (per-stage disk sizes too) as JSON.")
-def preflight(profile: Path | None, configfiles: tuple[Path, ...], results: Path | None, as_json: bool) -> None:
+def preflight(profile: Path | None, configfiles: tuple[Path, ...], results: Path | None, gpus: int | None,
+              as_json: bool) -> None:
     """Check a run before the first GPU-hour: config, models (present, pinned, on a shared filesystem), the
     profile against the live Slurm cluster (partitions, accounts, GPUs, memory and runtime of every rule at
     every attempt), disk for the whole run, and where the rules that download run. Submits nothing.
@@ -199,7 +203,8 @@ def preflight(profile: Path | None, configfiles: tuple[Path, ...], results: Path
     Run it on the login node, in the workflow folder. Exit status 0 when everything is GO, 1 on any NO-GO."""
     from finet2i.preflight import run_preflight
 
-    report = run_preflight(configfiles or (Path("config/config.yaml"),), profile=profile, results=results)
+    report = run_preflight(configfiles or (Path("config/config.yaml"),), profile=profile, results=results,
+                           gpus=gpus)
     click.echo(report.to_json() if as_json else report.table())
     sys.exit(0 if report.ok else 1)
 

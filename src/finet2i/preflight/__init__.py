@@ -40,7 +40,7 @@ __all__ = ["GO", "NOGO", "WARN", "Check", "Report", "run_preflight"]
 
 def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | None, workdir: Path = Path("."),
                   snakefile: Path | None = None, results: Path | None = None,
-                  echo: Callable[[str], None] | None = None) -> Report:
+                  echo: Callable[[str], None] | None = None, gpus: int | None = None) -> Report:
     """Every check; never raises for a problem it can name (it becomes a NO-GO row)."""
     from finet2i.workflow.config import ConfigError, load_config
 
@@ -62,6 +62,6 @@ def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | No
     _check_sources(config, workdir, report)
     executor = _check_profile(Path(profile), rules, config, report) if profile is not None else None
     _check_network(rules, config, workdir, profile if executor == "slurm" else None, report)
-    _check_disk(config, results or workdir / "results", workdir, report)
+    _check_disk(config, results or workdir / "results", workdir, report, **({"in_flight": gpus} if gpus else {}))
     report.seconds = time.monotonic() - t0
     return report
