@@ -128,13 +128,13 @@ def _check_figure(path: str | Path, key: str, what: str, fig: Mapping[str, Any])
                              f"and why it applies to our stage)")
 
 
-def mean_pixels(config: Mapping[str, Any]) -> float:
+def mean_pixels(config: Mapping[str, Any], workdir: Path = Path(".")) -> float:
     """Pixels of a generated image, averaged over the configured subsets (each renders as many prompts) of their
     Table 8 sizes (as generate draws them: uniformly from the subset's list, scaled down by generate.max_side)."""
     from finet2i.stages.generate import fit_size, load_resolutions, sizes_for_subset
 
     gen = config["generate"]
-    table = load_resolutions(gen["resolutions"])
+    table = load_resolutions(Path(workdir) / gen["resolutions"])
     means = []
     for subset in gen["subsets"]:
         sizes = [fit_size(r.width, r.height, gen.get("max_side")) for r in sizes_for_subset(subset, table)]
@@ -203,7 +203,7 @@ def plan(config: Mapping[str, Any], jobs: Mapping[str, int] | None, rates: Mappi
         r.load_kind = (m.get("load") or {}).get("kind") if r.load_s is not None else None
         r.note = str(m.get("note", ""))
         if r.items_per_s and m.get("pixels_per_item"):
-            pixels = mean_pixels(config) if pixels is None else pixels
+            pixels = mean_pixels(config, workdir) if pixels is None else pixels
             r.scale = max(pixels / float(m["pixels_per_item"]), 1e-9) if pixels else 1.0
             r.items_per_s = float(m["items_per_s"]) / r.scale
         if r.items_per_s:
