@@ -116,7 +116,8 @@ def test_cli_writes_a_config_that_runs_the_plan(tmp_path: Path) -> None:
     proc = subprocess.run([FINET2I, "plan", "config/config.yaml", "--gpu-hours", "20000", "--rates", str(rates),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "the largest run that fits 20,000 GPU-hours" in proc.stdout and "https://example.org/test-figure" in proc.stdout
+    assert "the largest run that fits 20,000 GPU-hours" in proc.stdout
+    assert "https://example.org/test-figure" in proc.stdout  # every figure with its source
     written = yaml.safe_load(out.read_text())
     merged = load_config(ROOT / "config" / "config.yaml", out, base_dir=ROOT, check_models=False)
     fit, _ = budget.fit_budget(load_config(ROOT / "config" / "config.yaml", base_dir=ROOT, check_models=False),
