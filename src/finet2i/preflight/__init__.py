@@ -10,6 +10,8 @@ What is checked (and with what):
   submitted): each partition exists and is up, each (account, partition) pair is accepted, GPU rules go to
   partitions with GPUs and CPU rules ask for none, and for every rule and every attempt up to retries + 1 the
   request (cpus, memory, GPUs, runtime) fits at least one node of its partition and the partition's limit;
+- GPU memory: each GPU stage's model (weights and what it holds at the configured batch, from its config or
+  published sizes) against the GPU type of its partition's nodes (``finet2i.preflight.gpu_memory``);
 - disk: the run's size per stage (finet2i.preflight.disk) against the results folder's free space;
 - network: which rules download, and whether they run where the internet is (a localrule runs on the login
   node; a partition is the user's to know).
@@ -60,7 +62,7 @@ def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | No
     # After the Snakefile's parse, as in a run: the workflow sets up its own environment first (the demo's fake
     # photo APIs take a key that rules/demo.smk sets).
     _check_sources(config, workdir, report)
-    executor = _check_profile(Path(profile), rules, config, report) if profile is not None else None
+    executor = _check_profile(Path(profile), rules, config, report, workdir) if profile is not None else None
     _check_network(rules, config, workdir, profile if executor == "slurm" else None, report)
     _check_disk(config, results or workdir / "results", workdir, report, **({"in_flight": gpus} if gpus else {}))
     report.seconds = time.monotonic() - t0
