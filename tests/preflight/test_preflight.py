@@ -331,6 +331,8 @@ def test_correct_profile_is_go_on_the_cluster(slurm_cluster: SlurmCluster, demo_
     for rule in ("generate", "guard", "specs", "report"):
         assert f"rule {rule}" in proc.stdout
     assert "attempts 1-3 fit" in proc.stdout
+    # The test cluster's fake GPUs have no type (GRES gpu:2): what fits them cannot be told, a warning per stage.
+    assert "declare GPUs without a type (GRES gpu:N)" in proc.stdout
     # The demo lists fake Pexels/Pixabay APIs: the listing is a localrule (GO), the download goes to a node.
     assert "rule curated_list asks the pexels and pixabay API(s)" in proc.stdout and "localrule" in proc.stdout
     assert "rule curated_ingest downloads the photos of" in proc.stdout
