@@ -225,7 +225,8 @@ def test_samples_that_refer_to_their_images_give_the_same_tars(tmp_path):
     run(copied, tmp_path / "copied", memory_mb=1)  # tiny batches: every tar reads its referred images anew
     run(referred, tmp_path / "referred", memory_mb=1)
     a, b = (sorted((root / "dataset" / FOLDER).glob("*.tar")) for root in (tmp_path / "copied", tmp_path / "referred"))
-    assert [p.name for p in a] == [p.name for p in b] and all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b, strict=True))
+    assert [p.name for p in a] == [p.name for p in b]
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b, strict=True))
     assert all(r["jpg"] is None and r["image_key"] for t in referred for r in pq.read_table(t).to_pylist())
     jpg_bytes = sum(r["jpg_size"] for t in referred for r in pq.read_table(t).to_pylist() if r["kept"])
     assert sum(map(os.path.getsize, copied)) - sum(map(os.path.getsize, referred)) > jpg_bytes / 2  # compression

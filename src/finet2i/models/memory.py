@@ -10,10 +10,10 @@ source. At the checkpoints' bf16 (2 bytes per parameter).
 
 **At the configured batch.** A vLLM engine needs its weights, its activations for one scheduled batch (estimated:
 a tenth of the weights), and the KV cache of at least one sequence of ``max_model_len`` tokens, within
-``gpu_memory_utilization`` (0.85 here) of the card; more room only means more sequences at once. A diffusers pipeline holds
-every component (text encoder, transformer, VAE) at once, or with ``cpu_offload`` the largest one at a time, plus
-the activations of its largest call: ``images_per_call(batch_size, w, h)`` images of the largest Table 8 size at
-:data:`ACTIVATION_GIB_PER_MP` per megapixel. These are estimates, labelled as such, not measurements.
+``gpu_memory_utilization`` (0.85 here) of the card; more room only means more sequences at once. A diffusers
+pipeline holds every component (text encoder, transformer, VAE) at once, or with ``cpu_offload`` the largest one
+at a time, plus the activations of its largest call: ``images_per_call(batch_size, w, h)`` images of the largest
+Table 8 size at :data:`ACTIVATION_GIB_PER_MP` per megapixel. These are estimates, labelled as such, not measurements.
 """
 
 from __future__ import annotations

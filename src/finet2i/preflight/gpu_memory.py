@@ -168,4 +168,5 @@ def _check_gpu_memory(rules: Mapping[str, Any], requests: list[tuple[Any, Any]],
             report.add(NOGO, "GPU memory", f"rule {name} (stage {stage}): model {need.model} needs {need.text()}; "
                                            f"{where}, {limit:.1f} usable) cannot hold it: {advice}")
         else:
-            report.add(GO, "GPU memory", f"rule {name} (stage {stage}): {need.model} needs {need.text()}; fits {where})")
+            report.add(GO, "GPU memory", f"rule {name} (stage {stage}): {need.model} needs {need.text()}; "
+                                         f"fits {where})")
