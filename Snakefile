@@ -21,13 +21,9 @@ report: "report/workflow.rst"
 # run starts (onstart: after planning, before the first job), so that -n, --dag and --summary work on a
 # login node without weights.
 from finet2i.core import pipeline
-from finet2i.workflow.config import check_available, validate_config
+from finet2i.workflow.config import validate_config
 
 validate_config(config, base_dir=".", check_models=False)
-
-
-def check_before_the_first_job():
-    check_available(config, base_dir=".")
 
 
 onstart:

@@ -13,13 +13,18 @@ from finet2i.core.batching import publish_unit
 from finet2i.core.codehash import script_fingerprint, source_digest
 from finet2i.release import layout as release
 from finet2i.sources import is_listed, listed_name, manifest_path
-from finet2i.workflow.config import source_path
+from finet2i.workflow.config import check_available, source_path
 from finet2i.workflow.params import (
     RunOnly,
     output_settings,
     report_settings,
     runtime_settings,
 )
+
+def check_before_the_first_job():
+    """Models and curated sources, checked when a run starts (the Snakefile's onstart), not while planning."""
+    check_available(config, base_dir=".")
+
 
 SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
 CURATED_SHARDS = [f"{i:05d}" for i in range(config["curated"]["shards"])]
