@@ -93,12 +93,14 @@ def _outputs_of_unit(wd: Path, manifests: dict[str, dict], unit: str) -> dict[st
     return files
 
 
-def _reword(path: Path, column: str, change) -> None:  # type: ignore[no-untyped-def]
-    """A real change to one row of a finished table that keeps its row count (its stats stay true)."""
+def _reword(path: Path, column: str, change, every: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """A real change to the first kept row (or ``every`` row) of a finished table that keeps its row count (its
+    stats stay true)."""
     t = pq.read_table(path)
     values = t.column(column).to_pylist()
-    i = next(i for i, r in enumerate(t.column("kept").to_pylist()) if r)
-    values[i] = change(values[i])
+    kept = [i for i, r in enumerate(t.column("kept").to_pylist()) if r]
+    for i in kept if every else kept[:1]:
+        values[i] = change(values[i])
     field = t.schema.field(column)
     t = t.set_column(t.schema.get_field_index(column), field, pa.array(values, field.type))
     pq.write_table(t, path)
@@ -108,9 +110,9 @@ def _reword(path: Path, column: str, change) -> None:  # type: ignore[no-untyped
 @pytest.mark.vllm
 def test_a_changed_shard_is_recomputed_alone_by_every_batched_stage(tmp_path: Path) -> None:
     """The demo's models on 2 shards (and 2 curated shards) with 2 shards per GPU job: one batch job per stage
-    (per subset for generate), each computing both shards. Then one spec of shard 00001 and one photo's record
-    of curated shard 00001 change: every batch job reruns, recomputes that shard alone, and reuses shard 00000,
-    whose published outputs keep their bytes."""
+    (per subset for generate), each computing both shards. Then the specs of shard 00001 (their seeds) and one
+    photo's record of curated shard 00001 change: every batch job reruns, recomputes that shard alone, and reuses
+    shard 00000, whose published outputs keep their bytes."""
     wd = demo_workdir(tmp_path / "wf")
     config = yaml.safe_load((ROOT / DEMO_CONFIG).read_text())
     config["shards"] = {"count": 2, "specs_per_shard": 4}
@@ -131,7 +133,8 @@ def test_a_changed_shard_is_recomputed_alone_by_every_batched_stage(tmp_path: Pa
     before = _outputs_of_unit(wd, first, "00000")
     assert len(before) >= 2 * len(first)  # a table and its stats (or more) per stage and subset
 
-    _reword(wd / "results/specs/00001.parquet", "seed", lambda s: int(s) + 7919)  # another prompt for it
+    # Other prompts for every spec of shard 00001: some of them reach every stage (one could die early)
+    _reword(wd / "results/specs/00001.parquet", "seed", lambda s: int(s) + 7919, every=True)
     ingest = wd / "results/curated_ingest/00001.parquet"
     assert pq.read_table(ingest, columns=["kept"]).column("kept").to_pylist().count(True), "no photo in cshard 1"
     _reword(ingest, "source", lambda s: f"{s} (renamed)")
