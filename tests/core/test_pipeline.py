@@ -284,8 +284,8 @@ def test_documented_new_stage_is_planned_between_guard_and_attributes(tmp_path):
         "workflow_scripts/blocklist.py", "rules/blocklist.smk", "tests/stages/test_blocklist.py"])
     env = {**os.environ, "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{ROOT / 'tests'}"}
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(repo / "tests" / "stages" / "test_blocklist.py")], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=300)
+                           str(repo / "tests" / "stages" / "test_blocklist.py")], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert test.returncode == 0, test.stdout + test.stderr
     (repo / "resources" / "demo" / "real-images").mkdir(parents=True)  # a dry run needs the source folder only
     (repo / "resources" / "demo" / "unsplash-lite").mkdir(parents=True)  # and the Unsplash Lite table it lists
