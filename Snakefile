@@ -21,7 +21,7 @@ report: "report/workflow.rst"
 # when a run starts (onstart: after planning, before the first job), so that -n, --dag and --summary work on a
 # login node without weights.
 from finet2i.core import pipeline
-from finet2i.workflow.config import check_available, validate_config
+from finet2i.workflow.config import validate_config
 
 CONFIG_FILES = list(workflow.overwrite_configfiles or ["config/config.yaml"])
 validate_config(config, base_dir=".", check_models=False, files=CONFIG_FILES)
@@ -48,6 +48,8 @@ for stage in pipeline.STAGES:
     include: f"rules/{stage.name}.smk"
 
 
+# Several shards per GPU job (gpu_jobs), for every stage that opts in: derived from the stage rules above.
+include: "rules/batching.smk"
 include: "rules/report.smk"
 include: "rules/assemble.smk"
 

@@ -186,15 +186,16 @@ rule dataset_card:
     shell: "touch {output}"
 '''
 
-# gpu_jobs > 1: one job per batch of shards, then one local publish job per shard (input functions, as ours)
+# gpu_jobs > 1: one job per batch of shards (per subset for generate), then one local publish job per shard (input
+# functions, as rules/batching.smk's)
 BARE_BATCHED = '''
 rule %(stage)s_batch:
-    input: lambda w: expand("%(table)s", shard=SHARDS[int(w.batch) * %(n)d:][:%(n)d])
-    output: "results/%(stage)s/batches/{batch}.json"
+    input: lambda w: expand("%(table)s", %(shard)s=%(shards)s[int(w.batch) * %(n)d:][:%(n)d]%(subset_arg)s)
+    output: "results/%(stage)s/batches/%(subset_part)s{batch}.json"
     shell: "touch {output}"
 
 rule %(stage)s_publish:
-    input: lambda w: "results/%(stage)s/batches/%%05d.json" %% (int(w.shard) // %(n)d)
+    input: lambda w: "results/%(stage)s/batches/"%(subset_expr)s + "%%05d.json" %% (int(w.%(shard)s) // %(n)d)
     output: %(outputs)s
     shell: "touch {output}"
 '''
@@ -228,7 +229,13 @@ def _stage_rule(stage: str, shape: Shape) -> str:
     inputs += BARE_ALSO_READS.get(stage, [])
     n = shape.per_job.get(stage, 1)
     if n > 1:
-        return BARE_BATCHED % {"stage": stage, "table": _table(up or stage, "{shard}"), "n": n,
+        per_subset_jobs = s.per_subset and not s.all_subsets_in_one_job
+        subset_arg = ", subset=w.subset" if per_subset_jobs else (
+            ", subset=SUBSETS" if up is not None and pipeline.stage(up).per_subset else "")
+        return BARE_BATCHED % {"stage": stage, "table": _table(up or stage, shard), "n": n,
+                               "shard": shard.strip("{}"), "shards": "CSHARDS" if "cshard" in shard else "SHARDS",
+                               "subset_arg": subset_arg, "subset_part": "{subset}/" if per_subset_jobs else "",
+                               "subset_expr": ' + w.subset + "/"' if per_subset_jobs else "",
                                "outputs": ", ".join(outputs)}
     return (f"\nrule {stage}:\n" + (f"    input: {', '.join(inputs)}\n" if inputs else "")
             + f"    output: {', '.join(outputs)}\n    shell: \"touch {{output}}\"\n")

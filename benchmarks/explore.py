@@ -1,13 +1,17 @@
-"""explore benchmark: the explorer's queries on a synthetic release index of 1M samples, beside a baseline.
+"""explore benchmark: the explorer's queries on a synthetic release index, beside a baseline.
 
     .venv/bin/python benchmarks/explore.py                     # 1,000,000 samples in 1,000 tars of 1,000
+    .venv/bin/python benchmarks/explore.py --release           # the release: 6,314,117 samples, 20,635,616 pairs
     .venv/bin/python benchmarks/explore.py --samples 100000    # a quick look
 
 Makes, in a temp folder, ``dataset/<folder>/train-NNNNNN.parquet`` indexes with the release's columns (the 15
 keys, origin, provenance, member offsets), random facet values from the taxonomy, prompts of 12-30 and enhanced
-prompts of 30-60 words drawn from a 5,000-word Zipf vocabulary (a search word is in ~8% of samples);
-the images are shared: every index points into one small real tar of JPEGs (each ``train-NNNNNN.tar`` is a
-symlink to it), so the disk holds ~the indexes only. Then, over HTTP to a real ``finet2i explore`` server
+prompts of 30-60 words drawn from a 5,000-word Zipf vocabulary (a search word is in ~8% of samples). To keep the
+data cheap to make at the release's size, each sample's texts are drawn from a pool of 200,000 of each (every
+text is still a random Zipf sentence; a page of the grid shows 48 different ones) and the columns are built as
+arrays, not rows. The images are shared: every index points into one small real tar of JPEGs (each
+``train-NNNNNN.tar`` is a symlink to it), so the disk holds ~the indexes only. Then, over HTTP to a real
+``finet2i explore`` server
 (``finet2i.explore.server``, the same code the command runs), the median of ``--repeat`` requests of:
 
 * the grid, filtered and paginated: subset + style + a word of full-text search, page 3 (counts per facet,
@@ -16,8 +20,9 @@ symlink to it), so the disk holds ~the indexes only. Then, over HTTP to a real `
   (read at its offset in the tar);
 * a thumbnail, cached (the first request makes it).
 
-* a page of the judge's dropped records (one subset and reason) over ``pair_filter`` tables of as many
-  judged pairs as samples, 60% dropped.
+* a page of the judge's dropped records (one subset and reason) over ``pair_filter`` tables of ``--judged``
+  pairs (default: as many as samples; the release's funnel judged 20,635,616) in shard tables of the
+  production's size (4,606 pairs per subset and shard), 60% dropped.
 
 Baseline, for the same two questions without the explorer's table: a pyarrow dataset scan of every index per
 request (filter, count, slice), and a detail read by a filtered scan plus ``tarfile`` finding the member by
@@ -42,6 +47,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 FOLDERS = ["synthetic_enhanced_prompt_random_resolution", "synthetic_enhanced_prompt_square_resolution",
            "synthetic_original_prompt_random_resolution", "synthetic_original_prompt_square_resolution"]
@@ -95,84 +101,113 @@ def shared_tar(path: Path, n: int) -> list[tuple[int, int]]:
     return where
 
 
-def write_indexes(root: Path, samples: int, per_tar: int, seed: int = 0) -> list[tuple[str, str]]:
-    """The synthetic dataset; returns a few (folder, key) to open."""
+POOL = 200_000  # distinct texts of each kind that samples draw from (see the module docstring)
+
+
+def text_pools(seed: int = 5) -> dict[str, Any]:
+    """Pools of prompts (12-30 words), enhanced prompts (30-60) and judge answers (40), as arrow arrays."""
     import pyarrow as pa
+
+    rng = random.Random(seed)
+    return {"prompt": pa.array([text(rng, rng.randint(12, 30)) for _ in range(POOL)]),
+            "enhanced": pa.array([text(rng, rng.randint(30, 60)) for _ in range(POOL)]),
+            "answer": pa.array([text(rng, 40) for _ in range(POOL // 4)])}
+
+
+def _pick(g: Any, values: list[Any], n: int, arrow_type: Any = None) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, arrow_type).take(pa.array(g.integers(0, len(values), n)))
+
+
+def write_indexes(root: Path, samples: int, per_tar: int, pools: dict[str, Any], seed: int = 0
+                  ) -> list[tuple[str, str]]:
+    """The synthetic dataset, one index per tar built from arrays; returns a few (folder, key) to open."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from finet2i.release.tables import INDEX_SCHEMA
 
-    rng = random.Random(seed)
+    g = np.random.default_rng(seed)
     images = root / "dataset" / FOLDERS[0] / "images.tar"
     images.parent.mkdir(parents=True)
     where = shared_tar(images, per_tar)
+    offsets, sizes = (pa.array([w[k] for w in where], pa.int64()) for k in (0, 1))
     n_tars = -(-samples // per_tar)
     per_folder = -(-n_tars // len(FOLDERS))
+    categories = [f"{c}: {s}" for c, subs in CATEGORIES.items() for s in subs]
+    provenance = [json.dumps({"candidate_seeds": [1, 2, 3], "candidate_scores": [5.6, 6.1, round(5 + k / 100, 2)],
+                              "seed": k, "guard_verdict": "safe"}) for k in range(100)]
     picks = []
     for t in range(n_tars):
         folder = FOLDERS[t // per_folder]
-        subset = {"enhanced_prompt_random": "pe_ar", "enhanced_prompt_square": "pe_as",
-                  "original_prompt_random": "po_ar", "original_prompt_square": "po_as"}[
-            "_".join(folder.split("_")[1:4])]
+        subset = ["pe_ar", "pe_as", "po_ar", "po_as"][FOLDERS.index(folder)]
         d = root / "dataset" / folder
         d.mkdir(parents=True, exist_ok=True)
         name = f"train-{t % per_folder:06d}"
         os.symlink(images, d / f"{name}.tar")
-        rows = []
-        for i in range(min(per_tar, samples - t * per_tar)):
-            cat = rng.choice(list(CATEGORIES))
-            prompt = text(rng, rng.randint(12, 30))
-            enhanced = text(rng, rng.randint(30, 60))
-            off, size = where[rng.randrange(len(where))]
-            key = str(uuid.UUID(int=rng.getrandbits(128)))
-            rows.append({
-                "id": key, "prompt": prompt, "enhanced_prompt": enhanced, "length": len(prompt.split()),
-                "enhanced_length": len(enhanced.split()), "prompt_generator": "Llama-3.1-8B-Instruct",
-                "enhancer": "promptenhancer-7b", "style": rng.choice(STYLES),
-                "prompt_category": f"{cat}: {rng.choice(CATEGORIES[cat])}", "task": rng.choice(TASKS),
-                "image_aspect_ratio": rng.choice(ASPECTS), "image_resolution": [512, 512],
-                "image_generator": rng.choice(["Z-Image-Turbo", "FLUX.2-dev"]),
-                "image_generated_with_enhanced_prompt": subset.startswith("pe"),
-                "aesthetic_predictor_v_2_5_score": rng.uniform(5.5, 7.5), "subset": subset,
-                "record_id": f"{subset}-{t:05d}-{i:06d}", "prompt_id": f"{t:05d}-{i:06d}", "source_id": None,
-                "subcategory": None,
-                "provenance": json.dumps({"candidate_seeds": [1, 2, 3], "candidate_scores": [5.6, 6.1, 5.9],
-                                          "seed": 2, "guard_verdict": "safe", "judge_reasoning": enhanced}),
-                "tar": f"{name}.tar", "jpg_offset": off, "jpg_size": size,
-                "json_offset": None, "json_size": None, "txt_offset": None, "txt_size": None,
-            })
-        rows.sort(key=lambda r: r["id"])
+        n = min(per_tar, samples - t * per_tar)
+        raw = g.bytes(16 * n)
+        keys = [str(uuid.UUID(bytes=raw[16 * i:16 * i + 16])) for i in range(n)]
+        prompt = pools["prompt"].take(pa.array(g.integers(0, POOL, n)))
+        enhanced = pools["enhanced"].take(pa.array(g.integers(0, POOL, n)))
+        image = g.integers(0, len(where), n)
+        cols = {
+            "id": pa.array(keys), "prompt": prompt, "enhanced_prompt": enhanced,
+            "length": pc.list_value_length(pc.split_pattern(prompt, " ")),
+            "enhanced_length": pc.list_value_length(pc.split_pattern(enhanced, " ")),
+            "prompt_generator": pa.array(["Llama-3.1-8B-Instruct"] * n),
+            "enhancer": pa.array(["promptenhancer-7b"] * n), "style": _pick(g, STYLES, n),
+            "prompt_category": _pick(g, categories, n), "task": _pick(g, TASKS, n, pa.list_(pa.string())),
+            "image_aspect_ratio": _pick(g, ASPECTS, n), "image_resolution": pa.array([[512, 512]] * n),
+            "image_generator": _pick(g, ["Z-Image-Turbo", "FLUX.2-dev"], n),
+            "image_generated_with_enhanced_prompt": pa.array([subset.startswith("pe")] * n),
+            "aesthetic_predictor_v_2_5_score": pa.array(g.uniform(5.5, 7.5, n)), "subset": pa.array([subset] * n),
+            "record_id": pa.array([f"{subset}-{t:05d}-{i:06d}" for i in range(n)]),
+            "prompt_id": pa.array([f"{t:05d}-{i:06d}" for i in range(n)]),
+            "provenance": _pick(g, provenance, n), "tar": pa.array([f"{name}.tar"] * n),
+            "jpg_offset": offsets.take(pa.array(image)), "jpg_size": sizes.take(pa.array(image)),
+        }
+        table = pa.table({f.name: cols[f.name].cast(f.type) if f.name in cols else pa.nulls(n, f.type)
+                          for f in INDEX_SCHEMA}, schema=INDEX_SCHEMA)
+        table = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
         if t % max(1, n_tars // 5) == 0:
-            picks.append((folder, rows[len(rows) // 2]["id"]))
-        pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), d / f"{name}.parquet")
+            picks.append((folder, table.column("id")[n // 2].as_py()))
+        pq.write_table(table, d / f"{name}.parquet")
     return picks
 
 
-def write_judge_tables(root: Path, records: int, per_shard: int, seed: int = 1) -> None:
+def write_judge_tables(root: Path, records: int, per_shard: int, pools: dict[str, Any], seed: int = 1) -> None:
     """``pair_filter/<subset>/<shard>.parquet``: ``records`` judged pairs in all, 60% dropped (judge_rejected,
     judge_unsafe, low_aesthetic), with the judge's reasoning and answer as evidence."""
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    rng = random.Random(seed)
+    g = np.random.default_rng(seed)
     subsets = ["pe_ar", "pe_as", "po_ar", "po_as"]
     shards = -(-records // (per_shard * len(subsets)))
+    reasons = pa.array(["judge_rejected", "judge_unsafe", "low_aesthetic", None])
     for subset in subsets:
         (root / "pair_filter" / subset).mkdir(parents=True)
         for sh in range(shards):
-            rows = []
-            for i in range(per_shard):
-                x = rng.random()
-                reason = "judge_rejected" if x < 0.5 else "judge_unsafe" if x < 0.55 else \
-                    "low_aesthetic" if x < 0.6 else None
-                answer = text(rng, 40)
-                rows.append({"id": f"{sh:05d}-{i:06d}", "sample_id": f"{subset}-{sh:05d}-{i:06d}",
-                             "prompt": text(rng, 20), "enhanced_prompt": text(rng, 50),
-                             "aesthetic_predictor_v_2_5_score": rng.uniform(4, 7.5),
-                             "judge_reasoning": answer, "judge_violations": "composition,blur",
-                             "judge_raw": '{"verdict": "reject", "reasoning": "' + answer + '"}',
-                             "kept": reason is None, "drop_reason": reason})
-            pq.write_table(pa.Table.from_pylist(rows), root / "pair_filter" / subset / f"{sh:05d}.parquet")
+            n = per_shard
+            x = g.random(n)
+            reason = reasons.take(pa.array(np.select([x < 0.5, x < 0.55, x < 0.6], [0, 1, 2], 3)))
+            answer = pools["answer"].take(pa.array(g.integers(0, len(pools["answer"]), n)))
+            ids = [f"{sh:05d}-{i:06d}" for i in range(n)]
+            table = pa.table({
+                "id": pa.array(ids), "sample_id": pa.array([f"{subset}-{i}" for i in ids]),
+                "prompt": pools["prompt"].take(pa.array(g.integers(0, POOL, n))),
+                "enhanced_prompt": pools["enhanced"].take(pa.array(g.integers(0, POOL, n))),
+                "aesthetic_predictor_v_2_5_score": pa.array(g.uniform(4, 7.5, n)),
+                "judge_reasoning": answer, "judge_violations": pa.array(["composition,blur"] * n),
+                "judge_raw": pc.binary_join_element_wise('{"verdict": "reject", "reasoning": "', answer, '"}', ""),
+                "kept": pc.is_null(reason), "drop_reason": reason})
+            pq.write_table(table, root / "pair_filter" / subset / f"{sh:05d}.parquet")
 
 
 def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -219,10 +254,17 @@ def baseline_detail(files: list[Path], key: str) -> bytes:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=1_000_000)
+    ap.add_argument("--judged", type=int, default=None, help="judged pairs [default: as many as samples]")
+    ap.add_argument("--judge-per-shard", type=int, default=4606, help="pairs per subset and shard table")
+    ap.add_argument("--release", action="store_true",
+                    help="the release's size: 6,314,117 samples, 20,635,616 judged pairs (the paper's funnel)")
     ap.add_argument("--per-tar", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--keep", type=Path, default=None, help="Build the data here and keep it (reused if present).")
     args = ap.parse_args()
+    if args.release:
+        args.samples, args.judged = 6_314_117, 20_635_616
+    judged = args.judged or args.samples
 
     from finet2i.explore.server import App, make_server
 
@@ -231,14 +273,19 @@ def main() -> None:
         t0 = time.monotonic()
         picks_file = root / "picks.json"
         if not picks_file.exists():
-            picks = write_indexes(root / "results", args.samples, args.per_tar)
-            write_judge_tables(root / "results", args.samples, args.per_tar)
+            pools = text_pools()
+            picks = write_indexes(root / "results", args.samples, args.per_tar, pools)
+            write_judge_tables(root / "results", judged, args.judge_per_shard, pools)
             picks_file.write_text(json.dumps(picks))
         picks = [tuple(p) for p in json.loads(picks_file.read_text())]
         files = sorted((root / "results" / "dataset").glob("*/train-*.parquet"))
         size = sum(f.stat().st_size for f in files) / 2**20
-        print(f"{args.samples:,} samples in {len(files):,} indexes ({size:,.0f} MiB of parquet), ready in "
+        judge_files = sorted((root / "results" / "pair_filter").glob("*/*.parquet"))
+        judge_size = sum(f.stat().st_size for f in judge_files) / 2**20
+        print(f"{args.samples:,} samples in {len(files):,} indexes ({size:,.0f} MiB of parquet), {judged:,} judged "
+              f"pairs in {len(judge_files):,} tables ({judge_size:,.0f} MiB), ready in "
               f"{time.monotonic() - t0:.1f} s; median of {args.repeat} requests after a warm-up, ms")
+        print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         cache = root / "cache"
         shutil.rmtree(cache, ignore_errors=True)
         t0 = time.monotonic()
@@ -292,6 +339,7 @@ def main() -> None:
             print(f"{label:40} {ours:9.1f} {b}")
         print(f"first start (indexes -> DuckDB table): {load:.1f} s; restart on the cached table: {reopen:.2f} s; "
               f"first dropped page of a stage (counts its drop reasons): {dropped_cold:.0f} ms")
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

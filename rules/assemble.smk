@@ -8,6 +8,7 @@
 rule assemble:
     input:
         tables=assemble_inputs,
+        images=assemble_images,  # the image bytes the tables refer to (read by key, never copied)
     output:
         manifest="results/assemble/{subset}.json",
     log:

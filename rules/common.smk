@@ -6,10 +6,11 @@
 import os
 
 import yaml
+from snakemake.io import is_flagged
 
 from finet2i.core import batching, pipeline
-from finet2i.core.batching import publish_shard
-from finet2i.core.codehash import script_fingerprint
+from finet2i.core.batching import publish_unit
+from finet2i.core.codehash import script_fingerprint, source_digest
 from finet2i.finetune.settings import FINETUNE_TUNING
 from finet2i.release import layout as release
 from finet2i.sources import is_listed, listed_name, manifest_path
@@ -20,6 +21,11 @@ from finet2i.workflow.params import (
     report_settings,
     runtime_settings,
 )
+
+def check_before_the_first_job():
+    """Models and curated sources, checked when a run starts (the Snakefile's onstart), not while planning."""
+    check_available(config, base_dir=".")
+
 
 SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
 CURATED_SHARDS = [f"{i:05d}" for i in range(config["curated"]["shards"])]
@@ -127,6 +133,39 @@ def upstream_table(stage):
     return pipeline.table_path(up.name, shard, "{subset}")
 
 
+# Disk (docs/disk.md): unless pair_filter.keep_dropped_images, a generate table (every chosen image, kept or not)
+# is temp(): Snakemake deletes it once its shard's pair_filter job has cut the kept pairs' images out of it.
+KEEP_DROPPED_IMAGES = config["pair_filter"]["keep_dropped_images"]
+
+
+def unless_images_kept(pattern):
+    """A generate table's pattern: temp() unless pair_filter.keep_dropped_images."""
+    return pattern if KEEP_DROPPED_IMAGES else temp(pattern)
+
+
+def kept_images_outputs():
+    """pair_filter's extra outputs: the kept pairs' images per subset (none while the generate tables are kept)."""
+    if KEEP_DROPPED_IMAGES:
+        return {}
+    return {
+        "images": expand(
+            "results/pair_filter/{subset}/{{shard}}.images.parquet", subset=SUBSETS
+        )
+    }
+
+
+def images_table(subset, shard):
+    """The table that holds a synthetic sample's image bytes once its pair is filtered: the package tables refer
+    to it instead of copying the bytes (the release tars are cut from it)."""
+    if KEEP_DROPPED_IMAGES:
+        return f"results/generate/{subset}/{shard}.parquet"
+    return f"results/pair_filter/{subset}/{shard}.images.parquet"
+
+
+def package_images(wildcards):
+    return images_table(wildcards.subset, wildcards.shard)
+
+
 def package_settings():
     """The package section as the package rules see it: samples_per_tar only cuts tars (assemble), so changing
     it reassembles without finishing every sample again."""
@@ -163,6 +202,13 @@ def package_tables(subset):
 
 def assemble_inputs(wildcards):
     return package_tables(wildcards.subset)
+
+
+def assemble_images(wildcards):
+    """The tables the finished samples of a subset refer to for their image bytes (package, package_real)."""
+    if wildcards.subset == "real":
+        return [f"results/curated_ingest/{s}.parquet" for s in CURATED_SHARDS]
+    return [images_table(wildcards.subset, s) for s in SHARDS]
 
 
 def assemble_manifests():
@@ -221,6 +267,9 @@ def report_inputs(wildcards):
     a few rows of each: finet2i.reporting.thumbnails)."""
     dropped, images = [], []
     for judge, holder in pipeline.judged_images(config):
+        if holder.name == "generate" and not KEEP_DROPPED_IMAGES:
+            # The generate tables are temp(): as the report's input, a report rerun would render shard 1 again.
+            continue
         first = (CURATED_SHARDS if judge.branch == pipeline.CURATED else SHARDS)[0]
         for subset in SUBSETS if judge.per_subset else [None]:
             dropped.append(pipeline.table_path(judge.name, first, subset))
@@ -268,49 +317,134 @@ def listed_pacing(wildcards):
     )
 
 
-# Several shards per GPU job (gpu_jobs; docs/job-sizing.md, finet2i.core.batching). A batched stage runs as
-# <stage>_batch (GPU, one job per batch, writes each shard's result into results/<stage>/.batched/) and
-# <stage>_publish (local, one job per shard: the cached result at results/<stage>/{shard}.*, byte for byte).
-# Unbatched, those two rules match nothing and <stage> runs one GPU job per shard as before.
+# Several shards per GPU job (gpu_jobs; docs/job-sizing.md, finet2i.core.batching). rules/batching.smk derives,
+# for every stage that opts in (pipeline.STAGES: batchable), <stage>_batch (GPU, one job per batch of shards, per
+# subset for generate: each unit's result into results/<stage>/.batched/) and <stage>_publish (local, one job
+# per unit: the cached result at the stage's declared paths, byte for byte) from the stage's own rule: its
+# inputs, outputs and params. Unbatched, those two rules match nothing and <stage> runs one job per shard.
+def stage_shards(stage):
+    return (
+        CURATED_SHARDS if pipeline.stage(stage).branch == pipeline.CURATED else SHARDS
+    )
+
+
+def shard_wildcard(stage):
+    return "cshard" if pipeline.stage(stage).branch == pipeline.CURATED else "shard"
+
+
+def per_subset_jobs(stage):
+    """Whether the stage runs one job per (subset, shard): its batches are per subset too."""
+    s = pipeline.stage(stage)
+    return s.per_subset and not s.all_subsets_in_one_job
+
+
 BATCHES = {
-    stage: batching.batches(SHARDS, batching.shards_per_job(config, stage))
+    stage: batching.batches(stage_shards(stage), batching.shards_per_job(config, stage))
     for stage in batching.BATCHABLE
 }
 
 
-def batched_shard(stage):
-    """The {shard} constraint of <stage>_publish: any shard when the stage is batched, none otherwise."""
-    return r"\d{5}" if batching.is_batched(config, stage) else "(?!x)x"
+def unit_pattern(stage, part):
+    """The path part that names one batch ({batch}) or one unit ({shard}/{cshard}), with its subset."""
+    return ("{subset}/" if per_subset_jobs(stage) else "") + part
 
 
-def batch_tables(stage):
-    """Input function of <stage>_batch: the upstream tables of the batch's shards, in shard order."""
-    pattern = upstream_table(stage)
-
-    def tables(wildcards):
-        return [pattern.format(shard=s) for s in BATCHES[stage][int(wildcards.batch)]]
-
-    return tables
-
-
-def batch_shards(stage):
-    """Params function of <stage>_batch: the batch's shard ids (the order of its input tables)."""
-
-    def shard_ids(wildcards):
-        return BATCHES[stage][int(wildcards.batch)]
-
-    return shard_ids
+def unit_log(stage, rule):
+    """logs/<rule>/[{subset}/]{shard}.log (or {cshard}): one log per unit."""
+    return f"logs/{rule}/{unit_pattern(stage, '{%s}' % shard_wildcard(stage))}.log"
 
 
 def batch_manifest(stage):
-    """Input function of <stage>_publish: the manifest of the batch that holds the shard (shard ids are their
-    index, rules/common.smk's SHARDS)."""
-    per_job = batching.shards_per_job(config, stage)
+    return f"results/{stage}/batches/{unit_pattern(stage, '{batch}')}.json"
 
-    def manifest(wildcards):
-        return f"results/{stage}/batches/{int(wildcards.shard) // per_job:05d}.json"
 
-    return manifest
+def shard_rule(stage):
+    """The stage's own (per-shard) rule as Snakemake parsed it."""
+    return getattr(rules, stage)
+
+
+def shard_outputs_are_temp(stage):
+    return any(is_flagged(f, "temp") for f in workflow.get_rule(stage).output)
+
+
+def batched_shard(stage):
+    """The shard constraint of <stage>_publish: any shard when the stage is batched, none otherwise."""
+    return r"\d{5}" if batching.is_batched(config, stage) else "(?!x)x"
+
+
+def _format(files, wildcards):
+    return {
+        name: (
+            [f.format(**wildcards) for f in value]
+            if isinstance(value, list)
+            else value.format(**wildcards)
+        )
+        for name, value in files.items()
+    }
+
+
+def _unit_wildcards(stage, wildcards, shard):
+    out = {shard_wildcard(stage): shard}
+    if per_subset_jobs(stage):
+        out["subset"] = wildcards.subset
+    return out
+
+
+def batch_units(stage):
+    """Params function of <stage>_batch: per unit of the batch, its wildcards, inputs and declared outputs (the
+    stage rule's patterns, filled in)."""
+    inputs, outputs = dict(shard_rule(stage).input.items()), dict(
+        shard_rule(stage).output.items()
+    )
+    bad = [n for n, v in inputs.items() if callable(v)]
+    if bad:
+        raise ValueError(
+            f"{stage}'s rule has input {bad} as a function; a batchable stage's inputs are patterns"
+        )
+
+    def units(wildcards):
+        out = []
+        for shard in BATCHES[stage][int(wildcards.batch)]:
+            wc = _unit_wildcards(stage, wildcards, shard)
+            unit = f"{wc['subset']}/{shard}" if "subset" in wc else shard
+            out.append(
+                {
+                    "unit": unit,
+                    "wildcards": wc,
+                    "input": _format(inputs, wc),
+                    "output": _format(outputs, wc),
+                }
+            )
+        return out
+
+    return units
+
+
+def batch_inputs(stage):
+    """Input function of <stage>_batch: every file its units read, each once."""
+    units = batch_units(stage)
+
+    def files(wildcards):
+        seen = {}
+        for u in units(wildcards):
+            for value in u["input"].values():
+                for f in value if isinstance(value, list) else [value]:
+                    seen[f] = None
+        return list(seen)
+
+    return files
+
+
+def shard_rule_params(stage):
+    """<stage>_batch's params: the stage rule's (settings, models, code...), the same rerun triggers."""
+    return dict(shard_rule(stage).params.items())
+
+
+def script_source(stage):
+    """The stage script's tokens: Snakemake's code trigger sees the batch script, not the script it loads."""
+    return source_digest(
+        os.path.join(workflow.basedir, "workflow_scripts", f"{stage}.py")
+    )
 
 
 def batch_runtime(stage):
@@ -319,3 +453,36 @@ def batch_runtime(stage):
     return min(
         NEEDS["rules"][stage]["runtime"] * batching.shards_per_job(config, stage), 1440
     )
+
+
+def publish_outputs(stage):
+    """<stage>_publish's outputs: the stage rule's named outputs (temp() kept)."""
+    temp_ = shard_outputs_are_temp(stage)
+    out = {}
+    for name, value in shard_rule(stage).output.items():
+        files = value if isinstance(value, list) else [value]
+        files = [temp(f) if temp_ else f for f in files]
+        out[name] = files if isinstance(value, list) else files[0]
+    return out
+
+
+def publish_manifest(stage):
+    """Input function of <stage>_publish: the manifest of the batch that holds the unit's shard."""
+    per_job = batching.shards_per_job(config, stage)
+    position = {s: i for i, s in enumerate(stage_shards(stage))}
+
+    def manifest(wildcards):
+        batch = f"{position[getattr(wildcards, shard_wildcard(stage))] // per_job:05d}"
+        return batch_manifest(stage).format(batch=batch, subset=wildcards.get("subset"))
+
+    return manifest
+
+
+def publish_unit_id(stage):
+    """Params function of <stage>_publish: the unit it publishes (its manifest's key)."""
+
+    def unit(wildcards):
+        shard = getattr(wildcards, shard_wildcard(stage))
+        return f"{wildcards.subset}/{shard}" if per_subset_jobs(stage) else shard
+
+    return unit

@@ -1,7 +1,7 @@
 # 3.1.5: image generation, one job per (subset, shard). pe_* render the enhanced prompt, po_* the original;
 # *_ar draw any Table 8 size (squares included), *_as a square one, uniformly (config/resolutions.yaml is an
 # input, so an edited table reruns the stage). Best of 1-3 candidates by Aesthetic Predictor V2.5 score; the shard's rows
-# carry the kept JPEG. Params hold everything else the images depend on (generators, weights, steps,
+# carry the kept JPEG (deleted once the shard is filtered, unless pair_filter.keep_dropped_images). Params hold everything else the images depend on (generators, weights, steps,
 # guidance, candidate counts, seed, JPEG quality, scorer), so changing any of them reruns this stage only.
 
 
@@ -10,7 +10,8 @@ rule generate:
         table=upstream_table("generate"),
         resolutions=config["generate"]["resolutions"],
     output:
-        table="results/generate/{subset}/{shard}.parquet",
+        # temp() unless pair_filter.keep_dropped_images (docs/disk.md)
+        table=unless_images_kept("results/generate/{subset}/{shard}.parquet"),
         stats="results/generate/{subset}/{shard}.stats.json",
     log:
         "logs/generate/{subset}/{shard}.log",

@@ -5,7 +5,7 @@
 rule package:
     input:
         pairs=upstream_table("package"),
-        images="results/generate/{subset}/{shard}.parquet",
+        images=package_images,  # the table its samples refer to for their image bytes
     output:
         table="results/package/{subset}/{shard}.parquet",
         stats="results/package/{subset}/{shard}.stats.json",

@@ -1,13 +1,19 @@
+from finet2i.models.backends.vllm_llm import lazy_chat
 from finet2i.stages.enhance import run_enhance
 from finet2i.workflow.adapter import adapter
 
 
-def main(smk) -> None:
+def shared(run) -> dict:
+    """What a batch job of several shards loads once (finet2i.workflow.batch)."""
+    return {"llm": lazy_chat(run.model("enhancer"))}
+
+
+def main(smk, llm=None) -> None:
     run = adapter(smk)
     # The captions are the real images' short prompts; enhance them like the synthetic prompts.
     run_enhance(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
                 model=run.model("enhancer"), stats_path=smk.output.stats, prompt_column="prompt",
-                stage="curated_enhance")
+                stage="curated_enhance", llm=llm)
 
 
 if __name__ == "__main__":

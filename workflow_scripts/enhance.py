@@ -1,11 +1,17 @@
+from finet2i.models.backends.vllm_llm import lazy_chat
 from finet2i.stages.enhance import run_enhance
 from finet2i.workflow.adapter import adapter
 
 
-def main(smk) -> None:
+def shared(run) -> dict:
+    """What a batch job of several shards loads once (finet2i.workflow.batch)."""
+    return {"llm": lazy_chat(run.model("enhancer"))}
+
+
+def main(smk, llm=None) -> None:
     run = adapter(smk)
     run_enhance(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
-                model=run.model("enhancer"), stats_path=smk.output.stats, prompt_column="prompt")
+                model=run.model("enhancer"), stats_path=smk.output.stats, prompt_column="prompt", llm=llm)
 
 
 if __name__ == "__main__":

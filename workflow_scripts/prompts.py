@@ -1,11 +1,18 @@
+from finet2i.models.backends.vllm_llm import lazy_chat
 from finet2i.stages.prompts import run_prompts
 from finet2i.workflow.adapter import adapter
 
 
-def main(smk) -> None:
+def shared(run) -> dict:
+    """What a batch job of several shards loads once (finet2i.workflow.batch)."""
+    return {"llm": lazy_chat(run.model("prompt_generator"))}
+
+
+def main(smk, llm=None) -> None:
     run = adapter(smk)
     run_prompts(smk.input.table, smk.output.table, shard=run.shard, settings=run.settings,
-                model=run.model("prompt_generator"), stats_path=smk.output.stats, taxonomy=smk.input.taxonomy)
+                model=run.model("prompt_generator"), stats_path=smk.output.stats, taxonomy=smk.input.taxonomy,
+                llm=llm)
 
 
 if __name__ == "__main__":

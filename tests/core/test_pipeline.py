@@ -58,10 +58,11 @@ def test_every_stage_has_its_rule_file_rule_and_results_folder():
 def test_every_rule_file_belongs_to_a_stage():
     stems = {p.stem for p in (ROOT / "rules").glob("*.smk")}
     # curated_list is not a stage: it lists the real sources into manifests for curated_ingest (a localrule).
-    # demo: the embedded demo's fake photo APIs, included for config/demo.yaml only.
+    # demo: the embedded demo's fake photo APIs, included for config/demo.yaml only. batching: the batch and publish
+    # rules of every batchable stage, derived from the stage's own rule (gpu_jobs).
     # finetune, evaluate: the targets after the dataset (pipeline.TARGETS), off by default.
     assert stems == ({s.name for s in pipeline.STAGES} | {t.name for t in pipeline.TARGETS}
-                     | {"common", "report", "assemble", "curated_list", "demo"})
+                     | {"common", "report", "assemble", "curated_list", "demo", "batching"})
 
 
 def test_the_report_and_the_funnel_follow_the_pipeline(tmp_path):

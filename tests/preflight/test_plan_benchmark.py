@@ -1,4 +1,4 @@
-"""benchmarks/plan.py: GPU-hours from measured rates, and "not measured" where a rate is missing."""
+"""benchmarks/plan.py: GPU-hours from published or measured rates, and "not measured" where a rate is missing."""
 
 from __future__ import annotations
 
@@ -62,22 +62,28 @@ def test_a_stage_without_a_rate_says_not_measured_and_stays_out_of_the_total(pro
     text = plan.render(rows, rates, "config/config.yaml")
     assert next(ln for ln in text.splitlines() if ln.startswith("prompts ")).endswith("not measured")
     embed = next(r for r in rows if r.stage == "embed")
-    assert embed.compute_h == pytest.approx(44_800_000 / 30000 / 3600) and embed.gpu_h is None
+    # A rate without a load: its compute hours count, and the total says it is a lower bound.
+    assert embed.compute_h == pytest.approx(44_800_000 / 30000 / 3600) and embed.gpu_h == embed.compute_h
+    assert embed.load_missing and embed.load_h is None
     guard = next(r for r in rows if r.stage == "guard")
-    assert f"total GPU-hours over the 1 measured stage(s): {guard.gpu_h:,.1f}" in text
-    assert "NOT in the total: prompts, embed," in text
+    assert f"total GPU-hours over the 2 stage(s) with a rate: at least {guard.gpu_h + embed.gpu_h:,.1f}" in text
+    assert "NOT in the total: prompts, dedup_group," in text and "their compute hours only: embed" in text
     empty = plan.render(plan.plan(config, jobs, {}), {}, "x")
-    assert "over the 0 measured stage(s): 0.0" in empty
+    assert "over the 0 stage(s) with a rate: at least 0.0" in empty
     with pytest.raises(SystemExit, match="unknown stage"):
         plan.plan(config, jobs, {"stages": {"gaurd": {"items_per_s": 1}}})
 
 
-def test_script_runs_on_the_shipped_example_and_on_the_demo_config(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "benchmarks/plan.py", "--rates", "benchmarks/rates.example.json"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+def test_script_runs_on_the_published_rates_and_on_the_demo_config(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "benchmarks/plan.py"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout  # the published figures: benchmarks/rates.published.json
     assert "embed" in out and "generate.flux2" in out and "not measured" in out
+    assert "an ESTIMATE from measured + published figures" in out
+    assert "https://github.com/vllm-project/vllm/pull/18566" in out and "[measured] benchmarks/measured/" in out
     rates = tmp_path / "r.json"
-    rates.write_text(json.dumps({"stages": {"generate.z_image": {"items_per_s": 2.0, "load_s": 60}}}))
+    sourced = {"kind": "measured", "source": "benchmarks/measured/test.log"}
+    rates.write_text(json.dumps({"stages": {"generate.z_image": {"items_per_s": 2.0, "load_s": 60, **sourced,
+                                                                 "load": sourced}}}))
     out = subprocess.run([sys.executable, "benchmarks/plan.py", "--configfile", "config/demo.yaml",
                           "--rates", str(rates), "--json"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout

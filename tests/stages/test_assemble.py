@@ -212,3 +212,36 @@ def test_batches_read_each_table_once_per_batch_and_give_the_same_bytes(tmp_path
     assert len(reads["one_batch"]) == 3  # one batch: each table read once, for all 6 tars' key ranges
     assert len(reads["one_batch"][0]) == 6
     assert 6 <= len(reads["per_tar"]) <= 18  # per tar: only the tables holding one of its samples
+
+
+def test_samples_that_refer_to_their_images_give_the_same_tars(tmp_path):
+    """package refers to the kept images instead of copying them (docs/disk.md): the tars are byte-identical to
+    those cut from copies, the finished-sample tables hold no JPEG bytes, and a referred image that changed
+    under them fails naming the table."""
+    import os
+
+    copied = write_shards(tmp_path / "copied", [ids(4), ids(5, 4)])
+    referred = write_shards(tmp_path / "referred", [ids(4), ids(5, 4)], refer=True)
+    run(copied, tmp_path / "copied", memory_mb=1)  # tiny batches: every tar reads its referred images anew
+    run(referred, tmp_path / "referred", memory_mb=1)
+    a, b = (sorted((root / "dataset" / FOLDER).glob("*.tar")) for root in (tmp_path / "copied", tmp_path / "referred"))
+    assert [p.name for p in a] == [p.name for p in b]
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b, strict=True))
+    assert all(r["jpg"] is None and r["image_key"] for t in referred for r in pq.read_table(t).to_pylist())
+    jpg_bytes = sum(r["jpg_size"] for t in referred for r in pq.read_table(t).to_pylist() if r["kept"])
+    assert sum(map(os.path.getsize, copied)) - sum(map(os.path.getsize, referred)) > jpg_bytes / 2  # compression
+
+    from support.release import picture
+
+    from finet2i.core import shards
+
+    images = tmp_path / "referred" / "images" / SUBSET / "00001.parquet"
+    rows = pq.read_table(images).to_pylist()
+    rows[0]["image"] = picture(99, size=(40, 40))
+    shards.write_table(images, rows)
+    for tar in b:
+        tar.with_suffix(".stats.json").unlink()  # every tar must be written again
+    import pytest
+
+    with pytest.raises(RuntimeError, match="00001.parquet: the image of sample_id .* rerun package"):
+        run(referred, tmp_path / "referred")

@@ -75,7 +75,7 @@ def run_synth(tmp: Path, subset: str, settings: dict | None = None) -> tuple[sha
     out = tmp / "package" / subset / "00001.parquet"
     stats = package.run_package(pairs, images, out, subset=subset, shard="00001", seed=SEED,
                                 settings={"jpeg_quality": 90, **(settings or {})}, stats_path=shards.stats_path(out))
-    return stats, pq.read_table(out).to_pylist()
+    return stats, package.sample_jpgs(pq.read_table(out).to_pylist(), out)  # jpg from where a sample refers to it
 
 
 def kept(rows: list[dict]) -> list[dict]:
@@ -215,7 +215,7 @@ def test_real_subset_from_curated_tables(tmp_path):
     out = tmp_path / "package_real" / "00000.parquet"
     stats = package.run_package_real(table, ingest, out, cshard="00000", seed=SEED, settings={},
                                      stats_path=shards.stats_path(out))
-    samples = kept(pq.read_table(out).to_pylist())
+    samples = package.sample_jpgs(kept(pq.read_table(out).to_pylist()), out)
     assert stats.kept == 2 == len(samples)
     for r in samples:
         meta = json.loads(r["json"])
@@ -252,3 +252,18 @@ def test_rows_that_cannot_ship_keep_their_id_and_reason(tmp_path):
                    "pe_ar-00001-000001": "empty_prompt", "pe_ar-00001-000002": "empty_txt",
                    "pe_ar-00001-000003": "bad_image"}
     assert stats.records_in == 5 and stats.kept == 1
+
+
+def test_samples_refer_to_their_images_instead_of_copying_them(tmp_path):
+    """docs/disk.md: a JPEG that ships as it is stays where it was (the kept images file); package records where,
+    and its size. A PNG is re-encoded, so its new bytes are stored."""
+    stats, _ = run_synth(tmp_path, "pe_ar")
+    out = tmp_path / "package" / "pe_ar" / "00001.parquet"
+    rows = {r["prompt_id"]: r for r in kept(pq.read_table(out).to_pylist())}
+    jpeg, png = rows["00001-000000"], rows["00001-000001"]
+    assert jpeg["jpg"] is None and jpeg["image_key_column"] == "sample_id" and jpeg["image_key"] == jpeg["id"]
+    assert (out.parent / jpeg["image_table"]).resolve() == (tmp_path / "images" / "pe_ar" / "00001.parquet").resolve()
+    assert png["jpg"] is not None and png["image_table"] is None and png["jpg_size"] == len(png["jpg"])
+    filled = package.sample_jpgs([dict(jpeg)], out)[0]
+    assert len(filled["jpg"]) == jpeg["jpg_size"] and Image.open(io.BytesIO(filled["jpg"])).format == "JPEG"
+    assert stats.extra["referenced"] == 2 and stats.extra["reencoded"] == 1

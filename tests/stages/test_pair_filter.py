@@ -172,6 +172,26 @@ def test_score_at_threshold_is_dropped_and_judge_can_be_off() -> None:
     assert [r["drop_reason"] for r in out] == [LOW_AESTHETIC, None]
 
 
+def test_the_kept_pairs_images_are_cut_out_when_the_images_table_goes(tmp_path: Path) -> None:
+    """pair_filter.keep_dropped_images: false (docs/disk.md): the kept pairs' bytes, and only theirs, are copied
+    into the images file that package refers to; the generate table can then be deleted."""
+    images = tmp_path / "generate" / "pe_ar" / "00000.parquet"
+    shards.write_table(images, image_rows("pe_ar", [3.0, 6.0, 7.0, 8.0]))
+    table, stats = tmp_path / "pf" / "pe_ar" / "00000.parquet", tmp_path / "pf" / "pe_ar" / "00000.stats.json"
+    kept_file = tmp_path / "pf" / "pe_ar" / "00000.images.parquet"
+    judge = _Scripted(['</think>\n\n{"violations": [], "pass": true}',
+                       '</think>\n\n{"violations": ["counts"], "pass": false}',
+                       '</think>\n\n{"violations": [], "pass": true}'])
+    run_pair_filter({"pe_ar": images}, {"pe_ar": table}, {"pe_ar": stats}, shard="00000",
+                    settings={"aesthetic_threshold": 5.5, "judge": {"constrained": False}},
+                    model=vlm_spec(tmp_path), vlm=judge, kept_images={"pe_ar": kept_file})
+    kept = [r["sample_id"] for r in shards.read_records(table) if r["kept"]]
+    assert kept == ["pe_ar-00000-000001", "pe_ar-00000-000003"]
+    copied = shards.read_table(kept_file).to_pylist()
+    source = {r["sample_id"]: r["image"] for r in shards.read_table(images).to_pylist()}
+    assert [r["sample_id"] for r in copied] == kept and all(r["image"] == source[r["sample_id"]] for r in copied)
+
+
 # --- real runs through vLLM ------------------------------------------------------------------------------
 
 @pytest.mark.vllm

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from finet2i.core import shards
+from finet2i.plumbing.images import reference_to
 from finet2i.stages import package
 
 SEED = 7
@@ -37,16 +38,22 @@ def prompt_row(pid: str, subset: str = SUBSET, *, task=None, prompt: str | None 
 
 
 def write_shards(root: Path, prompt_ids: list[list[str]], subset: str = SUBSET, *, tasks: dict | None = None,
-                 prompts: dict | None = None) -> list[str]:
-    """One finished-sample table per inner list of prompt ids; returns their paths."""
+                 prompts: dict | None = None, refer: bool = False) -> list[str]:
+    """One finished-sample table per inner list of prompt ids; returns their paths. ``refer``: the images live in
+    an images table per shard (root/images/...) that the samples refer to, as the workflow's package writes them."""
     tables = []
     for s, pids in enumerate(prompt_ids):
         rows = [prompt_row(pid, subset, task=(tasks or {}).get(pid), prompt=(prompts or {}).get(pid))
                 for pid in pids]
         images = {r["sample_id"]: picture(int(r["id"].replace("-", ""))) for r in rows}
         out = root / "package" / subset / f"{s:05d}.parquet"
+        source = None
+        if refer:
+            where = root / "images" / subset / f"{s:05d}.parquet"
+            shards.write_table(where, [{"sample_id": k, "image": v} for k, v in sorted(images.items())])
+            source = (reference_to(where, out), "sample_id")
         package.package_rows(rows, images, subset=subset, shard=f"{s:05d}", seed=SEED, out_path=out,
-                             stats_path=shards.stats_path(out), settings={})
+                             stats_path=shards.stats_path(out), settings={}, images_from=source)
         tables.append(str(out))
     return tables
 

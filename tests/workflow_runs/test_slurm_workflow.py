@@ -350,7 +350,9 @@ def resumed_from(wd: Path, subset: str, shard: str) -> re.Match[str] | None:
 
 def package_digest(wd: Path, target: str) -> dict[str, dict[str, str]]:
     """{key: {"txt": prompt, "jpg": sha256, "json": sha256 (json_digest)}} of a finished-sample table."""
-    rows = pq.read_table(wd / target, columns=["key", "kept", "jpg", "json", "txt"]).to_pylist()
+    from finet2i.stages.package import sample_jpgs
+
+    rows = sample_jpgs(pq.read_table(wd / target).to_pylist(), wd / target)  # the jpg from where a sample refers
     return {r["key"]: {"txt": r["txt"], "jpg": hashlib.sha256(r["jpg"]).hexdigest(),
                        "json": json_digest(r["json"].encode())} for r in rows if r["kept"]}
 
@@ -428,11 +430,11 @@ def test_demo_on_slurm_places_jobs_and_matches_local(demo_runs: dict[str, DemoRu
     gpu_counts = {r: sum(j["rule"] == r for j in gpu_jobs) for r in GPU_RULES}
     assert gpu_counts == {r: local.counts.get(r, 0) for r in GPU_RULES}, (gpu_counts, local.counts)
     # ... every one the demo config enables (curated_enhance runs only with curated.long_prompt: enhancer)
-    demo_gpu = GPU_RULES - {"dedup_group", "dedup_cross", "guard_batch"}
+    demo_gpu = {r for r in GPU_RULES if not r.endswith("_batch")} - {"dedup_group", "dedup_cross"}
     assert all(gpu_counts[r] for r in demo_gpu if r in pipeline.BY_NAME and pipeline.enabled(r, DEMO)), gpu_counts
     # ... and no target after the dataset (finetune, evaluate) that the demo config leaves off
     assert not any(gpu_counts.get(t.name) for t in pipeline.TARGETS if t not in pipeline.enabled_targets(DEMO))
-    assert gpu_counts["guard_batch"] == 0, "the demo guards one shard per job (gpu_jobs: 1)"
+    assert not any(gpu_counts[r] for r in GPU_RULES if r.endswith("_batch")), "the demo runs one shard per job"
     assert all(gpu_counts[r] for r in ("dedup_group", "dedup_cross")), gpu_counts
     # Grouping: the per-shard CPU jobs ran as fewer Slurm jobs than Snakemake jobs.
     grouped = [j for j in other if j["Comment"].startswith("rule_small_")]

@@ -36,8 +36,13 @@ def test_production_plan_builds_without_importing_torch(workdir):
     proc = snakemake(workdir, "-n", "--quiet", "rules", env=env, timeout=600)
     counts = _job_counts(proc.stdout)
     shards = 1120
-    assert counts["specs"] == counts["prompts"] == counts["guard_publish"] == counts["pair_filter"] == shards
-    assert counts["guard_batch"] == 70 and "guard" not in counts  # gpu_jobs: 16 shards per guard job
+    assert counts["specs"] == counts["prompts_publish"] == counts["guard_publish"] == shards
+    assert counts["pair_filter_publish"] == counts["embed_publish"] == shards
+    # gpu_jobs (config/config.yaml): GPU jobs of several shards each; generate keeps one per (subset, shard)
+    assert {r: counts[r] for r in counts if r.endswith("_batch")} == {
+        "prompts_batch": 280, "embed_batch": 1, "guard_batch": 70, "attributes_batch": 70, "enhance_batch": 140,
+        "guard_enhanced_batch": 70, "pair_filter_batch": 280}
+    assert not {"prompts", "embed", "guard", "attributes", "enhance", "guard_enhanced", "pair_filter"} & set(counts)
     assert counts["generate"] == counts["package"] == 4 * shards
     assert counts["assemble"] == 4 and counts["dataset_card"] == 1  # no curated source in production: no real
     assert counts["dedup_group"] == 128

@@ -244,9 +244,12 @@ def explore(results_dir: Path, port: int, host: str, cache_dir: Path | None, sta
               help="Also submit one short job per GPU partition through the profile: it reports the node's GPU, "
                    "driver, CUDA, torch, vLLM's platform and diffusers, and runs a tiny model on the GPU "
                    "(NO-GO: a CPU vLLM, no GPU, a driver too old). Waits for a GPU like any job.")
+@click.option("--gpus", type=click.IntRange(min=1), default=None,
+              help="GPU jobs you expect to run at once: the shards whose generate tables exist together "
+                   "(docs/disk.md) [default: 64].")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report (per-stage disk sizes too) as JSON.")
 def preflight(configfiles: tuple[Path, ...], profile: Path | None, results: Path | None, probe_gpu: bool,
-              as_json: bool) -> None:
+              gpus: int | None, as_json: bool) -> None:
     """Check a run before the first GPU-hour: config, models (present, pinned, on a shared filesystem), the
     profile against the live Slurm cluster (partitions, accounts, GPUs, memory and runtime of every rule at
     every attempt), disk for the whole run, and where the rules that download run. Submits nothing, unless
@@ -257,9 +260,66 @@ def preflight(configfiles: tuple[Path, ...], profile: Path | None, results: Path
     from finet2i.preflight import run_preflight
 
     report = run_preflight(configfiles, profile=profile, results=results, probe_gpu=probe_gpu,
-                           echo=lambda line: click.echo(line, err=True))
+                           echo=lambda line: click.echo(line, err=True), gpus=gpus)
     click.echo(report.to_json() if as_json else report.table())
     sys.exit(0 if report.ok else 1)
+
+
+@main.command("plan", short_help="What N GPU-hours buy, or what M samples cost.")
+@click.argument("configfiles", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--configfile", "more_configfiles", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Config file(s), merged in order as --configfile does (or give them as arguments); "
+                   "default config/config.yaml.")
+@click.option("--gpu-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The budget: the largest run whose GPU-hours fit it.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Released synthetic samples wanted: the run that makes them, and what it costs.")
+@click.option("--rates", "rates_files", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Rates file(s), merged in order [default: benchmarks/rates.published.json].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("plan.yaml"),
+              show_default=True, help="Where to write the config that runs the plan (merged over yours).")
+def plan_command(configfiles: tuple[Path, ...], more_configfiles: tuple[Path, ...], gpu_hours: float | None,
+                 samples: int | None, rates_files: tuple[Path, ...], out: Path) -> None:
+    """What a GPU-hour budget buys (--gpu-hours N), or what M released samples cost (--samples M), from published
+    or measured rates (benchmarks/rates.published.json, every figure with its source) at the paper's yields.
+    Writes the config that runs it (--out), to merge over yours: snakemake --configfile <yours> plan.yaml."""
+    from finet2i.preflight import budget as fitting
+    from finet2i.preflight.gpu_hours import RatesError, load_rates, render
+    from finet2i.workflow.config import ConfigError, load_config
+
+    if (gpu_hours is None) == (samples is None):
+        raise click.UsageError("give exactly one of --gpu-hours N and --samples M")
+    files = [*configfiles, *more_configfiles] or [Path("config/config.yaml")]
+    try:
+        config = load_config(*files, check_models=False)
+        rates = load_rates(*(rates_files or [Path("benchmarks/rates.published.json")]))
+    except (ConfigError, RatesError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    if gpu_hours is not None:
+        fit, tried = fitting.fit_budget(config, gpu_hours, rates)
+        ask = f"--gpu-hours {gpu_hours:g}"
+        click.echo(f"the largest run that fits {gpu_hours:,.0f} GPU-hours (config: {', '.join(map(str, files))}):")
+        click.echo("\n".join(f"  {line}" for line in fitting.describe(fit, gpu_hours)))
+        if len(tried) > 1:
+            click.echo("\nshapes tried (the recipe first; a smaller one only when not even one shard fits):")
+            for t in tried:
+                click.echo(f"  {t.shards:>9,} shard(s)  {t.gpu_hours:>12,.1f} GPU-h  {t.total_samples:>12,} samples"
+                           f"  {t.shape.label()}")
+    else:
+        fit = fitting.fit_samples(config, samples, rates)
+        ask = f"--samples {samples}"
+        click.echo(f"{samples:,} released samples (config: {', '.join(map(str, files))}):")
+        click.echo("\n".join(f"  {line}" for line in fitting.describe(fit)))
+    if not fit.shards:
+        sys.exit(1)
+    click.echo("")
+    click.echo(render(fit.rows, rates, f"the planned run ({fit.shards:,} shards)"))
+    header = "\n".join([f"finet2i plan {ask}: {fit.shards:,} shard(s), {fit.shape.label()}",
+                        *fitting.describe(fit, gpu_hours),
+                        f"rates: {', '.join(map(str, rates_files or ['benchmarks/rates.published.json']))}",
+                        f"run it over your config: snakemake --configfile {' '.join(map(str, files))} {out}"])
+    fitting.write_config(fit, out, header)
+    click.echo(f"\nwrote {out}: snakemake --profile profiles/slurm --configfile {' '.join(map(str, files))} {out}")
 
 
 def _register_optional() -> None:

@@ -163,3 +163,9 @@ def script_fingerprint(script: str | Path, root: Path = PACKAGE_ROOT) -> str:
     if not modules:
         raise ValueError(f"{path}: imports no finet2i module; a workflow script is an adapter over one")
     return code_fingerprint(*sorted(modules), root=root)
+
+
+def source_digest(path: str | Path) -> str:
+    """A short hash of one script's tokens (comments, layout and docstrings left out): what a batch rule records
+    of the stage script it loads, since Snakemake's own code trigger sees the batch script only."""
+    return _module_digest(Path(path))[:16]

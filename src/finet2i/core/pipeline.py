@@ -34,8 +34,8 @@ class Stage:
     # all hold.
     switch: str | tuple[str, ...] | None = None
     models: tuple[str, ...] = ()  # keys of config["models"] it loads
-    # Several shards per GPU job (gpu_jobs; finet2i.core.batching): rules/<stage>.smk also has <stage>_batch
-    # and <stage>_publish.
+    # Several shards per GPU job (gpu_jobs; finet2i.core.batching): rules/batching.smk derives <stage>_batch and
+    # <stage>_publish from the stage's rule. Its workflow script then has a `shared(run)` (finet2i.workflow.batch).
     batchable: bool = False
     images: bool = False  # its table holds each record's image bytes (read for pictures of later stages' drops)
 
@@ -47,26 +47,28 @@ class Stage:
 # In pipeline order. `reads` is given only where a stage does not read the table just above it.
 STAGES: tuple[Stage, ...] = (
     Stage("specs"),
-    Stage("prompts", models=("prompt_generator",)),
-    Stage("embed", table=False, models=("embedder",)),
+    Stage("prompts", models=("prompt_generator",), batchable=True),
+    Stage("embed", table=False, models=("embedder",), batchable=True),
     Stage("dedup", reads="prompts"),
     Stage("guard", models=("guard",), batchable=True),
-    Stage("attributes", switch="attributes.enabled", models=("verifier",)),
-    Stage("enhance", models=("enhancer",)),
-    Stage("guard_enhanced", switch="guard_enhanced.enabled", models=("guard",)),  # beyond the paper
+    Stage("attributes", switch="attributes.enabled", models=("verifier",), batchable=True),
+    Stage("enhance", models=("enhancer",), batchable=True),
+    Stage("guard_enhanced", switch="guard_enhanced.enabled", models=("guard",), batchable=True),  # beyond the paper
     Stage("generate", per_subset=True, images=True,
-          models=("z_image", "flux2", "aesthetic_encoder", "aesthetic_head")),
-    Stage("pair_filter", per_subset=True, all_subsets_in_one_job=True, models=("judge",)),  # one judge load
+          models=("z_image", "flux2", "aesthetic_encoder", "aesthetic_head"), batchable=True),
+    Stage("pair_filter", per_subset=True, all_subsets_in_one_job=True, models=("judge",),
+          batchable=True),  # one judge load per job
     Stage("package", per_subset=True),  # finished samples; `assemble` cuts them into the release's tars
     Stage("curated_ingest", branch=CURATED, switch="curated.enabled", images=True),
     Stage("curated_dedup", branch=CURATED, switch="curated.enabled"),  # one photo from two sites: kept once
     Stage("curated_score", branch=CURATED, switch="curated.enabled",
-          models=("aesthetic_encoder", "aesthetic_head")),
-    Stage("curated_caption", branch=CURATED, switch="curated.enabled", models=("captioner",)),
+          models=("aesthetic_encoder", "aesthetic_head"), batchable=True),
+    Stage("curated_caption", branch=CURATED, switch="curated.enabled", models=("captioner",),
+          batchable=True),
     Stage("curated_enhance", branch=CURATED, switch=("curated.enabled", "curated.long_prompt=enhancer"),
-          models=("enhancer",)),  # by default the captioner writes the long caption too
+          models=("enhancer",), batchable=True),  # by default the captioner writes the long caption too
     Stage("curated_guard", branch=CURATED, switch=("curated.enabled", "curated_guard.enabled"),
-          models=("guard",)),  # beyond the paper
+          models=("guard",), batchable=True),  # beyond the paper
     Stage("package_real", branch=CURATED, switch="curated.enabled"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

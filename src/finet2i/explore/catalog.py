@@ -8,6 +8,15 @@ order) is loaded once into a DuckDB table ``samples`` with the columns the grid 
 one sample when its detail view opens (one row group of one index). The table lives in a DuckDB file in the
 cache folder, keyed by the indexes' names, sizes and mtimes: the next start on the same outputs opens it
 instead of reading the indexes again (at 6M samples reading them takes minutes; opening the file, a moment).
+
+**Made for the release's size** (6.3M samples: benchmarks/explore.py --release). Three more tables are built with
+it, so that no request scans every sample's text or facet values: ``facets``, one row per combination of facet
+values that occurs (``fcode``, the values, how many samples have it: tens of thousands, where the samples are
+millions), with each sample's ``fcode``; ``vocab`` (every distinct lowercased word of the prompts) and
+``postings`` (word id, sample rid; sorted by word, so a word's samples are a range). A search word matches the
+samples that have a word containing it (as a substring scan of the text did): its vocab entries, then their
+postings. The facet counts are sums over the matching combinations, and the detail view finds a sample by its
+key through an index.
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 48
 INDEX_GLOB = "dataset/*/train-*.parquet"
+SCHEMA_VERSION = "2: facets, vocab, postings"
+POSTINGS_CHUNK = 500_000  # samples whose postings are sorted and written at once
+FACET_COLUMNS = ", ".join(f.column for f in FACETS)
 
 
 @dataclass
@@ -71,6 +83,7 @@ class Catalog(DroppedRecords):
         for p in self.index_files:
             st = p.stat()
             h.update(f"{p.relative_to(self.root)} {st.st_size} {st.st_mtime_ns}\n".encode())
+        h.update(SCHEMA_VERSION.encode())  # a cache built by other code is rebuilt, not misread
         db = self.cache / f"samples-{h.hexdigest()[:16]}.duckdb"
         if not db.exists():
             self._build(db)
@@ -83,20 +96,52 @@ class Catalog(DroppedRecords):
         tmp.unlink(missing_ok=True)
         con = duckdb.connect(str(tmp))
         try:
+            con.execute("SET preserve_insertion_order = false")
+            # Half the machine's memory at most: the postings of 6M samples are ~400M rows, sorted once (DuckDB
+            # spills what does not fit to the cache folder); a shared login node keeps the other half.
+            half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+            con.execute(f"SET memory_limit = '{max(half // 2**20, 1024)}MB'")
+            con.execute(f"SET temp_directory = '{self.cache / 'duckdb-tmp'}'")
             if not self.index_files:
                 log.warning("%s: no release index (%s); the grid will be empty", self.root, INDEX_GLOB)
-                con.execute("CREATE TABLE samples (rid BIGINT, folder VARCHAR, tar VARCHAR, row BIGINT, "
+                con.execute("CREATE TABLE loaded (rid BIGINT, folder VARCHAR, tar VARCHAR, row BIGINT, "
                             "id VARCHAR, subset VARCHAR, prompt VARCHAR, enhanced_prompt VARCHAR, text VARCHAR, "
                             "category VARCHAR, subcategory VARCHAR, style VARCHAR, task_label VARCHAR, "
                             "image_generator VARCHAR, image_aspect_ratio VARCHAR, prompt_used VARCHAR, "
                             "score DOUBLE, jpg_offset BIGINT, jpg_size BIGINT)")
             else:
-                con.execute(f"CREATE TABLE samples AS {self._samples_select(con)}")
+                con.execute(f"CREATE TABLE loaded AS {self._samples_select(con)}")
+            self._index(con)
             con.close()
             os.replace(tmp, db)
         finally:
             tmp.unlink(missing_ok=True)
         log.info("explore: %d index files loaded into %s", len(self.index_files), db)
+
+    @staticmethod
+    def _index(con: Any) -> None:
+        """``loaded`` -> ``samples`` (with each sample's facet combination), ``facets``, ``vocab``, ``postings``,
+        and an index on the samples' keys. The postings are written POSTINGS_CHUNK samples at a time, each
+        chunk sorted by word: a word's postings are then a few ranges, and the build holds one chunk at once
+        (6.3M samples make ~400M postings)."""
+        same = " AND ".join(f"l.{f.column} IS NOT DISTINCT FROM f.{f.column}" for f in FACETS)
+        con.execute(f"CREATE TABLE facets AS SELECT (row_number() OVER (ORDER BY {FACET_COLUMNS}))::INTEGER AS "
+                    f"fcode, * FROM (SELECT {FACET_COLUMNS}, count(*) AS n FROM loaded GROUP BY ALL)")
+        con.execute(f"CREATE TABLE samples AS SELECT l.* EXCLUDE (text), f.fcode FROM loaded l JOIN facets f "
+                    f"ON {same} ORDER BY l.rid")
+        con.execute("CREATE TABLE vocab AS SELECT (row_number() OVER (ORDER BY w))::INTEGER AS wid, w AS word "
+                    "FROM (SELECT DISTINCT unnest(string_split(text, ' ')) AS w FROM loaded) WHERE w <> ''")
+        con.execute("CREATE TABLE postings (wid INTEGER, rid INTEGER, fcode INTEGER)")
+        last = con.execute("SELECT coalesce(max(rid), 0) FROM loaded").fetchone()[0]
+        for start in range(0, int(last), POSTINGS_CHUNK):
+            span = [start, start + POSTINGS_CHUNK]
+            con.execute("INSERT INTO postings SELECT v.wid, l.rid::INTEGER, s.fcode FROM (SELECT rid, "
+                        "unnest(string_split(text, ' ')) AS w FROM loaded WHERE rid > ? AND rid <= ?) l "
+                        "JOIN vocab v ON v.word = l.w JOIN (SELECT rid, fcode FROM samples WHERE rid > ? AND "
+                        "rid <= ?) s USING (rid) ORDER BY v.wid, l.rid", [*span, *span])
+        con.execute("DROP TABLE loaded")
+        con.execute("CREATE INDEX samples_key ON samples (id)")
+        con.execute("CHECKPOINT")
 
     def _samples_select(self, con: Any) -> str:
         src = f"read_parquet({_files_sql(self.index_files)}, filename=true, file_row_number=true, union_by_name=true)"
@@ -141,14 +186,25 @@ class Catalog(DroppedRecords):
     # Samples
 
     @staticmethod
-    def _where(q: Query, facets: bool = True) -> tuple[str, list[Any]]:
+    def _words(q: Query) -> tuple[str, list[Any]] | None:
+        """(rid, fcode) of the samples with a word containing each search word (vocab, then postings), or None."""
+        words = q.text.lower().split()
+        if not words:
+            return None
+        one = "SELECT DISTINCT rid, fcode FROM postings WHERE wid IN (SELECT wid FROM vocab WHERE contains(word, ?))"
+        return " INTERSECT ".join([one] * len(words)), words
+
+    def _where(self, q: Query, facets: bool = True) -> tuple[str, list[Any]]:
+        """The WHERE clause over ``samples`` for ``q``: its facet combinations, search words and score range."""
         clauses, args = [], []
-        for param, value in q.facets if facets else ():
-            clauses.append(f"{FACET_BY_PARAM[param].column} = ?")
-            args.append(value)
-        for word in q.text.lower().split():
-            clauses.append("contains(text, ?)")
-            args.append(word)
+        if facets and q.facets:
+            combos = " AND ".join(f"{FACET_BY_PARAM[p].column} = ?" for p, _ in q.facets)
+            clauses.append(f"fcode IN (SELECT fcode FROM facets WHERE {combos})")
+            args += [v for _, v in q.facets]
+        words = self._words(q)
+        if words is not None:
+            clauses.append(f"rid IN (SELECT rid FROM ({words[0]}))")
+            args += words[1]
         if q.min_score is not None:
             clauses.append("score >= ?")
             args.append(q.min_score)
@@ -186,49 +242,52 @@ class Catalog(DroppedRecords):
         """The number of samples matching ``q``, and per facet the count of each value. A facet the query sets is
         counted without its own filter (the values it could switch to), the others with every filter.
 
-        One statement, one pass over ``samples``: the rows that match the search and score filters and all but
-        at most one facet filter are kept (``m``, small once a filter is set), each with a 0/1 column per set
-        facet; every count is then a GROUP BY over ``m``."""
-        where, args = self._where(q, facets=False)
+        Counted over facet combinations, not samples: the samples that match the search and score filters are
+        grouped by ``fcode`` (or, without such filters, the ``facets`` table's own counts are used), each
+        combination gets a 0/1 column per set facet, and every count is a sum over those few rows. With
+        ``page_size``, also the rids of the page."""
+        words = self._words(q)
+        if q.min_score is None and q.max_score is None:  # from the facets table, or the search's postings alone
+            base, args = ("SELECT fcode, n FROM facets", []) if words is None else \
+                (f"SELECT fcode, count(*) AS n FROM ({words[0]}) GROUP BY fcode", words[1])
+        else:
+            where, args = self._where(q, facets=False)
+            base = f"SELECT fcode, count(*) AS n FROM samples{where} GROUP BY fcode"
         active = [(FACET_BY_PARAM[p], v) for p, v in q.facets]
         k = len(active)
-        flags = ", ".join(f"({f.column} = ?)::INT AS _f{i}" for i, (f, _) in enumerate(active))
-        flag_args = [v for _, v in active]
+        flags = "".join(f", ({f.column} = ?)::INT AS _f{i}" for i, (f, _) in enumerate(active))
         hits = " + ".join(f"_f{i}" for i in range(k)) or "0"
-        cols = ", ".join(f.column for f in FACETS)
-        if k > 1:
-            # Only rows within one facet of the query can count; test that before the text search. Written as a
-            # CASE because DuckDB would otherwise push the search into the scan and run it on every row first
-            # (1M rows: 1.9 s of the 2 s such a query took under load).
-            near = " OR ".join("(" + " AND ".join(f"{f.column} = ?" for j, (f, _) in enumerate(active) if j != i)
-                               + ")" for i in range(k))
-            near_args = [v for i in range(k) for j, (_, v) in enumerate(active) if j != i]
-            rest = where.removeprefix(" WHERE ") or "TRUE"
-            where = f" WHERE CASE WHEN {near} THEN {rest} ELSE FALSE END"
-            args = [*near_args, *args]
-        parts = [f"SELECT '' AS facet, NULL AS value, count(*) AS n FROM m WHERE {hits} = {k}"]
+        parts = [f"SELECT '' AS facet, NULL AS value, sum(n) AS n FROM m WHERE {hits} = {k}"]
         for f in FACETS:
             i = next((i for i, (a, _) in enumerate(active) if a.param == f.param), None)
             cond = f"{hits} = {k}" if i is None else f"{hits} - _f{i} = {k - 1}"
-            parts.append(f"SELECT '{f.param}', {f.column}::VARCHAR, count(*) FROM m WHERE {cond} "
+            parts.append(f"SELECT '{f.param}', {f.column}::VARCHAR, sum(n) FROM m WHERE {cond} "
                          f"AND {f.column} IS NOT NULL GROUP BY {f.column}")
-        if page_size is not None:  # the page's rows come from the same pass: the search runs once a request
-            parts.append(f"SELECT '#page', rid::VARCHAR, 0 FROM (SELECT rid FROM m WHERE {hits} = {k} "
-                         f"ORDER BY {ORDERS[q.order]} LIMIT {int(page_size)} OFFSET {int(q.page * page_size)})")
-        sql = (f"WITH m AS MATERIALIZED (SELECT rid, score, {cols}{', ' + flags if flags else ''} "
-               f"FROM samples{where}) " + " UNION ALL ".join(parts))
+        sql = (f"WITH b AS ({base}), m AS MATERIALIZED (SELECT b.n, {', '.join('f.' + f.column for f in FACETS)}"
+               f"{flags} FROM b JOIN facets f USING (fcode)) " + " UNION ALL ".join(parts))
         counts: dict[str, list[tuple[str, int]]] = {f.param: [] for f in FACETS}
-        total, page = 0, []
-        for facet, value, n in self._cursor().execute(sql, [*flag_args, *args]).fetchall():
+        total = 0
+        for facet, value, n in self._cursor().execute(sql, [*args, *(v for _, v in active)]).fetchall():
             if facet == "":
-                total = n
-            elif facet == "#page":
-                page.append(int(value))
+                total = int(n or 0)
             else:
-                counts[facet].append((value, n))
+                counts[facet].append((value, int(n)))
         for v in counts.values():
             v.sort(key=lambda x: (-x[1], x[0]))
+        page = self._page(q, page_size) if page_size is not None else []
         return total, counts, page
+
+    def _page(self, q: Query, page_size: int) -> list[int]:
+        words = self._words(q)
+        if words is not None and not q.order and q.min_score is None and q.max_score is None:
+            combos = " AND ".join(f"{FACET_BY_PARAM[p].column} = ?" for p, _ in q.facets) or "TRUE"
+            return self._scalar_list(
+                f"SELECT rid FROM ({words[0]}) WHERE fcode IN (SELECT fcode FROM facets WHERE {combos}) "
+                f"ORDER BY rid LIMIT ? OFFSET ?", [*words[1], *(v for _, v in q.facets), page_size,
+                                                   q.page * page_size])
+        where, args = self._where(q)
+        return self._scalar_list(f"SELECT rid FROM samples{where} ORDER BY {ORDERS[q.order]} LIMIT ? OFFSET ?",
+                                 [*args, page_size, q.page * page_size])
 
     def samples(self, q: Query, page_size: int = PAGE_SIZE) -> SamplePage:
         """One page of the grid: its rows and every facet's counts (one pass over the table when the counts of
@@ -238,9 +297,7 @@ class Catalog(DroppedRecords):
             total, counts, rids = self.count_facets(q, page_size)
             self._remember(q, total, counts)
         else:
-            (total, counts), (where, args) = cached, self._where(q)
-            rids = self._scalar_list(f"SELECT rid FROM samples{where} ORDER BY {ORDERS[q.order]} LIMIT ? OFFSET ?",
-                                     [*args, page_size, q.page * page_size])
+            (total, counts), rids = cached, self._page(q, page_size)
         cur = self._cursor().execute(
             f"SELECT {self._ROW_COLUMNS} FROM samples WHERE list_contains(?, rid) ORDER BY {ORDERS[q.order]}",
             [rids])
@@ -264,10 +321,10 @@ class Catalog(DroppedRecords):
 
     def locate(self, folder: str, key: str) -> dict[str, Any] | None:
         """Where a sample lies: its index file, row, tar and the image's offset and size (None if unknown)."""
+        # By the key alone, which the index answers (a second condition makes DuckDB scan every row), then the folder.
         cur = self._cursor().execute(
-            "SELECT folder, tar, row, jpg_offset, jpg_size, prompt FROM samples WHERE folder = ? AND id = ?",
-            [folder, key])
-        r = cur.fetchone()
+            "SELECT folder, tar, row, jpg_offset, jpg_size, prompt FROM samples WHERE id = ?", [key])
+        r = next((r for r in cur.fetchall() if r[0] == folder), None)
         if r is None:
             return None
         return dict(zip(["folder", "tar", "row", "jpg_offset", "jpg_size", "prompt"], r, strict=True))
@@ -296,9 +353,8 @@ class Catalog(DroppedRecords):
             parsed = json.loads(provenance) if provenance else {}
         except ValueError:
             parsed = {"provenance (not JSON)": provenance}
-        others = self._cursor().execute(
-            "SELECT folder, subset FROM samples WHERE id = ? AND folder <> ? ORDER BY folder", [key, folder]
-        ).fetchall()
+        others = sorted(r for r in self._cursor().execute(
+            "SELECT folder, subset FROM samples WHERE id = ?", [key]).fetchall() if r[0] != folder)
         return {"folder": folder, "tar": where["tar"], "row": row, "record": record,
                 "provenance": parsed if isinstance(parsed, dict) else {"provenance": parsed},
                 "others": [{"folder": f, "subset": s} for f, s in others]}

@@ -7,6 +7,12 @@ place, never loaded: the rows with ``kept = false``, grouped by ``drop_reason``,
 new stage gets its evidence shown without a line here. The image of a dropped record is read from the nearest
 table at or above the stage that holds ``image`` bytes (generate for the judge, curated_ingest for real photos).
 
+At the release's size (20.6M judged pairs in 4,480 tables) reading every table's verdict columns for each page
+would take seconds, so a stage's dropped records are listed once, the first time a page of it is asked for, into
+a DuckDB file in the cache (``dropped-<stage>-<hash of its tables>.duckdb``: subset, reason, file, id, and the
+record's position in its reason's list); a page is then a range of that list, and only the files on the page are
+read for their evidence.
+
 Stage names and order come from ``finet2i.core.pipeline``; the funnel is ``finet2i.reporting.funnel.read_stats``
 over the same stats JSONs the report reads.
 
@@ -55,6 +61,8 @@ class DroppedRecords:
 
     # Given by the catalog (set in its ``__init__``).
     root: Path
+    cache: Path
+    _lock: Any
     _cursor: Callable[[], Any]
     _describe: dict[tuple[str, ...], list[str]]
     _tables: dict[str, list[Path]]
@@ -135,18 +143,54 @@ class DroppedRecords:
             st = self._upstream_with_table(st)
         return None
 
+    def _drop_list(self, stage: str) -> Any:
+        """A read-only connection to the stage's list of dropped records, built on first use (see the module
+        docstring); rebuilt when its tables change."""
+        import hashlib
+
+        import duckdb
+
+        lists = self.__dict__.setdefault("_drop_lists", {})
+        if stage in lists:
+            return lists[stage]
+        files = self.stage_tables(stage)
+        if not files:
+            raise ExploreError(f"{self.root / stage}: no record table of stage {stage!r} (has it run?)")
+        h = hashlib.sha256(str(self.root).encode())
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.relative_to(self.root)} {st.st_size} {st.st_mtime_ns}\n".encode())
+        db = self.cache / f"dropped-{stage}-{h.hexdigest()[:16]}.duckdb"
+        with self._lock:
+            if not db.exists():
+                import os
+
+                tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+                tmp.unlink(missing_ok=True)
+                con = duckdb.connect(str(tmp))
+                try:
+                    sub = _SUBSET_SQL if pipeline.BY_NAME[stage].per_subset else "NULL::VARCHAR"
+                    src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
+                    con.execute(
+                        f"CREATE TABLE dropped AS SELECT {sub} AS subset, drop_reason AS reason, filename AS file, "
+                        f"id, (row_number() OVER (PARTITION BY {sub}, drop_reason ORDER BY filename, id) - 1) AS n, "
+                        f"(row_number() OVER (PARTITION BY drop_reason ORDER BY filename, id) - 1) AS n_all "
+                        f"FROM {src} WHERE NOT kept ORDER BY reason, subset, n")
+                    con.close()
+                    os.replace(tmp, db)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            lists[stage] = duckdb.connect(str(db), read_only=True)
+        return lists[stage]
+
     def drop_reasons(self, stage: str) -> list[dict[str, Any]]:
         """Per (subset, reason), how many records the stage dropped (counted once: a finished run's tables)."""
         if stage not in self._reasons:
-            st = pipeline.BY_NAME[stage]
-            files = self.stage_tables(stage)
-            if not files:
-                raise ExploreError(f"{self.root / stage}: no record table of stage {stage!r} (has it run?)")
-            src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
-            sub = _SUBSET_SQL if st.per_subset else "NULL::VARCHAR"
-            self._reasons[stage] = [{"subset": s, "reason": r, "count": n} for s, r, n in self._cursor().execute(
-                f"SELECT {sub} AS s, drop_reason, count(*) FROM {src} WHERE NOT kept GROUP BY ALL ORDER BY 1, 3 DESC"
-            ).fetchall()]
+            listed = self._drop_list(stage)
+            with self._lock:
+                con = listed.cursor()
+            self._reasons[stage] = [{"subset": s, "reason": r, "count": n} for s, r, n in con.execute(
+                "SELECT subset, reason, count(*) FROM dropped GROUP BY ALL ORDER BY 1, 3 DESC").fetchall()]
         return self._reasons[stage]
 
     def dropped(self, stage: str, *, subset: str | None = None, reason: str | None = None, page: int = 0,
@@ -172,10 +216,15 @@ class DroppedRecords:
             files = [f for f in files if f.parent.name == subset] or files  # results/<stage>/<subset>/<shard>
             cond += f" AND {_SUBSET_SQL} = ?"
             args.append(subset)
-        src = f"read_parquet({_files_sql(files)}, union_by_name=true, filename=true)"
-        picked = self._cursor().execute(
-            f"SELECT filename, id FROM {src} WHERE {cond} ORDER BY filename, id LIMIT ? OFFSET ?",
-            [*args, page_size, page * page_size]).fetchall()
+        lists = self._drop_list(stage)
+        with self._lock:
+            listed = lists.cursor()
+        first = page * page_size
+        picked = listed.execute(
+            "SELECT file, id FROM dropped WHERE reason = ? AND subset = ? AND n >= ? AND n < ? ORDER BY n"
+            if subset is not None else
+            "SELECT file, id FROM dropped WHERE reason = ? AND n_all >= ? AND n_all < ? ORDER BY n_all",
+            [reason, *([subset] if subset is not None else []), first, first + page_size]).fetchall()
         rows: list[dict[str, Any]] = []
         if picked:
             on_page = sorted({Path(f) for f, _ in picked})

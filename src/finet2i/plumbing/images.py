@@ -42,6 +42,65 @@ def image_bytes(path: str | os.PathLike[str], key: str, values: Sequence[str]) -
     return dict(zip(t.column(key).to_pylist(), t.column("image").to_pylist(), strict=True))
 
 
+IMAGE_ROW_GROUP = 16  # rows per row group of an images file: a reader by key prunes to a few MB
+
+
+def copy_images(src: str | os.PathLike[str], dest: str | os.PathLike[str], key: str, values: Sequence[str]) -> int:
+    """Write ``key`` and ``image`` of the rows of ``src`` whose ``key`` is in ``values`` to ``dest`` (atomically, in
+    ``src``'s order, small row groups), reading ``src`` one row group at a time; returns the rows written. An
+    images file that :func:`image_bytes` reads like the table it was cut from."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from finet2i.core.shards import atomic_path
+
+    wanted = pa.array(sorted(set(values)), pa.string())
+    source = pq.ParquetFile(src)
+    schema = pa.schema([source.schema_arrow.field(key), source.schema_arrow.field("image")])
+    written = 0
+    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
+        for batch in source.iter_batches(batch_size=IMAGE_ROW_GROUP, columns=[key, "image"]):
+            rows = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column(0), value_set=wanted))
+            if rows.num_rows:
+                out.write_table(rows.cast(schema), row_group_size=IMAGE_ROW_GROUP)
+                written += rows.num_rows
+    return written
+
+
+# A row that refers to its image instead of holding it (package's finished samples, docs/disk.md): the bytes are
+# the ``image`` of the row of ``image_table`` (a path relative to the folder of the table that holds the row, so
+# that a moved results folder keeps its references) whose ``image_key_column`` is ``image_key``.
+REFERENCE_COLUMNS = ("image_table", "image_key_column", "image_key")
+
+
+def reference_to(images_table: str | os.PathLike[str], from_table: str | os.PathLike[str]) -> str:
+    """``images_table`` as a row of ``from_table`` refers to it (relative to ``from_table``'s folder)."""
+    return os.path.relpath(os.path.abspath(images_table), os.path.dirname(os.path.abspath(from_table)))
+
+
+def resolve_images(rows: Sequence[dict[str, Any]], table: str | os.PathLike[str], column: str = "jpg") -> None:
+    """Fill ``row[column]`` of the rows of ``table`` that refer to their image (``REFERENCE_COLUMNS``), reading each
+    referred table once, by key. A referred image that is missing, or not ``jpg_size`` bytes when the row records
+    it, fails with the table and key: the table changed after the row was written."""
+    base = os.path.dirname(os.path.abspath(table))
+    wanted: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get(column) is None and r.get("image_table"):
+            where = os.path.normpath(os.path.join(base, r["image_table"]))
+            wanted.setdefault((where, r["image_key_column"]), []).append(r)
+    for (table, key), refs in wanted.items():
+        found = image_bytes(table, key, [r["image_key"] for r in refs])
+        for r in refs:
+            data = found.get(r["image_key"])
+            size = r.get("jpg_size")
+            if data is None or (size is not None and len(data) != size):
+                raise RuntimeError(f"{table}: the image of {key} {r['image_key']} is "
+                                   f"{'missing' if data is None else f'{len(data)} bytes, not {size}'}; the table "
+                                   f"changed after its samples were packaged: rerun package for it")
+            r[column] = data
+
+
 def load_image(data: bytes, max_pixels: int | None = None) -> Any:
     """JPEG/PNG bytes -> RGB PIL image, downscaled (aspect kept) to at most ``max_pixels`` when given."""
     from PIL import Image

@@ -10,6 +10,8 @@ What is checked (and with what):
   submitted): each partition exists and is up, each (account, partition) pair is accepted, GPU rules go to
   partitions with GPUs and CPU rules ask for none, and for every rule and every attempt up to retries + 1 the
   request (cpus, memory, GPUs, runtime) fits at least one node of its partition and the partition's limit;
+- GPU memory: each GPU stage's model (weights and what it holds at the configured batch, from its config or
+  published sizes) against the GPU type of its partition's nodes (``finet2i.preflight.gpu_memory``);
 - disk: the run's size per stage (finet2i.preflight.disk) against the results folder's free space;
 - network: which rules download, and whether they run where the internet is (a localrule runs on the login
   node; a partition is the user's to know).
@@ -41,9 +43,10 @@ __all__ = ["GO", "NOGO", "WARN", "Check", "Report", "run_preflight"]
 
 def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | None, workdir: Path = Path("."),
                   snakefile: Path | None = None, results: Path | None = None, probe_gpu: bool = False,
-                  echo: Callable[[str], None] | None = None) -> Report:
+                  echo: Callable[[str], None] | None = None, gpus: int | None = None) -> Report:
     """Every check; never raises for a problem it can name (it becomes a NO-GO row). ``probe_gpu``: also submit
-    one short job per GPU partition through the profile (finet2i.preflight.probe)."""
+    one short job per GPU partition through the profile (finet2i.preflight.probe). ``gpus``: the GPU jobs expected
+    at once (the disk estimate's generate tables in flight)."""
     from finet2i.workflow.config import ConfigError, load_config
 
     t0 = time.monotonic()
@@ -63,14 +66,14 @@ def run_preflight(configfiles: Iterable[str | Path], *, profile: str | Path | No
     # photo APIs take a key that rules/demo.smk sets).
     _check_sources(config, workdir, report)
     if profile is not None:
-        executor = _check_profile(Path(profile), rules, config, report)
+        executor = _check_profile(Path(profile), rules, config, report, workdir)
     else:
         executor = None
         report.add(WARN, "cluster", "cluster not checked: no --profile given; add --profile profiles/slurm to check "
                                     "partitions, accounts and every rule's request against the live cluster")
     _check_environment(executor, rules, report)
     _check_network(rules, config, workdir, profile if executor == "slurm" else None, report)
-    _check_disk(config, results or workdir / "results", workdir, report)
+    _check_disk(config, results or workdir / "results", workdir, report, **({"in_flight": gpus} if gpus else {}))
     if probe_gpu:
         _probe(profile, executor, rules, workdir, report, echo)
     report.seconds = time.monotonic() - t0

@@ -1,7 +1,8 @@
 """Preflight's check of the profile against the live cluster (``scontrol``, ``sacctmgr``, ``sbatch --test-only``;
 nothing is submitted): each partition exists and is up, each (account, partition) pair is accepted, GPU rules go
 to partitions with GPUs and CPU rules ask for none, and for every rule and every attempt up to retries + 1 the
-request (cpus, memory, GPUs, runtime) fits at least one node of its partition and the partition's limit."""
+request (cpus, memory, GPUs, runtime) fits at least one node of its partition and the partition's limit; and each GPU
+stage's model fits the GPUs of its partition (finet2i.preflight.gpu_memory)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 from finet2i.preflight.report import GO, NOGO, WARN, Report, names
 
 
-def _check_profile(path: Path, rules: dict[str, Any], config: dict[str, Any], report: Report) -> str | None:
+def _check_profile(path: Path, rules: dict[str, Any], config: dict[str, Any], report: Report,
+                   workdir: Path = Path(".")) -> str | None:
     """Check the profile against the live cluster; return its executor (None when it cannot be read)."""
     from finet2i.preflight.profile import PLACEHOLDER, Profile, ProfileError
     from finet2i.preflight.slurm import SlurmUnavailable, read_cluster, test_only
@@ -71,6 +73,9 @@ def _check_profile(path: Path, rules: dict[str, Any], config: dict[str, Any], re
         mine = [r for info, r in requests if info.name == name]
         if mine:
             _check_rule(rules[name], mine, profile, cluster, default, bad_partitions, report)
+    from finet2i.preflight.gpu_memory import _check_gpu_memory
+
+    _check_gpu_memory(rules, requests, cluster, default, config, workdir, report)
     return profile.executor
 
 

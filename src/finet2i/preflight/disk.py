@@ -7,6 +7,12 @@ the config's size). Bytes per record come from the figures in ``FIGURES``, each 
 in ``PER_RECORD``; a stage without one is sized by a generic row and says so. Images dominate (terabytes) and
 their figures are the paper's own. Every stage keeps one table row per record it received (kept or dropped,
 finet2i.core.runner), so a stage's table is sized by what reaches it, not by what it keeps.
+
+The image bytes are held once besides the release's tars (docs/disk.md): the package tables refer to the kept
+images instead of copying them. With ``pair_filter.keep_dropped_images: false`` (the default) the generate tables
+are temp() outputs, deleted once their shard is filtered, and the kept pairs' images are what pair_filter cuts out
+of them: the estimate counts the generate tables of the shards in flight only (``in_flight``). With ``true`` it
+counts every generate table.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from finet2i.core import pipeline
+from finet2i.core.settings import lookup
 from finet2i.preflight.report import GO, NOGO, WARN, Report
 from finet2i.recipe import paper
 
@@ -57,8 +64,8 @@ PER_RECORD: dict[str, tuple[str, ...]] = {
     "enhance": ("enhanced_row",),
     "guard_enhanced": ("enhanced_row",),
     "generate": ("enhanced_row", "jpeg"),
-    "pair_filter": ("pair_row",),
-    "package": ("jpeg", "pair_row"),
+    "pair_filter": ("pair_row",),  # + the kept pairs' images unless keep_dropped_images (estimate)
+    "package": ("pair_row",),  # the JPEGs are referred to, not copied (finet2i.stages.package)
     "curated_score": ("caption_row",),
     "curated_caption": ("caption_row",),
     "curated_enhance": ("caption_row",),
@@ -66,8 +73,12 @@ PER_RECORD: dict[str, tuple[str, ...]] = {
 }
 # The largest text row declared above: a stage without a figure is not under-counted.
 GENERIC_ROW = max(f.bytes for k, f in FIGURES.items() if k.endswith("_row"))
-# The tables that assemble cuts into the release's tars (rules/assemble.smk): the dataset/ row holds them again.
+# The tables that assemble cuts into the release's tars (rules/assemble.smk).
 PACKAGED = ("package", "package_real")
+# Shards whose generate tables exist at once when they are temp() (pair_filter.keep_dropped_images: false): a
+# shard's four tables wait for its last one, then for its pair_filter job (which has priority over generation).
+# About the GPU jobs a group runs at once; `finet2i preflight --gpus N` sets it.
+IN_FLIGHT = 64
 
 
 @dataclass(frozen=True)
@@ -78,9 +89,9 @@ class StageSize:
     sources: tuple[str, ...]
 
 
-def estimate(config: Mapping[str, Any], workdir: Path = Path(".")) -> list[StageSize]:
-    """Bytes each enabled stage (finet2i.core.pipeline.STAGES) writes under results/ for the whole run, plus
-    dataset/ for the release.
+def estimate(config: Mapping[str, Any], workdir: Path = Path("."), in_flight: int = IN_FLIGHT) -> list[StageSize]:
+    """Bytes each enabled stage (finet2i.core.pipeline.STAGES) holds under results/ at the end of the run (its
+    temp() tables: at most ``in_flight`` shards' worth, at once), plus dataset/ for the release.
 
     A stage receives what its upstream stage keeps (``pipeline.upstream``); a stage keeps what it receives
     unless the paper says how many it kept (FUNNEL, scaled to the config's specs and subsets).
@@ -119,13 +130,37 @@ def estimate(config: Mapping[str, Any], workdir: Path = Path(".")) -> list[Stage
                                               f"downloaded photos kept")))
             continue
         out.append(_sized(s.name, n))
+    keep = bool(lookup(config, "pair_filter.keep_dropped_images"))
+    out = [_images_once(x, kept, keep, int(config["shards"]["count"]), in_flight) for x in out]
     shipped = {x.stage: x for x in out if x.stage in PACKAGED}
     synthetic = shipped["package"].records if "package" in shipped else 0
     real = shipped["package_real"] if "package_real" in shipped else None
+    real_bytes = real.records * photos[1] / photos[0] if real and photos and photos[0] else 0.0
     out.append(StageSize("dataset", synthetic + (real.records if real else 0),
-                         round(synthetic * FIGURES["jpeg"].bytes + (real.bytes if real else 0)),
-                         ("the tars hold the package tables' JPEGs once more",)))
+                         round(synthetic * FIGURES["jpeg"].bytes + real_bytes),
+                         ("the tars: the kept JPEGs, which results/ holds once more (pair_filter's images files "
+                          "or the generate tables, and curated_ingest)",)))
     return out
+
+
+def _images_once(size: StageSize, kept: Mapping[str, int], keep: bool, shards: int, in_flight: int) -> StageSize:
+    """The image bytes where the pipeline holds them (docs/disk.md): the generate tables, whole or in flight; the
+    kept pairs' images beside pair_filter's verdicts; the finished samples refer to them."""
+    jpeg = FIGURES["jpeg"]
+    if size.stage == "generate" and not keep:
+        share = min(1.0, in_flight / shards) if shards else 1.0
+        return StageSize(size.stage, size.records, round(size.bytes * share), (*size.sources, (
+            f"temp(): a shard's tables are deleted once it is filtered (pair_filter.keep_dropped_images: false); "
+            f"counted: {min(in_flight, shards):,} of {shards:,} shards in flight at once (preflight --gpus)")))
+    if size.stage == "pair_filter" and not keep:
+        n = kept.get("pair_filter", 0)
+        return StageSize(size.stage, size.records, round(size.bytes + n * jpeg.bytes), (*size.sources, (
+            f"+ the {n:,} kept pairs' images ({{subset}}/{{shard}}.images.parquet) x {jpeg.source}")))
+    if size.stage == "package_real":
+        return StageSize(size.stage, size.records, round(size.records * FIGURES["caption_row"].bytes), (
+            *size.sources[:-1], "the photos are referred to in the ingest tables, not copied",
+            FIGURES["caption_row"].source))
+    return size
 
 
 def _sized(stage: str, records: int) -> StageSize:
@@ -135,8 +170,9 @@ def _sized(stage: str, records: int) -> StageSize:
                          (f"estimate: no size figure declared for stage {stage}; a generic row of "
                           f"{GENERIC_ROW:,.0f} bytes (the largest text row declared)",))
     sources = tuple(FIGURES[f].source for f in figures)
-    if stage == "package":  # the kept samples: the paper's count, each a JPEG and its row
-        sources = (FIGURES["jpeg"].source, f"paper Table 2: {paper.FUNNEL['pair_filter']:,} pairs kept")
+    if stage == "package":  # the kept samples: the paper's count, each a row that refers to its JPEG
+        sources = (*sources, f"paper Table 2: {paper.FUNNEL['pair_filter']:,} pairs kept; the JPEGs are referred to "
+                             f"where pair_filter (or generate) keeps them, not copied")
     return StageSize(stage, records, round(records * sum(FIGURES[f].bytes for f in figures)), sources)
 
 
@@ -242,8 +278,9 @@ MOVE_RESULTS = ("mkdir -p /big/fs/finet2i/results /big/fs/finet2i/logs && ln -s 
                 "&& ln -s /big/fs/finet2i/logs logs")
 
 
-def _check_disk(config: dict[str, Any], results: Path, workdir: Path, report: Report) -> None:
-    sizes = estimate(config, workdir)
+def _check_disk(config: dict[str, Any], results: Path, workdir: Path, report: Report,
+                in_flight: int = IN_FLIGHT) -> None:
+    sizes = estimate(config, workdir, in_flight)
     total = sum(s.bytes for s in sizes)
     used = used_bytes(results) if results.exists() else 0
     free, fs = free_bytes(results)

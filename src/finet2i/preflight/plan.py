@@ -88,8 +88,8 @@ def per_attempt(value: Any) -> bool:
 
 
 def batch_rules() -> dict[str, str]:
-    """Several shards per GPU job (finet2i.core.batching): <stage>_batch and <stage>_publish, each with its stage,
-    run instead of <stage>."""
+    """Several shards per GPU job (finet2i.core.batching, rules/batching.smk): <stage>_batch and <stage>_publish,
+    each with its stage, run instead of <stage>."""
     return {f"{stage}_{part}": stage for stage in batching.BATCHABLE for part in ("batch", "publish")}
 
 
@@ -110,10 +110,11 @@ def job_count(rule: RuleInfo, config: Mapping[str, Any]) -> int:
     """Jobs of ``rule`` in a full run: the product of its wildcards' domains (rules/common.smk)."""
     subsets = len(config["generate"]["subsets"])
     real = 1 if pipeline.enabled("package_real", config) else 0
+    batched = batch_rules().get(rule.name)
     domains = {"shard": int(config["shards"]["count"]), "cshard": int(config["curated"]["shards"]),
                "group": int(config["dedup"]["groups"]),
-               "batch": batching.batch_count(config["shards"]["count"],
-                                             batching.shards_per_job(config, batch_rules().get(rule.name, ""))),
+               "batch": batching.batch_count(batching.shard_count(config, batched),
+                                             batching.shards_per_job(config, batched)) if batched else 1,
                "subset": subsets + real if rule.name == "assemble" else subsets,
                "source": sum(isinstance(e, dict) and e.get("type") in LISTED
                              for e in config["curated"].get("sources") or [])}

@@ -29,6 +29,7 @@ class Node:
     gpus: int
     state: str
     partitions: tuple[str, ...]
+    gpu_types: tuple[str, ...] = ()  # GRES type names (gpu:a100:4 -> "a100"); empty for a typeless gpu:2
 
     @property
     def usable(self) -> bool:
@@ -116,6 +117,16 @@ def _gpus(gres: str) -> int:
     return total
 
 
+def _gpu_types(gres: str) -> tuple[str, ...]:
+    """The GPU type names in a node's Gres string (``gpu:a100:4(S:0-1)`` -> a100; ``gpu:2`` has none)."""
+    types = []
+    for item in gres.split(","):
+        m = re.match(r"gpu:([A-Za-z][\w.-]*):\d+", item.strip())
+        if m and m.group(1) not in types:
+            types.append(m.group(1))
+    return tuple(types)
+
+
 def _accounts(value: str | None) -> tuple[str, ...] | None:
     if value is None or value.upper() == "ALL":
         return None
@@ -137,7 +148,8 @@ def read_cluster() -> Cluster:
         nodes.append(Node(name=r["NodeName"], cpus=int(r.get("CPUTot", "0") or 0),
                           mem_mb=int(r.get("RealMemory", "0") or 0), gpus=_gpus(r.get("Gres", "")),
                           state=r.get("State", "?").upper(),
-                          partitions=tuple(p for p in r.get("Partitions", "").split(",") if p)))
+                          partitions=tuple(p for p in r.get("Partitions", "").split(",") if p),
+                          gpu_types=_gpu_types(r.get("Gres", ""))))
     cluster = Cluster(user=os.environ.get("USER") or _whoami())
     for r in _records(part.stdout):
         name = r.get("PartitionName")

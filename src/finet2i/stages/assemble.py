@@ -26,7 +26,9 @@ plans again from the inputs and finishes the rest, so no sample is duplicated or
 
 **Reads.** Tars to write are taken in batches of about ``memory_mb`` of sample bytes; for each batch, each
 input table is read once, for the key ranges of the batch's tars only (row groups pruned by their key
-statistics: package writes small row groups sorted by key).
+statistics: package writes small row groups sorted by key). A sample whose JPEG package did not copy (it refers
+to the kept pairs' images file, the generate table or the ingest table: docs/disk.md) gets its bytes from there,
+each referred table read once per batch, by key; its recorded size is checked.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from finet2i.core import shards
+from finet2i.plumbing.images import REFERENCE_COLUMNS, resolve_images
 from finet2i.release import layout as release
 from finet2i.release.tables import INDEX_SCHEMA, MEMBER_FIELDS
 
@@ -226,9 +229,13 @@ def read_batch(tables: Sequence[str | os.PathLike[str]], batch: Sequence[Planned
     columns = ["key", "jpg", "json", "txt", *_INDEX_FROM_STAGING]
     rows: dict[tuple[int, str], dict] = {}
     for f, keys in sorted(wanted.items()):
-        t = pq.read_table(tables[f], columns=columns, filters=ranges)
+        names = set(pq.read_schema(tables[f]).names)
+        refs = [c for c in (*REFERENCE_COLUMNS, "jpg_size") if c in names]  # tables that refer to their images
+        t = pq.read_table(tables[f], columns=columns + refs, filters=ranges)
         t = t.filter(pc.is_in(t.column("key"), value_set=pa.array(sorted(keys), pa.string())))
-        for r in t.to_pylist():
+        mine = t.to_pylist()
+        resolve_images(mine, tables[f])
+        for r in mine:
             rows[(f, r["key"])] = r
     return rows
 
@@ -246,6 +253,18 @@ def remove_stale(folder: Path, n_tars: int) -> list[str]:
     return removed
 
 
+def mean_sample_bytes(tables: Sequence[str | os.PathLike[str]]) -> float:
+    """Bytes a sample takes in memory, on average: its row, plus the JPEG that it refers to rather than holds."""
+    n_rows, referred = 0, 0
+    for p in tables:
+        n_rows += pq.ParquetFile(p).metadata.num_rows
+        if "image_table" in pq.read_schema(p).names:
+            t = pq.read_table(p, columns=["jpg_size", "image_table"])
+            referred += sum(size or 0 for size, ref in zip(t.column("jpg_size").to_pylist(),
+                                                           t.column("image_table").to_pylist(), strict=True) if ref)
+    return (sum(os.path.getsize(p) for p in tables) + referred) / (n_rows or 1)
+
+
 def run_assemble(tables: Sequence[str | os.PathLike[str]], dataset_dir: str | os.PathLike[str],
                  manifest_path: str | os.PathLike[str], *, subset: str, samples_per_tar: int,
                  memory_mb: int = 4096) -> dict[str, Any]:
@@ -256,8 +275,7 @@ def run_assemble(tables: Sequence[str | os.PathLike[str]], dataset_dir: str | os
     for d in dropped:
         log.warning("%s: %s (%s) left out: %s", subset, d["key"], d["record_id"], d["reason"])
     todo = [t for t in planned if not is_current(folder, t)]
-    n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in tables) or 1
-    sample_bytes = sum(os.path.getsize(p) for p in tables) / n_rows
+    sample_bytes = mean_sample_bytes(tables)
     written: dict[int, dict[str, Any]] = {}
     for batch in _batches(todo, sample_bytes, memory_mb):
         rows = read_batch(tables, batch)

@@ -193,6 +193,11 @@ def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, mo
     return out
 
 
+# The captioner's engine: one image per conversation. A batch job builds its shared engine with the same options
+# (workflow_scripts/curated_caption.py).
+CAPTIONER_ENGINE = {"limit_images": 1}
+
+
 def run_caption(in_path: str | os.PathLike[str], images_path: str | os.PathLike[str],
                 out_path: str | os.PathLike[str], *, shard: str, settings: Mapping[str, Any], model: ModelSpec,
                 stats_path: str | os.PathLike[str] | None = None, vlm: Any = None,
@@ -209,7 +214,7 @@ def run_caption(in_path: str | os.PathLike[str], images_path: str | os.PathLike[
     if long_prompt not in LONG_PROMPT_WRITERS:
         raise ValueError(f"curated.long_prompt: {long_prompt!r} is not one of {', '.join(LONG_PROMPT_WRITERS)}")
     s = CaptionSettings.from_config(settings)
-    engine = lazy_chat(model, vlm, limit_images=1)
+    engine = lazy_chat(model, vlm, **CAPTIONER_ENGINE)
     name = runner.model_name(engine, model.name)
 
     def caption(chunk: list[Record]) -> list[Record]:

@@ -268,8 +268,9 @@ def render_bucket(
     return out
 
 
-class _GeneratorPool:
-    """One generator per kind, loaded lazily; at most one self-loaded pipeline is held at a time."""
+class GeneratorPool:
+    """One generator per kind, loaded lazily; at most one self-loaded pipeline is held at a time. A batch job
+    (finet2i.workflow.batch) shares one pool across its shards: the pipeline loaded last stays loaded."""
 
     def __init__(
         self, settings: GenerateSettings, models: Mapping[str, ModelSpec], given: Mapping[str, Any] | None
@@ -331,11 +332,13 @@ def run_generate(
     stats_path: str | os.PathLike[str] | None = None,
     generators: Mapping[str, Any] | None = None,
     scorer: Any = None,
+    pool: GeneratorPool | None = None,
 ) -> StageStats:
     """Render one (subset, shard): ``results/enhanced/{shard}.parquet`` -> ``results/images/{subset}/``.
 
     ``models``: generator kind ("z_image", "flux2") -> ModelSpec, for every kind with a weight > 0.
     ``generators`` / ``scorer``: already built backends (tests); by default they load when first needed.
+    ``pool``: a :class:`GeneratorPool` shared by the shards of a batch job (closed by its owner, not here).
     """
     s = GenerateSettings.from_config(settings)
     prompt_kind, _ = parse_subset(subset)
@@ -361,7 +364,8 @@ def run_generate(
         # each size's images batch together; stable: input order within a bucket.
         return sorted(rows, key=bucket)
 
-    pool = _GeneratorPool(s, models, generators)
+    own_pool = pool is None
+    pool = GeneratorPool(s, models, generators) if pool is None else pool
     lazy_scorer = _LazyScorer(aesthetic_encoder, aesthetic_head, scorer)
 
     def render_chunk(chunk: list[Record]) -> list[Record]:
@@ -384,7 +388,7 @@ def run_generate(
 
     model_labels = {k: (available[k].model_name if k in available else models[k].label) for k in kinds}
     stage = runner.ChunkedStage(
-        STAGE, render_chunk, s.chunk_size, order=by_bucket, close=pool.close, summarize=summarize,
+        STAGE, render_chunk, s.chunk_size, order=by_bucket, close=pool.close if own_pool else None, summarize=summarize,
         key=(subset, settings, seed, jpeg_quality, model_labels, [vars(r) for r in sizes],
              aesthetic_encoder.label if aesthetic_encoder else None, aesthetic_head.label if aesthetic_head else None),
         model=lambda out: ", ".join(sorted({r["image_generator"] for r in out if r.get("image_generator")})) or None)

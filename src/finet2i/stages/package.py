@@ -13,6 +13,11 @@ exactly what goes into a release tar:
 - ``txt``: the prompt the image was rendered with (never empty);
 - ``digest``: sha256 of the three, so ``assemble`` can tell which release tars changed without reading bytes,
   and ``nonnull``, which json keys are not null (assemble's type witnesses);
+- the JPEG's bytes are not copied when the input's bytes already are the release's (a baseline RGB JPEG, as
+  generate and curated_ingest write them): ``jpg`` is null and ``image_table`` (relative to the package table's
+  folder), ``image_key_column`` and ``image_key`` say where they are (the kept pairs' images file, the generate
+  table, the ingest table);
+  ``jpg_size`` is their length. ``assemble`` reads them from there (docs/disk.md). Re-encoded bytes are stored;
 - the 15 keys as typed columns plus ``subset``, ``prompt_id``, ``source_id``, ``subcategory`` and
   ``provenance`` (every other upstream column as JSON: template, seeds, candidates, verdicts, raw answers).
 
@@ -41,7 +46,7 @@ import pyarrow.parquet as pq
 from finet2i.core import shards
 from finet2i.core.settings import FromSection, default
 from finet2i.plumbing.answers import word_count
-from finet2i.plumbing.images import image_bytes
+from finet2i.plumbing.images import image_bytes, reference_to, resolve_images
 from finet2i.release import layout as release
 from finet2i.release.layout import RELEASE_KEYS
 from finet2i.release.tables import ORIGIN_FIELDS, RELEASE_FIELDS
@@ -58,6 +63,9 @@ STAGING_SCHEMA = pa.schema([
     pa.field("id", pa.string()), pa.field(shards.KEPT, pa.bool_()), pa.field(shards.DROP_REASON, pa.string()),
     pa.field("key", pa.string()), pa.field("jpg", pa.binary()), pa.field("json", pa.string()),
     pa.field("txt", pa.string()), pa.field("digest", pa.string()), pa.field("nonnull", pa.int64()),
+    # Where the jpg's bytes are when they are not copied here (finet2i.plumbing.images.REFERENCE_COLUMNS).
+    pa.field("image_table", pa.string()), pa.field("image_key_column", pa.string()), pa.field("image_key", pa.string()),
+    pa.field("jpg_size", pa.int64()),
     *[f for f in RELEASE_FIELDS if f.name != "id"], *ORIGIN_FIELDS,
 ])
 
@@ -260,12 +268,15 @@ def nonnull_mask(meta: dict[str, Any]) -> int:
     return sum(1 << i for i, k in enumerate(RELEASE_KEYS) if meta.get(k) is not None)
 
 
-def staging_row(sample: Sample, with_provenance: bool) -> dict[str, Any]:
+def staging_row(sample: Sample, with_provenance: bool, source: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One finished sample's row; ``source`` (images table, its key column): the jpg is that table's ``image`` of
+    the row keyed by the sample's record id, and is not copied."""
     text = sample.json_bytes(with_provenance)
+    ref = {"image_table": source[0], "image_key_column": source[1], "image_key": sample.record_id} if source else {}
     return {
         "id": sample.record_id, shards.KEPT: True, shards.DROP_REASON: None, "key": sample.key,
-        "jpg": sample.jpg, "json": text.decode("utf-8"), "txt": sample.txt, "digest": sample.digest(text),
-        "nonnull": nonnull_mask(sample.meta),
+        "jpg": None if source else sample.jpg, "json": text.decode("utf-8"), "txt": sample.txt,
+        "digest": sample.digest(text), "nonnull": nonnull_mask(sample.meta), **ref, "jpg_size": len(sample.jpg),
         **{k: v for k, v in sample.meta.items() if k != "id"}, **sample.origin,
         "provenance": json.dumps(sample.provenance, ensure_ascii=False, sort_keys=True),
     }
@@ -274,9 +285,11 @@ def staging_row(sample: Sample, with_provenance: bool) -> dict[str, Any]:
 def package_rows(rows: Iterable[dict[str, Any]], images: dict[str, bytes | None], *, subset: str, shard: str,
                  seed: int | str, out_path: str | os.PathLike[str], stats_path: str | os.PathLike[str],
                  settings: dict[str, Any] | None, started: float | None = None,
-                 stage: str = STAGE) -> shards.StageStats:
+                 stage: str = STAGE, images_from: tuple[str, str] | None = None) -> shards.StageStats:
     """Finish already-kept rows; ``images`` maps a row's record id to its image bytes. Writes one row per input
-    row (kept with bytes, or dropped with its reason), sorted by key, then the stats."""
+    row (kept with bytes, or dropped with its reason), sorted by key, then the stats. ``images_from``: the table
+    that ``images`` was read from (relative to ``out_path``'s folder) and its key column: a sample whose bytes ship
+    unchanged refers to it instead of holding a copy."""
     started = time.monotonic() if started is None else started
     cfg = PackageSettings.from_config(settings)
     out: list[dict[str, Any]] = []
@@ -292,14 +305,17 @@ def package_rows(rows: Iterable[dict[str, Any]], images: dict[str, bytes | None]
             out.append(shards.mark({"id": record_id, "subset": subset, "record_id": record_id}, reason))
         else:
             seen[sample.key] = record_id
-            out.append(staging_row(sample, cfg.provenance_in_json))
+            as_is = images_from is not None and sample.jpg is images.get(record_id)  # not re-encoded
+            out.append(staging_row(sample, cfg.provenance_in_json, images_from if as_is else None))
     out.sort(key=lambda r: (r.get("key") is None, r.get("key") or "", r["id"]))
     with shards.atomic_path(out_path) as tmp:
         pq.write_table(shards.to_table(out, STAGING_SCHEMA), tmp, row_group_size=ROW_GROUP)
     kept = [r for r in out if r[shards.KEPT]]
     return shards.write_stats(stats_path, out, stage=stage, shard=shard, started=started, subset=subset,
-                              image_bytes=sum(len(r["jpg"]) for r in kept),
-                              reencoded=sum(1 for r in kept if r["jpg"] is not images.get(r["id"])))
+                              image_bytes=sum(r["jpg_size"] for r in kept),
+                              reencoded=sum(1 for r in kept if r["jpg"] is not None
+                                            and r["jpg"] is not images.get(r["id"])),
+                              referenced=sum(1 for r in kept if r.get("image_table")))
 
 
 def run_package(pairs_path: str | os.PathLike[str], images_path: str | os.PathLike[str],
@@ -323,7 +339,15 @@ def run_package(pairs_path: str | os.PathLike[str], images_path: str | os.PathLi
     rows = [{**by_key.get(r.get("sample_id"), {}), **r} for r in kept]
     images = image_bytes(images_path, "sample_id", sorted(keys))
     return package_rows(rows, images, subset=subset, shard=shard, seed=seed, out_path=out_path,
-                        stats_path=stats_path, settings=settings, started=started)
+                        stats_path=stats_path, settings=settings, started=started,
+                        images_from=(reference_to(images_path, out_path), "sample_id"))
+
+
+def sample_jpgs(rows: list[dict[str, Any]], table: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of the finished-sample ``table`` with ``jpg`` filled in, from where each refers to when it holds no
+    copy of its bytes."""
+    resolve_images(rows, table)
+    return rows
 
 
 # What a credit line needs (the sources ask for the photographer, a link to the photo, and the license).
@@ -352,7 +376,8 @@ def run_package_real(table_path: str | os.PathLike[str], ingest_path: str | os.P
     images = image_bytes(ingest_path, "id", [r["id"] for r in kept])
     stats_file = Path(f"{out_path}.stats-pending.json") if credits_path else Path(stats_path)
     stats = package_rows(kept, images, subset=REAL, shard=cshard, seed=seed, out_path=out_path,
-                         stats_path=stats_file, settings=settings, started=started, stage=STAGE_REAL)
+                         stats_path=stats_file, settings=settings, started=started, stage=STAGE_REAL,
+                         images_from=(reference_to(ingest_path, out_path), "id"))
     if credits_path:
         shipped = pq.read_table(out_path, columns=["id", "key", shards.KEPT]).to_pylist()
         write_credits(credits_path, kept, {r["id"]: r["key"] for r in shipped if r[shards.KEPT]})

@@ -1,8 +1,11 @@
 """Text-image pair filtering (paper 3.1.6): an aesthetic threshold, then a reasoning VLM judge.
 
-Per shard and subset, every row of ``results/images/{subset}/{shard}.parquet`` (one generated image per
-prompt) gets a verdict in ``results/pairs/{subset}/{shard}.parquet``; the image bytes stay in the images
-table (the packager joins them back by ``sample_id``).
+Per shard and subset, every row of ``results/generate/{subset}/{shard}.parquet`` (one generated image per
+prompt) gets a verdict in ``results/pair_filter/{subset}/{shard}.parquet``; the image bytes stay in the images
+table (the packager refers to them by ``sample_id``). Unless the config keeps the images of dropped pairs
+(``pair_filter.keep_dropped_images``), the bytes of the kept pairs are also cut into
+``results/pair_filter/{subset}/{shard}.images.parquet``, and the generate table, a ``temp()`` output, is deleted
+once its shard is filtered (docs/disk.md).
 
 1. ``aesthetic_predictor_v_2_5_score <= aesthetic_threshold`` (the paper keeps > 5.5) -> ``low_aesthetic``; a
    missing or non-finite score -> ``score_invalid`` (whether or not the judge runs).
@@ -44,7 +47,7 @@ from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Constraint, Message, Sampling
 from finet2i.models.spec import ModelSpec
 from finet2i.plumbing.answers import extract_json_object
-from finet2i.plumbing.images import image_bytes, load_image
+from finet2i.plumbing.images import copy_images, image_bytes, load_image
 
 log = logging.getLogger(__name__)
 
@@ -285,15 +288,22 @@ def filter_chunk(records: list[Record], vlm: Any, settings: PairFilterSettings,
     return out
 
 
+# The judge's engine: one image per conversation, room for the image tokens and a reasoning answer. A batch job
+# builds its shared engine with the same options (workflow_scripts/pair_filter.py).
+JUDGE_ENGINE = {"limit_images": 1, "max_model_len": 8192}
+
+
 def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
                     out_tables: Mapping[str, str | os.PathLike[str]],
                     stats_paths: Mapping[str, str | os.PathLike[str]], *, shard: str,
-                    settings: Mapping[str, Any], model: ModelSpec, vlm: Any = None) -> dict[str, StageStats]:
+                    settings: Mapping[str, Any], model: ModelSpec, vlm: Any = None,
+                    kept_images: Mapping[str, str | os.PathLike[str]] | None = None) -> dict[str, StageStats]:
     """Filter one shard of every subset: ``generate/{subset}/{shard}`` -> ``pair_filter/{subset}/{shard}``.
 
     The three mappings are keyed by subset. One judge engine serves all subsets; it starts only when a chunk
     needs it (a resumed shard, or ``judge.enabled: false``, never starts it). ``vlm``: an already built
-    :class:`~finet2i.models.backends.VisionLLM` (tests).
+    :class:`~finet2i.models.backends.VisionLLM` (tests). ``kept_images`` (keyed by subset): where to cut the kept
+    pairs' image bytes into, when the images table will not be kept.
     """
     from finet2i.models.backends.vllm_llm import lazy_chat
 
@@ -302,7 +312,7 @@ def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
     if missing:
         raise ValueError(f"pair_filter/{shard}: subsets {missing} lack an images table, an output or a stats "
                          f"path; pass the same subsets in all three")
-    engine = lazy_chat(model, vlm, limit_images=1, max_model_len=8192)
+    engine = lazy_chat(model, vlm, **JUDGE_ENGINE)
     close = runner.closer(engine, vlm)  # one engine for every subset: closed here, not per table
     name = runner.model_name(engine, model.name) if s.judge_enabled else None
     result: dict[str, StageStats] = {}
@@ -324,6 +334,10 @@ def run_pair_filter(image_tables: Mapping[str, str | os.PathLike[str]],
             result[subset] = runner.run_chunked(
                 stage, path, out_tables[subset], shard=shard, stats_path=stats_paths[subset], records=records,
                 subset=subset, judge_enabled=s.judge_enabled, aesthetic_threshold=s.aesthetic_threshold)
+            if kept_images is not None:
+                kept = [r["sample_id"] for r in shards.read_kept(out_tables[subset], columns=["sample_id"])]
+                n = copy_images(path, kept_images[subset], "sample_id", kept)
+                log.info("%s/%s: the %d kept pairs' images -> %s", subset, shard, n, kept_images[subset])
     finally:
         if close is not None:
             close()

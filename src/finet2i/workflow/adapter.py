@@ -21,6 +21,9 @@ from finet2i.workflow.params import merged
 class Adapter:
     def __init__(self, smk: Any) -> None:
         self.smk = smk
+        if getattr(smk, "in_batch", False):  # one unit of a batch job (finet2i.workflow.batch): logging is set up
+            self.limit_torch_threads()
+            return
         log_files = list(getattr(smk, "log", []) or [])
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
         if log_files:
@@ -107,3 +110,26 @@ def environment() -> str:
 
 def adapter(smk: Any) -> Adapter:
     return Adapter(smk)
+
+
+class Lazy:
+    """An engine built on first use (``factory()``), for backends without a lazy form of their own: a batch whose
+    units are all reused never loads it. ``quiet`` attributes read as None until it is built (a stage that asks
+    for the model's name at the end of an empty shard does not load it for that)."""
+
+    def __init__(self, factory: Any, quiet: tuple[str, ...] = ()) -> None:
+        self._factory, self._quiet, self._obj = factory, quiet, None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._obj is None:
+            if name in self._quiet:
+                return None
+            self._obj = self._factory()
+        return getattr(self._obj, name)
+
+    def close(self) -> None:
+        obj, self._obj = self._obj, None
+        if obj is not None and callable(getattr(obj, "close", None)):
+            obj.close()
