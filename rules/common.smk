@@ -15,6 +15,7 @@ from finet2i.sources import is_listed, listed_name, manifest_path
 from finet2i.workflow.config import source_path
 from finet2i.workflow.params import (
     RunOnly,
+    card_models as _card_models,
     output_settings,
     report_settings,
     runtime_settings,
@@ -26,15 +27,26 @@ SUBSETS = list(config["generate"]["subsets"])
 GROUPS = [f"{g:03d}" for g in range(config["dedup"]["groups"])]
 # Sources that curated_list turns into manifests first (Unsplash Lite, Pexels, Pixabay), by name.
 LISTED = {listed_name(s): s for s in config["curated"]["sources"] if is_listed(s)}
-# Keys of a listed source that set how its listing runs (pace, patience), never what it lists.
-LISTING_RUNTIME_KEYS = ("timeout_s", "retries", "backoff_s", "max_wait_s", "rate_limit")
+# Keys of a listed source that set how its listing runs (pace, patience, bounds), never what it lists; and its
+# terms (finet2i.sources.terms), which decide whether it may run at all and what the release does with its
+# photos (package_real's `rights`), not what the listing writes: stating them re-lists and re-downloads nothing.
+LISTING_RUNTIME_KEYS = (
+    "timeout_s",
+    "retries",
+    "backoff_s",
+    "max_wait_s",
+    "rate_limit",
+    "deadline_s",
+    "max_answer_bytes",
+    "terms",
+)
 
 
 wildcard_constraints:
     shard=r"\d{5}",
     cshard=r"\d{5}",
     group=r"\d{3}",
-    subset="|".join(SUBSETS + ["real"]),
+    subset="|".join(SUBSETS + ["real", release.INTERNAL]),
     source="|".join(LISTED) or "no-listed-source",
     batch=r"\d{5}",
 
@@ -148,24 +160,35 @@ def packaged_subsets():
 
 def package_tables(subset):
     """Every finished-sample table of one subset (the package or package_real outputs)."""
-    if subset == "real":
+    if subset in ("real", release.INTERNAL):
         return [pipeline.table_path("package_real", s) for s in CURATED_SHARDS]
     return [pipeline.table_path("package", s, subset) for s in SHARDS]
 
 
 def assemble_inputs(wildcards):
-    return package_tables(wildcards.subset)
+    """The finished-sample tables, and for the real subsets their shards' credits (gathered per subset)."""
+    out = {"tables": package_tables(wildcards.subset)}
+    if wildcards.subset in ("real", release.INTERNAL):
+        out["credits"] = [
+            f"results/package_real/{s}.credits.jsonl" for s in CURATED_SHARDS
+        ]
+    return out
 
 
 def assemble_manifests():
+    """The shareable dataset's subsets (what the dataset card describes)."""
     return [f"results/assemble/{subset}.json" for subset in packaged_subsets()]
 
 
 def final_outputs():
-    return assemble_manifests() + [
-        "results/report/report.html",
-        "results/dataset/README.md",
-    ]
+    return (
+        assemble_manifests()
+        + [f"results/assemble/{subset}.json" for subset in internal_subsets()]
+        + [
+            "results/report/report.html",
+            "results/dataset/README.md",
+        ]
+    )
 
 
 def stage_stats():
@@ -187,6 +210,49 @@ def report_inputs(wildcards):
         "indexes": [t for subset in packaged_subsets() for t in package_tables(subset)],
         "similarity_histogram": ["results/dedup/similarity_histogram.json"],
     }
+
+
+def ingest_sources():
+    """curated.sources as curated_ingest's params: without the terms (they decide where a photo ships, in
+    package_real, not what ingest downloads)."""
+    return [
+        {k: v for k, v in s.items() if k != "terms"} if isinstance(s, dict) else s
+        for s in config["curated"]["sources"]
+    ]
+
+
+def source_rights():
+    """package_real's `rights` param: per source name, the license and redistribution status its samples carry
+    (finet2i.sources.terms), and where non-redistributable ones go (curated.non_redistributable).
+    """
+    from finet2i.sources.terms import rights_by_name
+
+    return rights_by_name(config["curated"]["sources"])
+
+
+def internal_subsets():
+    """["real_internal"] when some source's photos may not be redistributed and curated.non_redistributable is
+    `internal`: they are assembled apart, in results/dataset_internal/curated/."""
+    if (
+        not is_enabled("package_real")
+        or config["curated"]["non_redistributable"] != "internal"
+    ):
+        return []
+    rights = source_rights()
+    return (
+        [release.INTERNAL]
+        if any(not r["redistributable"] for r in rights.values())
+        else []
+    )
+
+
+def card_models():
+    """The dataset card's `models` param: each used model, what it wrote and the terms on its outputs."""
+    return _card_models(config)
+
+
+def dataset_dir(wildcards):
+    return release.dataset_dir(wildcards.subset)
 
 
 def curated_inputs():

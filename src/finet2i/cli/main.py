@@ -52,6 +52,12 @@ def check_config(configfiles: tuple[str, ...], no_models: bool) -> None:
             check_available(config)
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
+    from finet2i.sources.terms import describe
+
+    for i, entry in enumerate(config["curated"]["sources"] if config["curated"]["enabled"] else []):
+        line = describe(entry, f"curated.sources[{i}]")
+        if line:
+            click.echo(line)
     click.echo("config OK")
 
 

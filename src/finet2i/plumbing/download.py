@@ -22,6 +22,7 @@ import email.utils
 import hashlib
 import ipaddress
 import itertools
+import math
 import os
 import socket
 import stat
@@ -154,14 +155,17 @@ def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
     return opener
 
 
-def _read_capped(resp: Any, max_bytes: int, deadline: float) -> bytes:
-    """The body, read as it arrives, until EOF, more than ``max_bytes``, or the deadline."""
+def read_capped(resp: Any, max_bytes: int, deadline: float) -> bytes:
+    """The body, read as it arrives, until EOF, more than ``max_bytes`` (the caller sees the excess), or the
+    deadline (``time.monotonic()``; TimeoutError). The one capped reader: image downloads here, the photo APIs'
+    answers (finet2i.sources.http) and fetch-models' files."""
     parts: list[bytes] = []
     size = 0
+    read = getattr(resp, "read1", None) or resp.read
     while True:
         if time.monotonic() > deadline:
             raise TimeoutError("deadline_s passed while reading the body")
-        chunk = resp.read1(READ_SIZE)
+        chunk = read(READ_SIZE)
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)
@@ -182,7 +186,8 @@ def retry_after_s(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     except ValueError:
         pass
     try:
@@ -222,7 +227,7 @@ def fetch_url(url: str, settings: FetchSettings) -> Fetched:
         try:
             req = urllib.request.Request(quoted, headers=headers)
             with opener.open(req, timeout=min(settings.timeout_s, remaining)) as resp:
-                data = _read_capped(resp, settings.max_bytes, deadline)
+                data = read_capped(resp, settings.max_bytes, deadline)
             if len(data) > settings.max_bytes:
                 return Fetched(None, attempts, TOO_LARGE, f"download over max_bytes {settings.max_bytes}")
             return Fetched(data, attempts)
