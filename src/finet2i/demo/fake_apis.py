@@ -288,10 +288,12 @@ def demo_environment() -> None:
 
 
 def _ask(port: int, path: str) -> bytes | None:
+    import http.client
+
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
             return r.read()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not there, or stopping while it answered
         return None
 
 
