@@ -32,6 +32,8 @@ class FileSource:
     # embedding width a V2.5 head must take (None: whatever the file says).
     check: str | None = None
     width: int | None = None
+    # Its size as far as finet2i knows it (fetch-models caps a download at this plus a margin; None: --max-bytes).
+    expected_bytes: int | None = None
 
 
 AESTHETIC_HEAD = FileSource(
@@ -42,6 +44,10 @@ AESTHETIC_HEAD = FileSource(
     home="https://github.com/discus0434/aesthetic-predictor-v2-5",
     check="aesthetic_head",
     width=1152,  # google/siglip-so400m-patch14-384's pooled output
+    # From its architecture (finet2i.models.backends.aesthetic: 1152 -> 1024 -> 128 -> 64 -> 16 -> 1): 1,321,185
+    # float32 parameters, 5,284,740 bytes of tensors; a state dict holds nothing else (checked strictly on load).
+    # The published file's exact size was not read by the project: the cap leaves a margin (SIZE_MARGIN).
+    expected_bytes=1_321_185 * 4,
 )
 
 # Config keys (under models:) of files finet2i knows how to get when their path is missing.
