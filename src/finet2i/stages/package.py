@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from finet2i.core import shards
 from finet2i.core.settings import FromSection, default
-from finet2i.plumbing.answers import word_count
+from finet2i.plumbing.answers import markup_in, word_count
 from finet2i.plumbing.images import image_bytes
 from finet2i.release import layout as release
 from finet2i.release.layout import RELEASE_KEYS
@@ -75,6 +75,7 @@ EMPTY_TXT = "empty_txt"
 BAD_ID = "bad_id"
 DUPLICATE_KEY = "duplicate_key"
 NOT_REDISTRIBUTABLE = "not_redistributable"  # its source's terms forbid it, curated.non_redistributable: omit
+CONTROL_MARKUP = "control_markup"  # a think tag, chat-template token or U+FFFD in the prompt or the txt
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,11 @@ def build_sample(row: dict[str, Any], image: bytes | None, *, subset: str, seed:
     txt = str(row.get("prompt_used") or (enhanced if with_enhanced else prompt))
     if not txt.strip():
         return None, EMPTY_TXT
+    if any(markup_in(str(t)) for t in (prompt, enhanced, txt) if t):
+        # the stage that wrote it cleans model markup; one that slipped through is never shipped
+        log.warning("%s: model control markup in its text (%s): not shipped", record_id,
+                    ", ".join(dict.fromkeys(k for t in (prompt, enhanced, txt) if t for k in markup_in(str(t)))))
+        return None, CONTROL_MARKUP
     key = release_key(row, real=real, seed=seed)
     meta: dict[str, Any] = {
         "id": key,
