@@ -16,6 +16,7 @@ from finet2i.workflow.config import source_path
 from finet2i.workflow.params import (
     RunOnly,
     card_models as _card_models,
+    internal_subsets as _internal_subsets,
     output_settings,
     report_settings,
     runtime_settings,
@@ -231,19 +232,8 @@ def source_rights():
 
 
 def internal_subsets():
-    """["real_internal"] when some source's photos may not be redistributed and curated.non_redistributable is
-    `internal`: they are assembled apart, in results/dataset_internal/curated/."""
-    if (
-        not is_enabled("package_real")
-        or config["curated"]["non_redistributable"] != "internal"
-    ):
-        return []
-    rights = source_rights()
-    return (
-        [release.INTERNAL]
-        if any(not r["redistributable"] for r in rights.values())
-        else []
-    )
+    """The subset of photos that may not be redistributed (finet2i.workflow.params.internal_subsets), if any."""
+    return _internal_subsets(config)
 
 
 def card_models():

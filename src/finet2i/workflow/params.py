@@ -132,3 +132,18 @@ def card_models(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                    "verified": terms.verified}
         out.append({"key": key, "model": str(model), "role": MODEL_ROLES.get(key, ""), **row})
     return out
+
+
+def internal_subsets(config: Mapping[str, Any]) -> list[str]:
+    """``["real_internal"]`` when some source's photos may not be redistributed (finet2i.sources.terms) and
+    ``curated.non_redistributable`` is ``internal``: assemble puts them in results/dataset_internal/curated/.
+    rules/common.smk plans that subset from it, preflight counts its job from it."""
+    from finet2i.core.pipeline import enabled
+    from finet2i.release.layout import INTERNAL
+    from finet2i.sources.terms import rights_by_name
+
+    curated = config.get("curated") or {}
+    if not enabled("package_real", config) or curated.get("non_redistributable", "internal") != "internal":
+        return []
+    rights = rights_by_name(curated.get("sources") or [])
+    return [INTERNAL] if any(not r["redistributable"] for r in rights.values()) else []
