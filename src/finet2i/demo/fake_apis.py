@@ -313,6 +313,10 @@ def ensure_demo_server(port: int = DEMO_PORT, wait_s: float = 60.0) -> str:
         answer = _ask(port, f"/lease?run={lease}")
         if answer == b"leased":
             return lease
+        if answer is None and _healthy(port):
+            raise RuntimeError(f"127.0.0.1:{port} is held by a demo server of another finet2i version (it takes "
+                               f"no lease; it exits {DEMO_IDLE_S // 60} min after its last request): wait for it "
+                               f"to exit, then run the demo again")
         if answer is None and (started is None or started.poll() is not None):
             # Nobody answers (or the one we started lost the port to another demo's, which then stopped):
             # start one. A server that answers "stopping" is let go first.
