@@ -84,7 +84,7 @@ def test_record_seed_for_records_without_one() -> None:
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_run_enhance_end_to_end(tmp_path: Path, prompt_engine: Any) -> None:
-    from fixtures_llm import prompt_spec, write_prompts
+    from support.llm import prompt_spec, write_prompts
 
     prompts = ["a red fox in fresh snow", "two cups of coffee on a wooden table", "an old lighthouse at dusk",
                "a robot reading a newspaper", "a bowl of ramen, top view"]
@@ -116,7 +116,7 @@ def test_run_enhance_end_to_end(tmp_path: Path, prompt_engine: Any) -> None:
 def test_constrained_enhance_always_has_an_answer_block(tmp_path: Path, prompt_engine: Any) -> None:
     """With ``constrained: true`` the output is held to ``[<think>..</think>]<answer>..</answer>``: a record
     either gets an extracted answer or was cut off by max_tokens, never an unformatted reply."""
-    from fixtures_llm import prompt_spec, write_prompts
+    from support.llm import prompt_spec, write_prompts
 
     write_prompts(tmp_path / "in.parquet", ["a red fox in fresh snow", "a robot reading a newspaper"])
     out = tmp_path / "out.parquet"
@@ -130,7 +130,7 @@ def test_constrained_enhance_always_has_an_answer_block(tmp_path: Path, prompt_e
 @pytest.mark.slow
 def test_real_image_captions_are_enhanced_from_their_column(tmp_path: Path, prompt_engine: Any) -> None:
     """The curated branch: captions in another column, ids like real-00000-000001, no spec seed."""
-    from fixtures_llm import prompt_spec
+    from support.llm import prompt_spec
 
     records = [shards.mark({"id": f"real-00000-{i:06d}", "caption": c}, None)
                for i, c in enumerate(["a mountain lake at sunrise", "a street market in the rain"])]

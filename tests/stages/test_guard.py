@@ -111,7 +111,7 @@ def test_guard_over_captions_and_their_enhanced_versions() -> None:
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_run_guard_end_to_end(tmp_path: Path, guard_engine: Any) -> None:
-    from fixtures_llm import guard_spec, write_prompts
+    from support.llm import guard_spec, write_prompts
 
     prompts = ["a photo of a red fox in fresh snow", "a man stabbing a stranger with a knife in a dark alley",
                "a watercolor of two cups on a wooden table", " ".join(["very"] * 20) + " long prompt",

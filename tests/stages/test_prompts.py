@@ -60,7 +60,7 @@ def test_instruction_carries_every_attribute() -> None:
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_run_prompts_end_to_end(tmp_path: Path, prompt_engine: Any) -> None:
-    from fixtures_llm import prompt_spec, write_specs
+    from support.llm import prompt_spec, write_specs
 
     specs = write_specs(tmp_path / "specs.parquet", 10)
 
@@ -97,7 +97,7 @@ def test_run_prompts_end_to_end(tmp_path: Path, prompt_engine: Any) -> None:
 @pytest.mark.slow
 def test_run_prompts_resumes_from_checkpoint(tmp_path: Path, prompt_engine: Any) -> None:
     """A job killed after the first chunk reuses it: the finished chunk is not generated again."""
-    from fixtures_llm import prompt_spec, write_specs
+    from support.llm import prompt_spec, write_specs
 
     write_specs(tmp_path / "specs.parquet", 6)
     model = prompt_spec(Path(prompt_engine.spec.path))

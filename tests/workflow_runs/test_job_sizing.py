@@ -68,7 +68,7 @@ def test_changed_shard_recomputes_only_itself_within_its_batch(tmp_path: Path) -
     """One batch of three shards on the demo's tiny Llama Guard through Snakemake; then one upstream shard
     changes: the batch job reruns, reuses the two unchanged shards (byte-identical outputs, so Snakemake's
     checksums keep everything downstream of them) and guards the changed one alone."""
-    from fixtures_llm import write_prompts
+    from support.llm import write_prompts
     from workflow_helpers import demo_workdir
 
     wd = demo_workdir(tmp_path / "wf")
