@@ -28,7 +28,7 @@ validate_config(config, base_dir=".", check_models=False, files=CONFIG_FILES)
 
 
 onstart:
-    check_available(config, base_dir=".", files=CONFIG_FILES)
+    check_before_the_first_job()
 
 
 # The embedded demo (config/demo.yaml) adds its local fake photo APIs; nothing of it is in a production run.

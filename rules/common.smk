@@ -17,14 +17,17 @@ from finet2i.sources import is_listed, listed_name, manifest_path
 from finet2i.workflow.config import check_available, source_path
 from finet2i.workflow.params import (
     RunOnly,
+    card_models as _card_models,
+    internal_subsets as _internal_subsets,
     output_settings,
     report_settings,
     runtime_settings,
 )
 
 def check_before_the_first_job():
-    """Models and curated sources, checked when a run starts (the Snakefile's onstart), not while planning."""
-    check_available(config, base_dir=".")
+    """Models, curated sources and their terms, checked when a run starts (the Snakefile's onstart and the demo's),
+    after planning and before the first job; an error names the config file that set the key."""
+    check_available(config, base_dir=".", files=CONFIG_FILES)
 
 
 SHARDS = [f"{i:05d}" for i in range(config["shards"]["count"])]
@@ -33,15 +36,26 @@ SUBSETS = list(config["generate"]["subsets"])
 GROUPS = [f"{g:03d}" for g in range(config["dedup"]["groups"])]
 # Sources that curated_list turns into manifests first (Unsplash Lite, Pexels, Pixabay), by name.
 LISTED = {listed_name(s): s for s in config["curated"]["sources"] if is_listed(s)}
-# Keys of a listed source that set how its listing runs (pace, patience), never what it lists.
-LISTING_RUNTIME_KEYS = ("timeout_s", "retries", "backoff_s", "max_wait_s", "rate_limit")
+# Keys of a listed source that set how its listing runs (pace, patience, bounds), never what it lists; and its
+# terms (finet2i.sources.terms), which decide whether it may run at all and what the release does with its
+# photos (package_real's `rights`), not what the listing writes: stating them re-lists and re-downloads nothing.
+LISTING_RUNTIME_KEYS = (
+    "timeout_s",
+    "retries",
+    "backoff_s",
+    "max_wait_s",
+    "rate_limit",
+    "deadline_s",
+    "max_answer_bytes",
+    "terms",
+)
 
 
 wildcard_constraints:
     shard=r"\d{5}",
     cshard=r"\d{5}",
     group=r"\d{3}",
-    subset="|".join(SUBSETS + ["real"]),
+    subset="|".join(SUBSETS + ["real", release.INTERNAL]),
     source="|".join(LISTED) or "no-listed-source",
     batch=r"\d{5}",
 
@@ -101,11 +115,6 @@ def guard_settings(stage):
         **stage_settings("guard", without=("max_words",)),
         "max_words": config[stage]["max_words"],
     }
-
-
-def check_before_the_first_job():
-    """The run's onstart (after planning, before the first job): every model and curated source is there."""
-    check_available(config, base_dir=".")
 
 
 def script_code(script):
@@ -195,23 +204,30 @@ def packaged_subsets():
 
 def package_tables(subset):
     """Every finished-sample table of one subset (the package or package_real outputs)."""
-    if subset == "real":
+    if subset in ("real", release.INTERNAL):
         return [pipeline.table_path("package_real", s) for s in CURATED_SHARDS]
     return [pipeline.table_path("package", s, subset) for s in SHARDS]
 
 
 def assemble_inputs(wildcards):
-    return package_tables(wildcards.subset)
+    """The finished-sample tables, and for the real subsets their shards' credits (gathered per subset)."""
+    out = {"tables": package_tables(wildcards.subset)}
+    if wildcards.subset in ("real", release.INTERNAL):
+        out["credits"] = [
+            f"results/package_real/{s}.credits.jsonl" for s in CURATED_SHARDS
+        ]
+    return out
 
 
 def assemble_images(wildcards):
     """The tables the finished samples of a subset refer to for their image bytes (package, package_real)."""
-    if wildcards.subset == "real":
+    if wildcards.subset in ("real", release.INTERNAL):
         return [f"results/curated_ingest/{s}.parquet" for s in CURATED_SHARDS]
     return [images_table(wildcards.subset, s) for s in SHARDS]
 
 
 def assemble_manifests():
+    """The shareable dataset's subsets (what the dataset card describes)."""
     return [f"results/assemble/{subset}.json" for subset in packaged_subsets()]
 
 
@@ -229,7 +245,11 @@ def finetune_outputs():
 def final_outputs():
     return (
         assemble_manifests()
-        + ["results/report/report.html", "results/dataset/README.md"]
+        + [f"results/assemble/{subset}.json" for subset in internal_subsets()]
+        + [
+            "results/report/report.html",
+            "results/dataset/README.md",
+        ]
         + finetune_outputs()
     )
 
@@ -285,6 +305,38 @@ def report_inputs(wildcards):
         # the one input decided by a file's existence: votes come from people, whenever they come
         "votes": [VOTES] if evaluation and os.path.exists(VOTES) else [],
     }
+
+
+def ingest_sources():
+    """curated.sources as curated_ingest's params: without the terms (they decide where a photo ships, in
+    package_real, not what ingest downloads)."""
+    return [
+        {k: v for k, v in s.items() if k != "terms"} if isinstance(s, dict) else s
+        for s in config["curated"]["sources"]
+    ]
+
+
+def source_rights():
+    """package_real's `rights` param: per source name, the license and redistribution status its samples carry
+    (finet2i.sources.terms), and where non-redistributable ones go (curated.non_redistributable).
+    """
+    from finet2i.sources.terms import rights_by_name
+
+    return rights_by_name(config["curated"]["sources"])
+
+
+def internal_subsets():
+    """The subset of photos that may not be redistributed (finet2i.workflow.params.internal_subsets), if any."""
+    return _internal_subsets(config)
+
+
+def card_models():
+    """The dataset card's `models` param: each used model, what it wrote and the terms on its outputs."""
+    return _card_models(config)
+
+
+def dataset_dir(wildcards):
+    return release.dataset_dir(wildcards.subset)
 
 
 def curated_inputs():

@@ -19,7 +19,7 @@ rule curated_ingest:
     resources:
         **resources_of("curated_ingest"),
     params:
-        sources=config["curated"]["sources"],  # with the names the dataset records (image_generator)
+        sources=ingest_sources(),  # with the names the dataset records (image_generator); no terms
         n_shards=config["curated"]["shards"],
         settings=ingest_settings(),
         # how long a download may take and where it may go: how the job runs, not what a photo becomes

@@ -8,7 +8,7 @@ rule package_real:
     output:
         table="results/package_real/{cshard}.parquet",
         stats="results/package_real/{cshard}.stats.json",
-        # photographer, page and license of every shipped photo, by release key (the sources ask for credits)
+        # photographer, page, license and redistribution status of every shipped photo, by release key
         credits="results/package_real/{cshard}.credits.jsonl",
     log:
         "logs/package_real/{cshard}.log",
@@ -21,6 +21,10 @@ rule package_real:
         settings=package_settings(),
         tuning=tuning("package"),
         seed=config["seed"],
+        # per source: the license and redistribution status every sample carries (finet2i.sources.terms), and
+        # whether a non-redistributable photo is kept for the internal dataset or left out
+        rights=source_rights(),
+        non_redistributable=config["curated"]["non_redistributable"],
         code=script_code("workflow_scripts/package_real.py"),
     script:
         "../workflow_scripts/package_real.py"

@@ -4,7 +4,9 @@ from finet2i.workflow.adapter import adapter
 
 def main(smk) -> None:
     run = adapter(smk)
-    run_dataset_card(list(smk.input.manifests), smk.input.funnel, smk.output.card, settings=run.settings)
+    run_dataset_card(list(smk.input.manifests), smk.input.funnel, smk.output.card, settings=run.settings,
+                     rights=dict(smk.params.rights), models=list(smk.params.models),
+                     internal_paths=list(smk.input.internal))
 
 
 if __name__ == "__main__":

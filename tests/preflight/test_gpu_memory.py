@@ -17,15 +17,15 @@ from finet2i.preflight.gpu_memory import _check_gpu_memory, gpu_memory, stage_ne
 from finet2i.preflight.plan import RuleInfo
 from finet2i.preflight.profile import Request
 from finet2i.preflight.report import GO, NOGO, WARN, Report
-from finet2i.preflight.slurm import Cluster, Node, Partition, _gpu_types
+from finet2i.preflight.slurm import Cluster, Node, Partition, gpu_gres
 from finet2i.workflow.config import validate_config
 
 PRODUCTION = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
 def test_gres_type_names_and_their_memory() -> None:
-    assert _gpu_types("gpu:a100:4(S:0-1)") == ("a100",) and _gpu_types("gpu:2") == ()
-    assert _gpu_types("gpu:a100:2,gpu:v100:1") == ("a100", "v100")
+    assert gpu_gres("gpu:a100:4(S:0-1)") == (4, (("a100", 4),)) and gpu_gres("gpu:2") == (2, ())
+    assert gpu_gres("gpu:a100:2,gpu:v100:1") == (3, (("a100", 2), ("v100", 1)))
     assert gpu_memory("h100") == 80 and gpu_memory("a100") == 40 and gpu_memory("a100_80g") == 80
     assert gpu_memory("nvidia_h100_80gb_hbm3") == 80 and gpu_memory("nvidia_a100-sxm4-40gb") == 40
     assert gpu_memory("rtx_a6000") == 48 and gpu_memory("h200") == 141 and gpu_memory("fancy_gpu") is None
@@ -53,7 +53,7 @@ def test_a_model_not_on_this_machine_takes_its_published_size() -> None:
 
 def _cluster(gpu_types: tuple[str, ...], gres_gpus: int = 4) -> Cluster:
     node = Node("g1", cpus=64, mem_mb=512_000, gpus=gres_gpus, state="IDLE", partitions=("gpu",),
-                gpu_types=gpu_types)
+                gpu_types=tuple((t, gres_gpus) for t in gpu_types))
     return Cluster(partitions={"gpu": Partition("gpu", True, "UP", False, None, (node,), None, (), None)})
 
 

@@ -71,8 +71,12 @@ def test_profile_cli_list_forms_threads_gres_and_durations(tmp_path: Path) -> No
         "set-threads": {"guard": 3},
     }))
     profile = Profile.load(tmp_path)
-    r = profile.request("guard", {"gpu": 1, "mem_mb": 32000}, 4, 2)
+    r = profile.request("guard", {"mem_mb": 32000}, 4, 2)
     assert (r.partition, r.account, r.gpus, r.cpus, r.mem_mb, r.runtime_min) == ("a100", "lab", 2, 3, 12000, 120)
+    assert r.gpu_model == "a100" and not r.problems
+    # A rule that declares gpu and a profile that adds a gpu gres: the plugin refuses the job (mutually exclusive).
+    both = profile.request("guard", {"gpu": 1, "mem_mb": 32000}, 4, 2)
+    assert any("mutually exclusive" in p for p in both.problems)
     other = profile.request("specs", {}, 1, 2)
     assert (other.mem_mb, other.partition) == (2000, None)
     assert evaluate("gpu", attempt=1, threads=1, where="x") == "gpu"
@@ -304,6 +308,11 @@ WRONG = {
     "a CPU rule asking for a GPU": (_set("specs", gpu=1), "rule specs", ["CPU rule", "GPU"]),
     "runtime over the partition limit": (
         _set("generate", slurm_partition="short"), "rule generate", ["runtime 720 min", "short", "60 min"]),
+    # Forms the plugin accepts and preflight once passed as GO (sbatch rejects both on the test cluster):
+    "a typed GPU the nodes do not have": (
+        _set("guard", gres="gpu:a100:1", gpu=0), "rule guard", ["type a100", "none typed"]),
+    "memory per CPU beyond every node": (
+        _set("guard", mem_mb_per_cpu=300000), "rule guard", ["mem_mb_per_cpu", "1200000", "1000000 MB"]),
 }
 
 

@@ -299,6 +299,14 @@ def orphan_index(root: Path) -> None:
     shutil.copy(root / CUR / "train-000000.parquet", root / CUR / "train-000007.parquet")
 
 
+def prompt_and_txt(folder: str, tar: str, i: int, text: str) -> Callable[[Layout], None]:
+    """The json prompt and the txt of one sample (of a subset rendered with its original prompt) set to ``text``."""
+    def edit(layout: Layout) -> None:
+        s = sample(layout, folder, tar, i)
+        s.meta["prompt"], s.txt = text, text
+    return edit
+
+
 def member_not_a_file(root: Path) -> None:
     with tarfile.open(root / CUR / T0, "a") as tf:
         info = tarfile.TarInfo("notes")
@@ -346,6 +354,11 @@ CASES = [
     Case("empty_txt", "empty_txt", pre=set_field(OS, T0, 2, "txt", "  \n")),
     Case("txt_mismatch-enhanced", "txt_mismatch", pre=txt_is_original_prompt),
     Case("txt_mismatch-original", "txt_mismatch", pre=set_field(OS, T0, 1, "txt", "a red bicycle")),
+    # Model control markup a stage let through (the demo once shipped a prompt with a </think> inside).
+    Case("control_markup-think", "control_markup", pre=prompt_and_txt(CUR, T0, 0, "a red car</think> on a road")),
+    Case("control_markup-chat", "control_markup", pre=prompt_and_txt(CUR, T0, 1, "a red car<|im_end|>")),
+    Case("control_markup-enhanced", "control_markup", pre=set_meta(CUR, T0, 0, enhanced_prompt="[INST] a car")),
+    Case("replacement_char", "replacement_char", pre=prompt_and_txt(CUR, T0, 0, "a red car \ufffd\ufffd on a road")),
     Case("not_jpeg", "not_jpeg", pre=set_field(CUR, T0, 0, "jpg", png((20, 16)))),
     Case("undecodable_image", "undecodable_image", pre=truncated_jpeg),
     Case("not_baseline_jpeg", "not_baseline_jpeg", pre=set_field(CUR, T0, 1, "jpg", jpeg((16, 24), progressive=True))),

@@ -19,6 +19,7 @@ from finet2i.demo.fake_apis import FakeApi, make_photos
 from finet2i.sources import MANIFEST_COLUMNS
 from finet2i.sources.http import ApiError
 from finet2i.sources.listing import run_listing, state_dir
+from finet2i.sources.terms import SITES
 from finet2i.stages.curated_ingest import run_curated_ingest
 from finet2i.workflow.config import ConfigError, load_yaml, missing_sources, validate_config
 
@@ -28,9 +29,19 @@ FIXTURE = ROOT / "tests" / "fixtures" / "unsplash_lite"
 INGEST = {"min_side": 64, "allow_private_addresses": True, "retries": 1, "backoff_s": 0.01, "timeout_s": 5}
 
 
-def validated(sources: list, **curated) -> dict:
+# What a test's source says about its terms (the gate refuses a site source without; tests/stages/
+# test_curated_list_terms.py tests the gate itself).
+TERMS = {"permission": "test only: a local fake API, no request leaves the machine"}
+
+
+def with_terms(sources: list) -> list:
+    return [{**s, "terms": s.get("terms", TERMS)} if isinstance(s, dict) and s.get("type") in SITES else s
+            for s in sources]
+
+
+def validated(sources: list, terms: bool = True, **curated) -> dict:
     cfg = load_yaml(ROOT / "config" / "demo.yaml")
-    cfg["curated"].update(sources=sources, **curated)
+    cfg["curated"].update(sources=with_terms(sources) if terms else sources, **curated)
     return validate_config(cfg, base_dir=ROOT, check_models=False)
 
 
@@ -146,7 +157,7 @@ def test_unsplash_lite_fixture_is_listed_offline_in_its_documented_columns(tmp_p
     rows = manifest(tmp_path / "u.parquet")
     assert stats.extra["requests_sent"] == 0 and len(rows) == 4
     r = rows[0]
-    assert r["source"] == "unsplash_lite" and r["license"] == "Unsplash License"
+    assert r["source"] == "unsplash_lite" and r["license"] == "Unsplash Dataset Terms (Lite)"
     assert r["image_url"].startswith("https://images.unsplash.com/photo-") and "w=1080" in r["image_url"]
     assert r["photographer"] == "Ada Lovelace" and r["photographer_url"] == "https://unsplash.com/@ada"
     assert r["source_text"] and r["page_url"].startswith("https://unsplash.com/photos/")
@@ -324,6 +335,14 @@ def test_the_production_configs_commented_sources_validate_and_fail_without_keys
     block = [ln.replace("  # ", "  ", 1) for ln in lines[start:] if ln.startswith("  #   ") or ln == "  # sources:"]
     sources = yaml.safe_load("curated:\n" + "\n".join(block))["curated"]["sources"]
     assert [s["type"] for s in sources] == ["unsplash_lite", "pexels", "pixabay"]
-    cfg = validated(sources)
+    # As shipped, each still has the CHANGE_ME placeholder in its terms: refused, naming each site's terms page.
+    with pytest.raises(ConfigError) as refused:
+        validated(sources, terms=False)
+    for i, page in ((0, "unsplash/datasets/blob/master/TERMS.md"), (1, "help.pexels.com"), (2, "pixabay.com/api/docs")):
+        assert f"curated.sources[{i}].terms" in str(refused.value) and page in str(refused.value)
+    assert str(refused.value).count("CHANGE_ME placeholder") == 3
+    for s in sources:
+        s["terms"]["permission"] = s["terms"]["permission"].replace("CHANGE_ME", "granted")
+    cfg = validated(sources, terms=False)
     msgs = missing_sources(cfg, base_dir=ROOT)
     assert any("export PEXELS_API_KEY=" in m for m in msgs) and any("export PIXABAY_API_KEY=" in m for m in msgs)

@@ -148,3 +148,34 @@ def test_demo_end_to_end(tmp_path_factory):
     assert funnel
     card = (dataset / "README.md").read_text()
     assert "configs:" in card and "dataset_info:" in card
+    _check_the_sources_terms(results, card)
+
+
+def _check_the_sources_terms(results: Path, card: str) -> None:
+    """Issue 23 on the demo: the card states per-source license, attribution and redistribution; the fake Pixabay's
+    flagged hits end as no_ai_training / ai_generated drops; the Unsplash Lite stand-in (redistribute: false)
+    never enters results/dataset/; the credits are gathered per subset; the fake APIs' server is gone."""
+    from finet2i.demo.fake_apis import DEMO_PORT, _healthy
+
+    rights = card[card.index("## Real photos"):]
+    for source, license_ in (("pexels", "Pexels License"), ("pixabay", "Pixabay Content License"),
+                             ("unsplash_lite", "Unsplash Dataset Terms (Lite)")):
+        row = next(line for line in rights.splitlines() if line.startswith(f"| `{source}`"))
+        assert license_ in row and ("NOT allowed" in row) == (source == "unsplash_lite"), row
+    assert "Photo by <photographer> on Pexels" in rights and "demo only:" in rights
+    assert "## Terms that travel with the models' outputs" in card
+    listed = json.loads((results / "curated_list" / "pixabay.stats.json").read_text())
+    assert listed["dropped"] == {"no_ai_training": 1, "ai_generated": 1}, listed
+    ingest = [r for t in (results / "curated_ingest").glob("*.parquet")
+              for r in pq.read_table(t, columns=["source", "drop_reason"]).to_pylist()]
+    assert {r["drop_reason"] for r in ingest if r["source"] == "pixabay"} >= {"no_ai_training", "ai_generated"}
+    shared = [r for t in (results / "dataset" / "curated").glob("train-*.parquet")
+              for r in pq.read_table(t).to_pylist()]
+    assert shared and all(r["redistributable"] for r in shared)
+    assert "unsplash_lite" not in {r["image_generator"] for r in shared}
+    credits = [json.loads(x) for x in (results / "dataset" / "curated" / "credits.jsonl").read_text().splitlines()]
+    assert sorted(c["key"] for c in credits) == sorted(r["id"] for r in shared)
+    internal = results / "dataset_internal" / "curated"
+    for t in internal.glob("train-*.parquet"):  # what survived of the stand-in, apart (maybe nothing)
+        assert {r["image_generator"] for r in pq.read_table(t).to_pylist()} == {"unsplash_lite"}
+    assert not _healthy(DEMO_PORT)  # the run handed the fake APIs back: no server left on the port

@@ -219,7 +219,9 @@ def test_changed_stage_module_reruns_the_stage(work, tmp_path):
     planned = plan(work, env=_shadow_package(tmp_path, "\nCHANGED_LOGIC = True\n"))
     # The curated branch's guard (captions) runs the same module, so it reruns too, with what follows it.
     curated_guard = {f"{rule}[cshard=00000]" for rule in ("curated_guard", "package_real")}
-    curated_guard.add("assemble[subset=real]")
+    # package_real's tables feed both real subsets: the shareable one and the demo's Unsplash Lite stand-in,
+    # whose terms forbid redistribution (assembled apart, in results/dataset_internal/)
+    curated_guard |= {"assemble[subset=real]", "assemble[subset=real_internal]"}
     assert_plan(planned, chain_from("guard") | curated_guard | FINAL)
     assert_reason(planned, "guard", "Params have changed")
 

@@ -91,6 +91,12 @@ def check_config(configfiles: tuple[Path, ...], no_models: bool) -> None:
             check_available(config, files=configfiles)
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
+    from finet2i.sources.terms import describe
+
+    for i, entry in enumerate(config["curated"]["sources"] if config["curated"]["enabled"] else []):
+        line = describe(entry, f"curated.sources[{i}]")
+        if line:
+            click.echo(line)
     click.echo("config OK")
 
 
@@ -104,7 +110,16 @@ def check_config(configfiles: tuple[Path, ...], no_models: bool) -> None:
                    "that it is downloaded; repeatable.")
 @click.option("--dry-run", is_flag=True,
               help="List what would be fetched (and which hub repositories are gated) without downloading.")
-def fetch_models(configfiles: tuple[Path, ...], pin: bool, accepted: tuple[str, ...], dry_run: bool) -> None:
+@click.option("--allow-private-addresses", "allow_private", is_flag=True,
+              help="Download files from loopback or private addresses too (a mirror on the local network); "
+                   "off, a URL or a redirect to one is refused.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=None,
+              help="The most bytes a file download may have when finet2i does not know the file's size "
+                   "(default 64 GiB); a known file is capped at its expected size plus a margin.")
+@click.option("--deadline", "deadline_s", type=click.FloatRange(min=1), default=6 * 3600.0, show_default=True,
+              help="Seconds one file download may take, connection to last byte.")
+def fetch_models(configfiles: tuple[Path, ...], pin: bool, accepted: tuple[str, ...], dry_run: bool,
+                 allow_private: bool, max_bytes: int | None, deadline_s: float) -> None:
     """Download every model the config names: hub models (their revision) into the Hugging Face cache, and
     missing local files that have a known or configured url (models.aesthetic_head: the published Aesthetic
     Predictor V2.5 head, AGPL-3.0, only with --accept-license aesthetic_head).
@@ -128,7 +143,8 @@ def fetch_models(configfiles: tuple[Path, ...], pin: bool, accepted: tuple[str, 
     if unknown:
         raise click.BadParameter(f"no such model key: {', '.join(unknown)}", param_hint="--accept-license")
     report = fetch(config, used_model_keys(config), accepted=accepted, dry_run=dry_run,
-                   online=not constants.HF_HUB_OFFLINE, echo=click.echo)
+                   online=not constants.HF_HUB_OFFLINE, echo=click.echo, allow_private=allow_private,
+                   max_bytes=max_bytes, deadline_s=deadline_s)
     if dry_run:
         return
     if pin:

@@ -36,6 +36,7 @@ class Photo:
     photographer: str
     text: str  # Pexels alt / Pixabay tags
     words: tuple[str, ...] = ()  # the queries that find it
+    flags: tuple[str, ...] = ()  # Pixabay hit flags that are true (noAiTraining, isAiGenerated, ...)
 
 
 def make_photos(n: int, seed: int = 0, size: tuple[int, int] = (320, 240), first_id: int = 1000) -> list[Photo]:
@@ -74,6 +75,10 @@ class FakeState:
     drop_src_of: set[int] = field(default_factory=set)  # photo ids answered without their image URLs
 
 
+# The flags a Pixabay hit carries in live answers (every hit has all four; not described in the API docs we read).
+PIXABAY_FLAGS = ("noAiTraining", "isAiGenerated", "isGRated", "isLowQuality")
+
+
 def _public(path: str, params: dict[str, str]) -> str:
     return path + "?" + urllib.parse.urlencode(sorted((k, v) for k, v in params.items() if k != "key"))
 
@@ -101,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         params = dict(urllib.parse.parse_qsl(url.query))
         req = _public(url.path, params)
         if url.path == "/health":
-            return self._send(200, b"finet2i-demo-sources", "text/plain")
+            return self._send(200, HEALTH, "text/plain")
         with st.lock:
             st.last_request = time.monotonic()
             st.total += 1
@@ -187,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
             hits.append({"id": p.id, "pageURL": f"https://pixabay.com/photos/x-{p.id}/", "type": "photo",
                          "tags": p.text.replace(" ", ", "), "imageWidth": p.width, "imageHeight": p.height,
                          "webformatURL": url, "largeImageURL": url, "user": p.photographer.replace(" ", ""),
-                         "user_id": p.id})
+                         "user_id": p.id, **{flag: flag in p.flags for flag in PIXABAY_FLAGS}})
         body = {"total": len(found), "totalHits": total_hits, "hits": hits}
         with st.lock:
             st.answered[req] += 1
@@ -246,17 +251,22 @@ class FakeApi:
 # -- the demo's sources --------------------------------------------------------------------------------------
 # config/demo.yaml lists Pexels and Pixabay from one such server on a fixed loopback port (the manifests'
 # image URLs must stay valid from one Snakemake run to the next), and its Unsplash Lite table points there too.
-# The Snakefile's onstart starts it (a process of its own that exits after DEMO_IDLE_S without requests), or
-# finds it already running: its answers depend on nothing but this code, so two demos can share one.
+# The demo's onstart (rules/demo.smk) starts it in a process of its own, or finds it already running (its answers
+# depend on nothing but this code, so two demos can share one), and takes a *lease* on it; the run's onsuccess /
+# onerror hands the lease back, and the server exits as soon as no run holds one: a finished demo leaves no
+# process and no port behind. A run killed before it could hand its lease back is covered by the idle timeout.
 DEMO_PORT = 38917
 DEMO_KEY_ENV = "FINET2I_DEMO_API_KEY"
 DEMO_KEY = "finet2i-demo-key"  # not a secret: the fake APIs' key, set by the Snakefile for the demo only
 DEMO_IDLE_S = 1800
+HEALTH = b"finet2i-demo-sources"
 
 
 def demo_catalog() -> dict[str, list[Photo]]:
     """Five photos on each site, the first Pexels photo also on Pixabay (re-encoded, smaller: the same photo
-    posted twice, which curated_dedup keeps once), and three for Unsplash Lite."""
+    posted twice, which curated_dedup keeps once), two more Pixabay hits flagged ``noAiTraining`` and
+    ``isAiGenerated`` (dropped while listing as ``no_ai_training`` / ``ai_generated``), and three for Unsplash
+    Lite."""
     from PIL import Image
 
     pexels = make_photos(5, seed=11, size=(480, 360), first_id=1000)
@@ -265,6 +275,9 @@ def demo_catalog() -> dict[str, list[Photo]]:
     Image.open(io.BytesIO(pexels[0].jpeg)).resize((400, 300)).save(copy, "JPEG", quality=80)
     pixabay.append(Photo(2004, copy.getvalue(), 400, 300, "Photographer 0", "the same photo, reposted",
                          pexels[0].words))
+    opted_out, generated = make_photos(2, seed=14, size=(480, 360), first_id=2005)
+    pixabay += [Photo(**{**opted_out.__dict__, "flags": ("noAiTraining",)}),
+                Photo(**{**generated.__dict__, "flags": ("isAiGenerated",)})]
     return {"pexels": pexels, "pixabay": pixabay,
             "unsplash": make_photos(3, seed=13, size=(480, 360), first_id=3000)}
 
@@ -274,43 +287,104 @@ def demo_environment() -> None:
     os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
 
 
-def _healthy(port: int) -> bool:
+def _ask(port: int, path: str) -> bytes | None:
+    import http.client
+
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.read() == b"finet2i-demo-sources"
-    except OSError:
-        return False
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.read()
+    except (OSError, http.client.HTTPException):  # not there, or stopping while it answered
+        return None
 
 
-def ensure_demo_server(port: int = DEMO_PORT, wait_s: float = 60.0) -> None:
-    """Start the demo's fake sources in a process of their own unless they already answer on ``port``."""
-    if _healthy(port):
-        return
-    subprocess.Popen([sys.executable, "-m", "finet2i.demo.fake_apis", str(port)], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _healthy(port: int) -> bool:
+    return _ask(port, "/health") == HEALTH
+
+
+def ensure_demo_server(port: int = DEMO_PORT, wait_s: float = 60.0) -> str:
+    """Start the demo's fake sources in a process of their own unless they already answer on ``port``, and take a
+    lease on them for this run; returns the lease, to give back with :func:`release_demo_server`."""
+    import uuid
+
+    lease = uuid.uuid4().hex
     deadline = time.monotonic() + wait_s
+    started: subprocess.Popen[bytes] | None = None
     while time.monotonic() < deadline:
-        if _healthy(port):
-            return
+        answer = _ask(port, f"/lease?run={lease}")
+        if answer == b"leased":
+            return lease
+        if answer is None and _healthy(port):
+            raise RuntimeError(f"127.0.0.1:{port} is held by a demo server of another finet2i version (it takes "
+                               f"no lease; it exits {DEMO_IDLE_S // 60} min after its last request): wait for it "
+                               f"to exit, then run the demo again")
+        if answer is None and (started is None or started.poll() is not None):
+            # Nobody answers (or the one we started lost the port to another demo's, which then stopped):
+            # start one. A server that answers "stopping" is let go first.
+            started = subprocess.Popen([sys.executable, "-m", "finet2i.demo.fake_apis", str(port)],
+                                       start_new_session=True, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.2)
     raise RuntimeError(f"the demo's fake photo APIs did not start on 127.0.0.1:{port}; is the port taken by "
                        f"another program? (finet2i.demo.fake_apis.DEMO_PORT)")
 
 
+def release_demo_server(lease: str | None, port: int = DEMO_PORT, wait_s: float = 10.0) -> bool:
+    """Give a run's lease back; the server exits once no run holds one. True when the port is free afterwards."""
+    if lease:
+        _ask(port, f"/release?run={lease}")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if not _healthy(port):
+            return True
+        if not lease:
+            return False
+        time.sleep(0.1)
+    return not _healthy(port)
+
+
+class _DemoHandler(_Handler):
+    """The demo server's handler: the fake APIs plus /lease and /release (runs that use the server)."""
+
+    leases: set[str]
+    stop: threading.Event
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        url = urllib.parse.urlsplit(self.path)
+        if url.path in ("/lease", "/release"):
+            run = dict(urllib.parse.parse_qsl(url.query)).get("run", "")
+            with self.state.lock:
+                self.state.last_request = time.monotonic()
+                if self.stop.is_set():
+                    answer = b"stopping"  # the last lease went back: a new run starts a new server
+                elif url.path == "/lease" and run:
+                    self.leases.add(run)
+                    answer = b"leased"
+                else:
+                    self.leases.discard(run)
+                    if not self.leases:
+                        self.stop.set()
+                    answer = b"released"
+            return self._send(200, answer, "text/plain")
+        return super().do_GET()
+
+
 def serve_demo(port: int = DEMO_PORT, idle_s: float = DEMO_IDLE_S) -> None:
+    """Serve until the last lease is given back (or ``idle_s`` without a request, should a run die holding one)."""
     state = FakeState(key=DEMO_KEY, photos=[], kind="demo", catalog=demo_catalog())
     state.cdn = f"http://localhost:{port}"
     state.last_request = time.monotonic()
-    handler = type("demoHandler", (_Handler,), {"state": state, "role": "api"})
+    stop = threading.Event()
+    handler = type("demoHandler", (_DemoHandler,), {"state": state, "role": "api", "leases": set(), "stop": stop})
     try:
         server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError:
         return  # another demo's server took the port first: it answers the same
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    while time.monotonic() - state.last_request < idle_s:
-        time.sleep(5)
+    while not stop.wait(1.0) and time.monotonic() - state.last_request < idle_s:
+        pass
     server.shutdown()
+    server.server_close()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from finet2i.explore.dropped import DroppedRecords
-from finet2i.explore.query import FACET_BY_PARAM, FACETS, ORDERS, ExploreError, Query, _files_sql
+from finet2i.explore.query import FACET_BY_PARAM, FACETS, ORDERS, BrokenIndex, ExploreError, Query, _files_sql
 from finet2i.release import layout as release
 
 log = logging.getLogger(__name__)
@@ -331,22 +331,30 @@ class Catalog(DroppedRecords):
 
     def sample(self, folder: str, key: str) -> dict[str, Any] | None:
         """One sample's every field: its index row (provenance parsed), and the other subsets it is in."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         where = self.locate(folder, key)
         if where is None:
             return None
+
         index = self.root / "dataset" / folder / where["tar"].replace(".tar", ".parquet")
-        pf = pq.ParquetFile(index)
         row, start = where["row"], 0
-        for g in range(pf.num_row_groups):
-            n = pf.metadata.row_group(g).num_rows
-            if row < start + n:
-                record = pf.read_row_group(g).slice(row - start, 1).to_pylist()[0]
-                break
-            start += n
-        else:
-            raise ExploreError(f"{index}: has no row {row}; the index changed since the explorer started: "
+        try:
+            pf = pq.ParquetFile(index)
+            for g in range(pf.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if row < start + n:
+                    record = pf.read_row_group(g).slice(row - start, 1).to_pylist()[0]
+                    break
+                start += n
+            else:
+                record = None
+        except (OSError, pa.ArrowException) as e:
+            raise BrokenIndex(f"{index}: cannot be read ({e}); the index changed since the explorer started: "
+                              f"restart it") from None
+        if record is None:
+            raise BrokenIndex(f"{index}: has no row {row}; the index changed since the explorer started: "
                                f"restart it")
         provenance = record.pop("provenance", None)
         try:

@@ -5,6 +5,7 @@ request or an outputs folder that cannot be served, and a list of parquet files 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,28 @@ _SAFE_ID = re.compile(r"^(?!\.)[A-Za-z0-9_.:-]{1,200}$")  # a file or folder nam
 
 class ExploreError(ValueError):
     """A request or an outputs folder the explorer cannot serve; the message says what to do."""
+
+
+class BrokenIndex(ExploreError):
+    """A release index row that does not match its tar (an offset or size outside the member it names): the
+    page says which file to rebuild; the explorer serves no bytes from it."""
+
+
+MAX_PAGE = 1_000_000  # pages of a grid or a dropped list; beyond it no page has rows (and SQL offsets overflow)
+MAX_ABS_NUMBER = 1e9  # a score filter beyond this is no score
+
+
+def page_number(params: Mapping[str, str], key: str = "page") -> int:
+    """A page number from the query string: an integer in 0..MAX_PAGE (a negative one is page 0), else 400."""
+    raw = (params.get(key) or "").strip()
+    if not raw:
+        return 0
+    if not re.fullmatch(r"-?\d{1,12}", raw):
+        raise ExploreError(f"{key}={raw[:40]!r} is not a page number")
+    page = max(0, int(raw))
+    if page > MAX_PAGE:
+        raise ExploreError(f"{key}={page}: pages go up to {MAX_PAGE:,}")
+    return page
 
 
 @dataclass(frozen=True)
@@ -40,13 +63,17 @@ ORDERS = {"": "rid", "score": "score DESC NULLS LAST, rid", "-score": "score ASC
 
 
 def _number(params: Mapping[str, str], key: str) -> float | None:
+    """A finite number within +-MAX_ABS_NUMBER from the query string (nan, inf, 1e999 are refused), else 400."""
     raw = (params.get(key) or "").strip()
     if not raw:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ExploreError(f"{key}={raw!r} is not a number") from None
+        raise ExploreError(f"{key}={raw[:40]!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > MAX_ABS_NUMBER:
+        raise ExploreError(f"{key}={raw[:40]!r} is not a finite number within +-{MAX_ABS_NUMBER:g}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -66,12 +93,8 @@ class Query:
         order = params.get("order", "")
         if order not in ORDERS:
             raise ExploreError(f"order={order!r}: expected one of {sorted(ORDERS)}")
-        try:
-            page = max(0, int(params.get("page") or 0))
-        except ValueError:
-            raise ExploreError(f"page={params.get('page')!r} is not a page number") from None
         return cls(facets, (params.get("q") or "").strip(), _number(params, "min_score"),
-                   _number(params, "max_score"), order, page)
+                   _number(params, "max_score"), order, page_number(params))
 
     def params(self, **changes: Any) -> dict[str, str]:
         """URL parameters of this query with ``changes`` applied (None or "" removes a parameter)."""

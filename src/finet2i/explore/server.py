@@ -10,6 +10,10 @@ question; POST: a vote), ``/vote/image/<pair>/<left|right>`` and ``/votes`` (the
 
 The explorer writes one file, and only by appending: the votes (``results/human_votes/votes.jsonl``).
 
+Every number a request carries (page, score bounds) is checked (a 400 page names it); every number an index row
+carries (a member's offset and size) is checked against the tar before a byte is read (a "broken index" page,
+422, names the file): a request never ends in a 500 or a traceback.
+
 Safety: binds 127.0.0.1 unless told otherwise; on a loopback address, requests for another Host are refused
 (a web page elsewhere cannot reach the app through DNS rebinding); every file read goes through
 ``media.inside`` (resolved, under RESULTS_DIR, else 404); pages are escaped by the templates and sent with a
@@ -34,7 +38,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from finet2i.explore import media, pages, preference
 from finet2i.explore.catalog import Catalog
-from finet2i.explore.query import ExploreError, Query, safe_id
+from finet2i.explore.query import BrokenIndex, ExploreError, Query, page_number, safe_id
 from finet2i.finetune.votes import VoteError
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,9 @@ class Handler(BaseHTTPRequestHandler):
                 status, ctype, body = self._route(url.path, dict(parse_qsl(url.query)))
                 if url.path.startswith("/files/"):
                     csp = CSP_FILES
+        except BrokenIndex as e:  # the outputs, not the request, are wrong: say which file, serve nothing of it
+            log.warning("explore: %s: %s", self.path, e)
+            status, ctype, body = self._error(HTTPStatus.UNPROCESSABLE_ENTITY, f"Broken index: {e}")
         except ExploreError as e:
             status, ctype, body = self._error(HTTPStatus.BAD_REQUEST, str(e))
         except Exception as e:  # a request must never take the server down; the log has the traceback
@@ -188,10 +195,7 @@ def _thumb(h: Handler, app: App, params: dict[str, str], folder: str, key: str) 
 
 
 def _dropped(h: Handler, app: App, params: dict[str, str], stage: str) -> Response:
-    try:
-        page = max(0, int(params.get("page") or 0))
-    except ValueError:
-        raise ExploreError(f"page={params.get('page')!r} is not a page number") from None
+    page = page_number(params)
     d = app.catalog.dropped(stage, subset=params.get("subset") or None, reason=params.get("reason") or None,
                             page=page)
     return h._html(pages.render_dropped(app.catalog, app.urls, d))

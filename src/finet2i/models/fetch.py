@@ -8,6 +8,12 @@
   fetched only after the user accepts its license by a flag), into a temporary file beside the target that is
   checked (sha256 when configured, the loader's own validation) and then renamed: a failed or corrupt download
   never sits under the final name.
+* A file is downloaded as the curated images are (:mod:`finet2i.plumbing.download`): http(s) only, every
+  redirect checked, loopback, link-local and private addresses refused unless ``--allow-private-addresses``
+  (a mirror on the local network), a total deadline (a trickling server is cut off), and a byte cap: the known
+  file's expected size with a margin, else ``--max-bytes``, so an endless body never fills the disk.
+* Every URL is printed as ``scheme://host/path``: a signed URL's query (its tokens) and any user-info never
+  reach the terminal, a report or an error message.
 
 Every failure is collected with what to do about it; the caller goes on with the other models and exits
 non-zero at the end. torch and huggingface_hub are imported inside the functions that need them.
@@ -19,6 +25,8 @@ import hashlib
 import http.client
 import os
 import tempfile
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +35,13 @@ from typing import Any
 
 from finet2i.core.files import sha256_of
 from finet2i.models.known import GATED_IDS, HUB_FILES, KNOWN_FILES, FileSource
+from finet2i.plumbing.download import Refused, check_target, checked_opener, copy_capped, quote_url, scrub_secrets
+from finet2i.plumbing.download import redact as shown_url
+
+PRIVATE_FLAG = "--allow-private-addresses"  # lets fetch-models use a mirror on the local network
+DEFAULT_MAX_BYTES = 64 << 30  # a file whose size finet2i does not know: 64 GiB at most (--max-bytes)
+DEFAULT_DEADLINE_S = 6 * 3600.0  # one file, connection to last byte (--deadline)
+SIZE_MARGIN = 1.5  # a known file may be this much larger than expected (plus 1 MiB), never more
 
 TOKEN_VAR = "HF_TOKEN"
 TOKEN_PAGE = "https://huggingface.co/settings/tokens"
@@ -55,39 +70,77 @@ class DownloadRejected(RuntimeError):
     """A download that failed or is not the file it should be; nothing was left under the target name."""
 
 
+def size_cap(source: FileSource | None, max_bytes: int | None) -> int:
+    """The most bytes a download may have: the known file's expected size with a margin, else ``max_bytes``."""
+    if source is not None and source.expected_bytes:
+        return int(source.expected_bytes * SIZE_MARGIN) + (1 << 20)
+    return int(max_bytes or DEFAULT_MAX_BYTES)
+
+
 def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str | None = None,
-                  check: Callable[[Path], None] | None = None, timeout: float = 60.0) -> str:
+                  check: Callable[[Path], None] | None = None, timeout: float = 60.0,
+                  max_bytes: int = DEFAULT_MAX_BYTES, deadline_s: float = DEFAULT_DEADLINE_S,
+                  allow_private: bool = False) -> str:
     """Download ``url`` to ``dest`` through a temporary file in dest's folder, verified (``sha256``, then
     ``check``) before an atomic rename; returns the file's sha256. Raises :class:`DownloadRejected` (the
-    temporary file removed, ``dest`` untouched) when the transfer fails or the content is not right."""
+    temporary file removed, ``dest`` untouched) when the target is refused (another scheme, a private address
+    without ``allow_private``: checked again on every redirect), the transfer fails, passes ``deadline_s`` or
+    ``max_bytes``, or the content is not right. Messages show the URL as ``scheme://host/path`` only."""
     dest = Path(dest)
+    shown = shown_url(url)
+    quoted = quote_url(url)
+    try:
+        check_target(quoted, allow_private, PRIVATE_FLAG)
+    except Refused as e:
+        raise DownloadRejected(f"{shown}: refused: {e}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
+    deadline = time.monotonic() + deadline_s
     try:
         h = hashlib.sha256()
+
+        def write(block: bytes) -> None:
+            out.write(block)
+            h.update(block)
+
         try:
-            size = 0
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(block)
-                    h.update(block)
-                    size += len(block)
+            opener = checked_opener(allow_private, PRIVATE_FLAG)
+            target, headers = _without_userinfo(quoted)
+            req = urllib.request.Request(target, headers=headers)
+            with os.fdopen(fd, "wb") as out, opener.open(req, timeout=min(timeout, deadline_s)) as resp:
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) > max_bytes:
+                    raise DownloadRejected(f"{shown}: the server announces {int(length):,} bytes, more than the "
+                                           f"{max_bytes:,} allowed for this file (--max-bytes)")
+                size = copy_capped(resp, write, max_bytes, deadline)
+                if size > max_bytes:
+                    raise DownloadRejected(f"{shown}: more than {max_bytes:,} bytes; stopped (a known file's "
+                                           f"expected size with a margin, else --max-bytes)")
                 out.flush()
                 os.fsync(out.fileno())
-                length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) != size:  # read(n) does not notice a cut
                 raise OSError(f"connection closed after {size} of {length} bytes")
-        except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, cut off, disk full
-            raise DownloadRejected(f"{url}: download failed ({e})") from e
+        except DownloadRejected:
+            raise
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, Refused):
+                raise DownloadRejected(f"{shown}: redirect refused: {e.reason}") from None
+            raise DownloadRejected(f"{shown}: download failed ({_scrubbed(e, url)})") from None
+        except TimeoutError as e:
+            raise DownloadRejected(f"{shown}: download failed: deadline of {deadline_s:g} s passed ({e})") from None
+        except Refused as e:
+            raise DownloadRejected(f"{shown}: redirect refused: {e}") from None
+        except (OSError, http.client.HTTPException) as e:  # HTTPError, timeouts, cut off, disk full
+            raise DownloadRejected(f"{shown}: download failed ({_scrubbed(e, url)})") from None
         digest = h.hexdigest()
         if sha256 and digest != sha256.lower():
-            raise DownloadRejected(f"{url}: sha256 {digest} does not match the configured {sha256}")
+            raise DownloadRejected(f"{shown}: sha256 {digest} does not match the configured {sha256}")
         if check is not None:
             try:
                 check(tmp)
             except ValueError as e:
-                raise DownloadRejected(f"{url}: {e}".replace(str(tmp), "the downloaded file")) from e
+                raise DownloadRejected(f"{shown}: {e}".replace(str(tmp), "the downloaded file")) from e
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the weights from the other users of a cluster
@@ -95,6 +148,25 @@ def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str | None 
         return digest
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _without_userinfo(url: str) -> tuple[str, dict[str, str]]:
+    """(the URL without user-info, headers): user-info travels as Basic auth, never as part of the host name."""
+    import base64
+    import urllib.parse
+
+    headers = {"User-Agent": "finet2i-fetch-models"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username:
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return url, headers
+
+
+def _scrubbed(e: BaseException, url: str) -> str:
+    """An exception's text without the URL's secrets (query, user-info)."""
+    return scrub_secrets(f"{type(e).__name__}: {e}", url)
 
 
 def redact(text: str) -> str:
@@ -157,8 +229,10 @@ def file_source(key: str, value: dict[str, Any]) -> FileSource | None:
     if url is None:
         return known
     if known is not None:
+        same = url == known.url
         return FileSource(url=url, license=known.license, license_url=known.license_url, home=known.home,
-                          check=known.check, width=known.width if url == known.url else None)
+                          check=known.check, width=known.width if same else None,
+                          expected_bytes=known.expected_bytes if same else None)
     return FileSource(url=url, license="", license_url="", home="")
 
 
@@ -214,15 +288,19 @@ def _hub_status(model_id: str, revision: str | None, online: bool) -> HubStatus:
     return HubStatus(cached, bool(info.gated), size, 0 if here is not None else total)
 
 
-def _url_size(url: str, online: bool) -> int | None:
-    """Content-Length of a file to download (a HEAD request); None offline or when the server does not say."""
+def _url_size(url: str, online: bool, allow_private: bool = False) -> int | None:
+    """Content-Length of a file to download (a HEAD request, through the downloads' checks: no private or
+    loopback address unless allowed, every redirect checked); None offline, refused, or when the server does
+    not say."""
     if not online:
         return None
     try:
-        req = urllib.request.Request(url, method="HEAD")
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the configured url
+        quoted = quote_url(url)
+        check_target(quoted, allow_private, PRIVATE_FLAG)
+        req = urllib.request.Request(quoted, method="HEAD")
+        with checked_opener(allow_private, PRIVATE_FLAG).open(req, timeout=10) as resp:
             length = resp.headers.get("Content-Length")
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException, Refused, ValueError):
         return None
     return int(length) if length and length.isdigit() else None
 
@@ -239,9 +317,11 @@ def _has_access(model_id: str) -> bool | None:
 
 def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Iterable[str] = (),
                  dry_run: bool = False, online: bool = True,
-                 echo: Callable[[str], None] | None = None) -> FetchReport:
+                 echo: Callable[[str], None] | None = None, allow_private: bool = False,
+                 max_bytes: int | None = None, deadline_s: float = DEFAULT_DEADLINE_S) -> FetchReport:
     """Fetch (or with ``dry_run`` list) the models under ``config["models"]`` named by ``keys``; one line
     each through ``echo``. ``accepted``: keys whose license the user accepted (``--accept-license``).
+    ``allow_private``, ``max_bytes``, ``deadline_s``: how a file may be downloaded (:func:`download_file`).
     ``online``: whether the dry run may ask the hub which repositories are gated (it stops asking at the
     first failure)."""
     from huggingface_hub import constants, snapshot_download
@@ -321,9 +401,9 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
             continue
         needs_consent = bool(source.license)
         if dry_run:
-            length = _url_size(source.url, online)
+            length = _url_size(source.url, online, allow_private)
             to_download.append(length)
-            line = f"{name}: would download {source.url} -> {path}"
+            line = f"{name}: would download {shown_url(source.url)} -> {path}"
             if needs_consent:
                 line += (f" ({source.license}, {source.home}; "
                          + ("license accepted" if key in accepted else f"needs --accept-license {key}") + ")")
@@ -340,13 +420,15 @@ def fetch_models(config: dict[str, Any], keys: Iterable[str], *, accepted: Itera
         if needs_consent:
             report.say(f"{name}: license {source.license} ({source.license_url}) accepted by --accept-license", echo)
         try:
-            digest = download_file(source.url, path, sha256=wanted, check=file_check(source))
+            digest = download_file(source.url, path, sha256=wanted, check=file_check(source),
+                                   max_bytes=size_cap(source, max_bytes), deadline_s=deadline_s,
+                                   allow_private=allow_private)
         except DownloadRejected as e:
             report.say(f"{name}: NOT FETCHED: {e}", echo)
             report.lack(f"{name}: {e}; rerun fetch-models, or download it yourself to {path}")
             continue
         pin = "" if wanted else f"; add `sha256: {digest}` to {name} to pin it"
-        report.say(f"{name}: {source.url} -> {path} (sha256 {digest}{pin})", echo)
+        report.say(f"{name}: {shown_url(source.url)} -> {path} (sha256 {digest}{pin})", echo)
     if dry_run:
         known = sum(n for n in to_download if n)
         unknown = sum(n is None for n in to_download)

@@ -22,6 +22,7 @@ import email.utils
 import hashlib
 import ipaddress
 import itertools
+import math
 import os
 import socket
 import stat
@@ -81,7 +82,7 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit((p.scheme, host + port, p.path, "", ""))
 
 
-def _scrub(text: str, url: str) -> str:
+def scrub_secrets(text: str, url: str) -> str:
     """``text`` (an error message) with every secret part of ``url`` removed."""
     p = urllib.parse.urlsplit(url)
     for secret in (url, quote_url(url), p.query, p.fragment, p.password or "", p.username or ""):
@@ -107,8 +108,12 @@ def quote_url(url: str) -> str:
                                     urllib.parse.quote(p.query, safe=safe + "?"), ""))
 
 
-def check_target(url: str, allow_private: bool) -> None:
-    """Raise :class:`Refused` unless ``url`` is http(s) on a host whose every address is a public one."""
+PRIVATE_FLAG = "curated.allow_private_addresses"  # what lets the curated downloads reach a local server
+
+
+def check_target(url: str, allow_private: bool, flag: str = PRIVATE_FLAG) -> None:
+    """Raise :class:`Refused` unless ``url`` is http(s) on a host whose every address is a public one (``flag``:
+    the setting that allows private ones, named in the message)."""
     p = urllib.parse.urlsplit(url)
     if p.scheme not in ("http", "https"):
         raise Refused(f"scheme {p.scheme or '(none)'}: only http and https are fetched")
@@ -125,49 +130,62 @@ def check_target(url: str, allow_private: bool) -> None:
         ip = ipaddress.ip_address(info[4][0].split("%")[0])
         if not ip.is_global or ip.is_multicast:
             raise Refused(f"{p.hostname} resolves to {ip}, inside the machine's networks "
-                          f"(set curated.allow_private_addresses to fetch from it)")
+                          f"(set {flag} to fetch from it)")
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     max_redirections = MAX_REDIRECTS
 
-    def __init__(self, allow_private: bool) -> None:
+    def __init__(self, allow_private: bool, flag: str = PRIVATE_FLAG) -> None:
         self.allow_private = allow_private
+        self.flag = flag
 
     def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
         # Checked before urllib looks at it: a redirect to file://, ftp:// or 169.254.169.254 stops here.
         location = headers.get("location") or headers.get("uri")
         if location:
-            check_target(urllib.parse.urljoin(req.full_url, location), self.allow_private)
+            check_target(urllib.parse.urljoin(req.full_url, location), self.allow_private, self.flag)
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
-    # Only what http(s) needs: no file://, ftp:// or data: handlers to redirect into.
+def checked_opener(allow_private: bool, flag: str = PRIVATE_FLAG) -> urllib.request.OpenerDirector:
+    """An opener for http(s) only (no file://, ftp:// or data: handlers to redirect into) whose every redirect
+    is checked by :func:`check_target`: the curated downloads' and fetch-models'."""
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
                     urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(),
-                    _CheckedRedirects(allow_private)):
+                    _CheckedRedirects(allow_private, flag)):
         opener.add_handler(handler)
     return opener
 
 
-def _read_capped(resp: Any, max_bytes: int, deadline: float) -> bytes:
-    """The body, read as it arrives, until EOF, more than ``max_bytes``, or the deadline."""
-    parts: list[bytes] = []
+
+def copy_capped(resp: Any, write: Callable[[bytes], Any], max_bytes: int, deadline: float) -> int:
+    """Pass the body to ``write`` as it arrives, until EOF, more than ``max_bytes`` (returns the size read so far,
+    over the cap: the caller sees it), or the deadline (``time.monotonic()``; TimeoutError): a server that
+    trickles or never ends holds a reader no longer. The one capped reader: image downloads here, the photo APIs'
+    answers (finet2i.sources.http) and fetch-models' files (finet2i.models.fetch)."""
     size = 0
+    read = getattr(resp, "read1", None) or resp.read
     while True:
         if time.monotonic() > deadline:
             raise TimeoutError("deadline_s passed while reading the body")
-        chunk = resp.read1(READ_SIZE)
+        chunk = read(READ_SIZE)
         if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
+            return size
+        write(chunk)
         size += len(chunk)
         if size > max_bytes:
-            return b"".join(parts)  # the caller sees > max_bytes
+            return size
+
+
+def read_capped(resp: Any, max_bytes: int, deadline: float) -> bytes:
+    """The body in memory, by :func:`copy_capped` (more than ``max_bytes`` of it when the cap was passed)."""
+    parts: list[bytes] = []
+    copy_capped(resp, parts.append, max_bytes, deadline)
+    return b"".join(parts)
 
 
 def _retryable(e: BaseException) -> bool:
@@ -182,7 +200,8 @@ def retry_after_s(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     except ValueError:
         pass
     try:
@@ -204,8 +223,8 @@ def fetch_url(url: str, settings: FetchSettings) -> Fetched:
     try:
         check_target(quoted, settings.allow_private_addresses)
     except Refused as e:
-        return Fetched(None, 0, REFUSED_URL, _scrub(str(e), url))
-    opener = _opener(settings.allow_private_addresses)
+        return Fetched(None, 0, REFUSED_URL, scrub_secrets(str(e), url))
+    opener = checked_opener(settings.allow_private_addresses)
     headers = {"User-Agent": USER_AGENT}
     parts = urllib.parse.urlsplit(quoted)
     if parts.username:  # user-info goes into a header: urllib would take it for part of the host name
@@ -222,23 +241,23 @@ def fetch_url(url: str, settings: FetchSettings) -> Fetched:
         try:
             req = urllib.request.Request(quoted, headers=headers)
             with opener.open(req, timeout=min(settings.timeout_s, remaining)) as resp:
-                data = _read_capped(resp, settings.max_bytes, deadline)
+                data = read_capped(resp, settings.max_bytes, deadline)
             if len(data) > settings.max_bytes:
                 return Fetched(None, attempts, TOO_LARGE, f"download over max_bytes {settings.max_bytes}")
             return Fetched(data, attempts)
         except Refused as e:  # a redirect to a refused target
-            return Fetched(None, attempts, REFUSED_URL, _scrub(f"redirect refused: {e}", url))
+            return Fetched(None, attempts, REFUSED_URL, scrub_secrets(f"redirect refused: {e}", url))
         except Exception as e:  # every failure of one sample is counted, never fatal
             last = e
             if isinstance(e, urllib.error.URLError) and isinstance(e.reason, Refused):
-                return Fetched(None, attempts, REFUSED_URL, _scrub(f"redirect refused: {e.reason}", url))
+                return Fetched(None, attempts, REFUSED_URL, scrub_secrets(f"redirect refused: {e.reason}", url))
             if not _retryable(e) or attempt == settings.retries:
                 break
             wait = _retry_after(e)
             wait = settings.backoff_s * (2 ** attempt) if wait is None else wait
             time.sleep(max(0.0, min(wait, MAX_BACKOFF_S, deadline - time.monotonic())))
     error = f"{type(last).__name__}: {last}" if last is not None else f"deadline_s {settings.deadline_s} passed"
-    return Fetched(None, attempts, UNREACHABLE, _scrub(error, url))
+    return Fetched(None, attempts, UNREACHABLE, scrub_secrets(error, url))
 
 
 def read_local(path: str, max_bytes: int) -> Fetched:

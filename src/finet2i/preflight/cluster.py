@@ -50,6 +50,8 @@ def _check_profile(path: Path, rules: dict[str, Any], config: dict[str, Any], re
     except SlurmUnavailable as e:
         report.add(NOGO, "cluster", str(e))
         return profile.executor
+    for unreadable in cluster.unreadable:  # a value preflight could not read: no check passes on a guess
+        report.add(NOGO, "cluster value", str(unreadable))
     default = cluster.default_partition
     bad_partitions: set[str] = set()
     for partition in sorted({r.partition or default or "" for _, r in requests}):
@@ -117,11 +119,41 @@ def _check_accounts(requests: list[tuple[Any, Any]], cluster: Any, default: str 
                                     f"sbatch says: {reason}{hint}")
 
 
+def constraint_matcher(expr: str) -> Callable[[tuple[str, ...]], bool] | None:
+    """A test of a node's features for a ``--constraint`` expression of plain features joined by ``&``/``,``
+    (all) and ``|`` (any); None for forms preflight does not evaluate (counts ``*n``, brackets, exclusive ORs)."""
+    if re.search(r"[\[\]*()!]", expr):
+        return None
+    any_of = [[f.strip() for f in re.split(r"[&,]", alt) if f.strip()] for alt in expr.split("|")]
+    if not all(any_of):
+        return None
+    return lambda features: any(all(f in features for f in alt) for alt in any_of)
+
+
+def _qos_problems(r: Any, cpus: int, mem: int | None, cluster: Any, p: Any, what: str) -> list[str]:
+    """What a QOS (as sacctmgr shows its limits) and the partition's AllowQos refuse of a request."""
+    out = []
+    if p.allow_qos is not None and r.qos not in p.allow_qos:
+        out.append(f"{what}: qos {r.qos} is not allowed in partition {p.name} (AllowQos {', '.join(p.allow_qos)})")
+    if cluster.qos is None:
+        return out
+    q = cluster.qos.get(r.qos)
+    if q is None:
+        return [*out, f"{what}: qos {r.qos!r} does not exist (sacctmgr show qos: {', '.join(sorted(cluster.qos))})"]
+    if q.max_wall_min is not None and r.runtime_min is not None and r.runtime_min > q.max_wall_min:
+        out.append(f"{what}: runtime {r.runtime_min} min is over qos {q.name}'s MaxWall of {q.max_wall_min} min")
+    for tres, asked in (("cpu", cpus), ("mem", mem), ("gres/gpu", r.gpus)):
+        limit = q.max_tres.get(tres)
+        if limit is not None and asked is not None and asked > limit:
+            out.append(f"{what}: {tres} {asked} is over qos {q.name}'s MaxTRES per job ({tres}={limit})")
+    return out
+
+
 def _check_rule(info: Any, requests: list[Any], profile: Any, cluster: Any, default: str | None,
                 bad_partitions: set[str], report: Report) -> None:
     """One row per rule: GO with its request, or the first problem of each kind, naming the attempt."""
     name = info.name
-    declared_gpus = int(info.resources.get("gpu", 0) or 0) + int(info.resources.get("gpus", 0) or 0)
+    declared_gpus = int(info.resources.get("gpu", 0) or 0)
     problems: list[str] = []
     warnings: list[str] = []
     group = profile.group_size(name)
@@ -132,6 +164,35 @@ def _check_rule(info: Any, requests: list[Any], profile: Any, cluster: Any, defa
         p = cluster.partitions[partition]
         cpus, mem = r.cpus * group, None if r.mem_mb is None else r.mem_mb * group
         what = f"attempt {r.attempt}" + (f" (a group job of {group})" if group > 1 else "")
+        if r.problems:
+            problems += list(dict.fromkeys(r.problems))
+            break
+        if r.unchecked:
+            warnings.append(f"sets {', '.join(r.unchecked)}, which the plugin passes to sbatch and preflight does "
+                            f"not evaluate: sbatch --test-only with these options is the check")
+        if r.gpu_model and r.gpus and not any(n.gpus_of(r.gpu_model) for n in p.nodes):
+            types = sorted({t for n in p.nodes for t, _ in n.gpu_types}) or ["none typed"]
+            problems.append(f"asks {r.gpus} GPU(s) of type {r.gpu_model} in partition {partition}, whose nodes "
+                            f"have GPU types {', '.join(types)}: fix gres/gpu_model in set-resources.{name}")
+            break
+        if r.constraint:
+            test = constraint_matcher(r.constraint)
+            if test is None:
+                warnings.append(f"constraint {r.constraint!r} is a form preflight does not evaluate")
+            elif not any(test(n.features) for n in p.nodes):
+                features = sorted({f for n in p.nodes for f in n.features}) or ["none"]
+                problems.append(f"constraint {r.constraint!r} matches no node of partition {partition} (features: "
+                                f"{', '.join(features)})")
+                break
+        if r.mem_per_cpu is not None and p.max_mem_per_cpu is not None and r.mem_per_cpu > p.max_mem_per_cpu:
+            problems.append(f"{what}: mem_mb_per_cpu {r.mem_per_cpu} is over partition {partition}'s MaxMemPerCPU "
+                            f"{p.max_mem_per_cpu}")
+            break
+        if r.qos:
+            qos_problems = _qos_problems(r, cpus, mem, cluster, p, what)
+            if qos_problems:
+                problems += qos_problems
+                break
         if r.gpus and not any(n.gpus for n in p.nodes):
             problems.append(f"asks {r.gpus} GPU(s) in partition {partition}, whose nodes have no GPUs (GRES): "
                             f"send it to a GPU partition (set-resources.{name}.slurm_partition)")
@@ -151,20 +212,29 @@ def _check_rule(info: Any, requests: list[Any], profile: Any, cluster: Any, defa
             problems.append(f"{what}: mem_mb {mem} is over partition {partition}'s MaxMemPerNode "
                             f"{p.max_mem_per_node}")
             break
-        fits = [n for n in p.nodes if n.cpus >= cpus and n.gpus >= r.gpus and (mem is None or n.mem_mb >= mem)]
+        test = constraint_matcher(r.constraint) if r.constraint else None
+        known = [n for n in p.nodes if n.cpus is not None and n.mem_mb is not None]
+        fits = [n for n in known if n.cpus >= cpus and n.gpus_of(r.gpu_model) >= r.gpus
+                and (mem is None or n.mem_mb >= mem) and (test is None or test(n.features))]
+        if not fits and not known and p.nodes:
+            problems.append(f"no node of partition {partition} has a readable size (see the cluster value rows)")
+            break
         if not fits and p.nodes:
             big_mem, big_cpu = p.largest("mem_mb"), p.largest("cpus")
             if mem is not None and big_mem.mem_mb < mem:
                 cap = f"min({_first_factor(r)} * attempt, {big_mem.mem_mb})" if r.attempt > 1 else str(big_mem.mem_mb)
+                fix = f"mem_mb_per_cpu: {big_mem.mem_mb // max(1, cpus)}" if r.mem_per_cpu is not None else \
+                    f"mem_mb: {cap}"
                 problems.append(f"{what}: mem_mb {mem} ({r.mem_from}) is more than any node of partition "
                                 f"{partition} has (largest: {big_mem.name}, {big_mem.mem_mb} MB); "
-                                f"cap it in the profile: mem_mb: {cap}")
+                                f"cap it in the profile: {fix}")
             elif big_cpu.cpus < cpus:
                 problems.append(f"{what}: {cpus} cpus is more than any node of partition {partition} has "
                                 f"(largest: {big_cpu.name}, {big_cpu.cpus} CPUs)")
             else:
                 problems.append(f"{what}: no node of partition {partition} has {cpus} CPUs, {mem} MB and "
-                                f"{r.gpus} GPU(s) together")
+                            f"{r.gpus} GPU(s){' of type ' + r.gpu_model if r.gpu_model else ''}"
+                            f"{' with ' + repr(r.constraint) if r.constraint else ''} together")
             break
     check = f"rule {name}"
     if problems:
@@ -173,7 +243,7 @@ def _check_rule(info: Any, requests: list[Any], profile: Any, cluster: Any, defa
     r_first, r_last = requests[0], requests[-1]
     mem_text = "default" if r_first.mem_mb is None else (
         f"{r_first.mem_mb}" + (f"..{r_last.mem_mb}" if r_last.mem_mb != r_first.mem_mb else "") + " MB")
-    gpus = f", {r_first.gpus} GPU" if r_first.gpus else ""
+    gpus = f", {r_first.gpus} GPU" + (f" ({r_first.gpu_model})" if r_first.gpu_model else "") if r_first.gpus else ""
     detail = (f"{r_first.partition or default}: {r_first.cpus} cpus, {mem_text}{gpus}, "
               f"{_minutes(r_first.runtime_min)}; attempts 1-{len(requests)} fit")
     report.add(GO, check, detail + ("" if not warnings else "; " + warnings[0]))

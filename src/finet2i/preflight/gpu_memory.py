@@ -145,7 +145,7 @@ def _check_gpu_memory(rules: Mapping[str, Any], requests: list[tuple[Any, Any]],
         gpu_nodes = [n for n in partition.nodes if n.gpus]
         if not gpu_nodes:
             continue  # the rule's own row says its partition has no GPUs
-        types = sorted({t for n in gpu_nodes for t in n.gpu_types})
+        types = sorted({t for n in gpu_nodes for t, _ in n.gpu_types})
         typeless = [n.name for n in gpu_nodes if not n.gpu_types]
         known = {t: gpu_memory(t) for t in types}
         unknown = [t for t, mem in known.items() if mem is None]

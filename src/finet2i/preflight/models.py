@@ -71,7 +71,17 @@ def _check_models(config: dict[str, Any], workdir: Path, report: Report) -> None
 
 
 def _check_sources(config: dict[str, Any], workdir: Path, report: Report) -> None:
-    from finet2i.workflow.config import missing_sources
+    """Each photo site's terms as the config states them (a source without is a config NO-GO already), then
+    what is missing (a folder, a key)."""
+    from finet2i.sources.terms import describe
+    from finet2i.workflow.config import missing_sources, terms_errors
 
+    curated = config.get("curated") or {}
+    for problem in terms_errors(config) if curated.get("enabled", True) else []:
+        report.add(NOGO, "terms", problem)
+    for i, entry in enumerate(curated.get("sources") or [] if curated.get("enabled", True) else []):
+        line = describe(entry, f"curated.sources[{i}]")
+        if line and not any(f"curated.sources[{i}]" in c.detail for c in report.checks if c.check == "terms"):
+            report.add(GO, "terms", line)
     for problem in missing_sources(config, workdir):
         report.add(NOGO, "curated source", problem)

@@ -108,8 +108,10 @@ def rule_enabled(rule: str, config: Mapping[str, Any]) -> bool:
 
 def job_count(rule: RuleInfo, config: Mapping[str, Any]) -> int:
     """Jobs of ``rule`` in a full run: the product of its wildcards' domains (rules/common.smk)."""
+    from finet2i.workflow.params import internal_subsets
+
     subsets = len(config["generate"]["subsets"])
-    real = 1 if pipeline.enabled("package_real", config) else 0
+    real = (1 if pipeline.enabled("package_real", config) else 0) + len(internal_subsets(config))
     batched = batch_rules().get(rule.name)
     domains = {"shard": int(config["shards"]["count"]), "cshard": int(config["curated"]["shards"]),
                "group": int(config["dedup"]["groups"]),

@@ -2,11 +2,19 @@
 
 Snakemake evaluates a profile's resource values as Python expressions with ``attempt`` (1 for the first
 submission, +1 per retry), ``threads`` and ``input`` in scope; a value that is not an expression (``gpu``, a
-partition name) is kept as a string. The plugin turns a job's resources into sbatch options: ``slurm_partition``
--> ``-p``, ``slurm_account`` -> ``-A``, ``runtime`` (minutes) -> ``--time``, ``mem_mb`` -> ``--mem``
-(``mem_mb_per_cpu`` -> ``--mem-per-cpu``), ``cpus_per_task`` (else the rule's threads) -> ``--cpus-per-task``,
-``gpu``/``gpus`` -> ``--gpus``, ``gres`` -> ``--gres``. This module reproduces exactly that much, without
-Snakemake, so that preflight can check every (rule, attempt) against the cluster in milliseconds.
+partition name) is kept as a string. The plugin (snakemake-executor-plugin-slurm 2.8: ``submit_string.py``,
+``utils.set_gres_string``, the jobstep plugin's ``get_cpu_setting``) turns a job's resources into sbatch
+options; :data:`PLUGIN_KEYS` lists every one, and this module reproduces them without Snakemake, so that
+preflight can check every (rule, attempt) against the cluster in milliseconds:
+
+``slurm_partition`` -> ``-p``, ``slurm_account`` -> ``-A``, ``runtime`` (minutes) -> ``-t``, ``mem_mb_per_cpu`` ->
+``--mem-per-cpu`` (it wins over ``mem_mb``), else ``mem_mb`` -> ``--mem``, ``cpus_per_task`` (else, for a GPU job,
+``cpus_per_gpu`` -> ``--cpus-per-gpu``, else the rule's threads) -> ``--cpus-per-task``, ``gpu`` (with
+``gpu_model``) -> ``--gpus=[model:]n``, ``gres`` -> ``--gres`` (``gpu:2``, ``gpu:a100:2``; ``gpu`` and a gpu
+``gres`` together are refused by the plugin), ``constraint`` -> ``-C``, ``qos`` (and the profile's
+``slurm-qos``) -> ``--qos``, ``nodes``, ``tasks``, ``tasks_per_gpu``, ``slurm_extra`` (passed verbatim),
+``slurm_cluster``/``cluster``/``clusters`` -> ``--clusters``. Keys the plugin never reads (``gpus``: the plugin
+asks ``gpu``) are reported as such, not taken for a request.
 """
 
 from __future__ import annotations
@@ -29,6 +37,19 @@ class ProfileError(ValueError):
     """A profile that cannot be read or evaluated; the message names the file and key."""
 
 
+# Every resource key the Slurm plugin turns into an sbatch option (see the module docstring); the checks that
+# preflight runs for each: "checked" ones against the cluster, "passed" ones are reported, not evaluated.
+PLUGIN_KEYS = {
+    "slurm_partition": "checked", "slurm_account": "checked", "runtime": "checked", "mem_mb": "checked",
+    "mem_mb_per_cpu": "checked", "cpus_per_task": "checked", "cpus_per_gpu": "checked", "gpu": "checked",
+    "gpu_model": "checked", "gres": "checked", "constraint": "checked", "qos": "checked",
+    "nodes": "passed", "tasks": "passed", "tasks_per_gpu": "passed", "tasks_per_node": "passed",
+    "mpi": "passed", "slurm_extra": "passed", "slurm_cluster": "passed", "cluster": "passed",
+    "clusters": "passed",
+}
+NOT_READ_BY_PLUGIN = {"gpus": "the plugin reads `gpu` (and `gpu_model`), never `gpus`: this asks for no GPU"}
+
+
 @dataclass(frozen=True)
 class Request:
     """What one job of a rule asks Slurm for at one attempt (None: not set; Slurm's default applies)."""
@@ -38,11 +59,17 @@ class Request:
     partition: str | None
     account: str | None
     cpus: int
-    mem_mb: int | None
+    mem_mb: int | None  # the job's memory: --mem, or --mem-per-cpu x cpus
     gpus: int
     runtime_min: int | None
     jobs_in_group: int = 1  # >1: a group job of this many members (their cores and memory add up)
     mem_from: str = ""  # where mem_mb was set (profile key or rule), for messages
+    gpu_model: str | None = None  # a typed GPU request (gpu_model, or gres gpu:<type>:n)
+    mem_per_cpu: int | None = None  # --mem-per-cpu (mem_mb_per_cpu)
+    constraint: str | None = None  # -C
+    qos: str | None = None  # --qos
+    unchecked: tuple[str, ...] = ()  # plugin keys set for this rule that preflight passes on unevaluated
+    problems: tuple[str, ...] = ()  # what the plugin would refuse, or keys it never reads
 
 
 class _NoInput(list):  # type: ignore[type-arg]
@@ -177,30 +204,56 @@ class Profile:
                 raw, where = self.raw(rule, name)
             return evaluate(raw, attempt=attempt, threads=threads, where=f"{self.path}: {where}"), where
 
+        problems: list[str] = []
+        gpus, gpu_model = 0, None
+        n, _ = value("gpu")
+        if n not in (None, "", 0):
+            gpus = _count(n, f"{rule}: gpu")
+            model, _ = value("gpu_model")
+            gpu_model = None if model in (None, "") else str(model)
+        gres, gres_where = value("gres")
+        if gres not in (None, ""):
+            gres_gpus, gres_model = _gres_gpus(str(gres), f"{self.path}: {gres_where}")
+            if gres_gpus and gpus:
+                problems.append(f"both gpu and a gpu gres ({gres!r}): the plugin refuses the job (they are "
+                                f"mutually exclusive); keep one")
+            elif gres_gpus:
+                gpus, gpu_model = gres_gpus, gres_model
+        for key, why in NOT_READ_BY_PLUGIN.items():
+            n, where = value(key)
+            if n not in (None, "", 0):
+                problems.append(f"{where or key}: {why}")
         cpus_raw, _ = value("cpus_per_task")
-        cpus = int(cpus_raw) if cpus_raw not in (None, "") else threads
-        mem, mem_where = value("mem_mb")
-        per_cpu, _ = value("mem_mb_per_cpu")
-        if mem is None and per_cpu is not None:
-            mem, mem_where = int(per_cpu) * cpus, "mem_mb_per_cpu x cpus"
-        gpus = 0
-        for name in ("gpu", "gpus"):
-            n, _ = value(name)
-            if n not in (None, ""):
-                gpus = max(gpus, int(n))
-        gres, _ = value("gres")
-        if gres:
-            m = re.search(r"gpu(?::[\w-]+)?:(\d+)", str(gres))
-            gpus = max(gpus, int(m.group(1)) if m else 1)
+        per_gpu, _ = value("cpus_per_gpu")
+        if cpus_raw not in (None, ""):
+            cpus = max(1, _count(cpus_raw, f"{rule}: cpus_per_task"))
+        elif gpus and per_gpu not in (None, "") and _count(per_gpu, f"{rule}: cpus_per_gpu") > 0:
+            cpus = _count(per_gpu, f"{rule}: cpus_per_gpu") * gpus  # --cpus-per-gpu
+        else:
+            cpus = threads
+        per_cpu, per_cpu_where = value("mem_mb_per_cpu")
+        if per_cpu not in (None, ""):  # the plugin sends --mem-per-cpu and drops mem_mb
+            per_cpu = _count(per_cpu, f"{rule}: mem_mb_per_cpu")
+            mem, mem_where = per_cpu * cpus, f"{per_cpu_where or 'mem_mb_per_cpu'} ({per_cpu} MB) x {cpus} cpus"
+        else:
+            per_cpu = None
+            mem, mem_where = value("mem_mb")
         runtime, _ = value("runtime")
         partition, _ = value("slurm_partition")
         account, _ = value("slurm_account")
+        constraint, _ = value("constraint")
+        qos, _ = value("qos")
+        if qos in (None, "") and self.settings.get("slurm-qos"):
+            qos = self.settings["slurm-qos"]
+        unchecked = tuple(k for k, how in PLUGIN_KEYS.items() if how == "passed" and value(k)[0] not in (None, ""))
         return Request(rule=rule, attempt=attempt,
                        partition=None if partition in (None, "") else str(partition),
                        account=None if account in (None, "") else str(account),
-                       cpus=int(cpus), mem_mb=None if mem is None else int(mem), gpus=gpus,
-                       runtime_min=None if runtime in (None, "") else int(_minutes(runtime)),
-                       mem_from=mem_where)
+                       cpus=int(cpus), mem_mb=None if mem in (None, "") else _count(mem, f"{rule}: mem_mb"),
+                       gpus=gpus, runtime_min=None if runtime in (None, "") else int(_minutes(runtime)),
+                       mem_from=mem_where, gpu_model=gpu_model, mem_per_cpu=per_cpu,
+                       constraint=None if constraint in (None, "") else str(constraint),
+                       qos=None if qos in (None, "") else str(qos), unchecked=unchecked, problems=tuple(problems))
 
     def placeholders(self) -> list[str]:
         """Profile keys whose value still contains the CHANGE_ME placeholder."""
@@ -212,6 +265,34 @@ class Profile:
     def group_size(self, rule: str) -> int:
         group = self.groups.get(rule)
         return self.group_components.get(group, 1) if group else 1
+
+
+def _count(value: Any, where: str) -> int:
+    """A whole number of a resource (an int, or a float or text that is one); else ProfileError."""
+    if isinstance(value, bool):
+        raise ProfileError(f"{where}: {value!r} is not a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        return int(value)
+    raise ProfileError(f"{where}: {value!r} is not a whole number")
+
+
+def _gres_gpus(gres: str, where: str) -> tuple[int, str | None]:
+    """(GPUs, GPU type) a gres value asks for, as the plugin parses it (``gpu``, ``gpu:2``, ``gpu:a100:2``)."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+(:[A-Za-z0-9_.]+)?(:\d+[TGM]?)?", gres):
+        raise ProfileError(f"{where}: {gres!r} is not a gres the plugin accepts (name, name:count or "
+                           f"name:type:count)")
+    parts = gres.split(":")
+    if parts[0] != "gpu":
+        return 0, None
+    if len(parts) == 1:
+        return 1, None
+    if len(parts) == 2:
+        return (int(parts[1]), None) if parts[1].isdigit() else (1, parts[1])
+    return int(re.match(r"\d+", parts[2]).group(0)), parts[1]  # type: ignore[union-attr]
 
 
 def _minutes(value: Any) -> int:

@@ -31,6 +31,12 @@ FOLDERS: dict[str, str] = {
 }
 SUBSET_OF_FOLDER: dict[str, str] = {folder: subset for subset, folder in FOLDERS.items()}
 CURATED = "curated"
+# Real photos whose source's terms forbid redistribution (finet2i.sources.terms) are assembled apart, as the
+# pipeline subset ``real_internal``: the same layout, under another root, never in the shareable dataset.
+INTERNAL = "real_internal"
+DATASET_ROOT = "results/dataset"
+INTERNAL_ROOT = "results/dataset_internal"
+CREDITS_FILE = "credits.jsonl"  # per real subset folder: photographer, link, license of every sample in it
 
 # The released dataset's per-sample json keys, in its order.
 RELEASE_KEYS: tuple[str, ...] = (
@@ -86,10 +92,17 @@ def sample_key(seed: int | str, *parts: Any) -> str:
 
 
 def folder_of(subset: str) -> str:
+    if subset == INTERNAL:
+        return CURATED
     try:
         return FOLDERS[subset]
     except KeyError:
         raise ValueError(f"unknown subset {subset!r}: expected one of {sorted(FOLDERS)}") from None
+
+
+def dataset_dir(subset: str) -> str:
+    """Where a subset's tars go: ``results/dataset/<folder>``; the internal real photos under their own root."""
+    return f"{INTERNAL_ROOT if subset == INTERNAL else DATASET_ROOT}/{folder_of(subset)}"
 
 
 def hf_feature(spec: str | list[str]) -> dict[str, Any]:

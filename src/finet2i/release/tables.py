@@ -24,6 +24,10 @@ ORIGIN_FIELDS = [
     pa.field("prompt_id", pa.string()),  # synthetic: the prompt's id, shared by its four subsets
     pa.field("source_id", pa.string()),  # real: the photo's id in its source (the locator for a folder)
     pa.field("subcategory", pa.string()),
+    # real: the license its source's terms give it, and whether it may be redistributed (finet2i.sources.terms);
+    # null for synthetic samples (the terms of the models that made them are in the dataset card)
+    pa.field("license", pa.string()),
+    pa.field("redistributable", pa.bool_()),
     pa.field("provenance", pa.string()),  # JSON: every other upstream column (seeds, verdicts, raw answers)
 ]
 # Where each member's bytes lie in the tar (offset of the data, past its header; size in bytes), so a reader

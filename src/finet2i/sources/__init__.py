@@ -16,6 +16,7 @@ Each is listed by the ``curated_list`` rule (:mod:`finet2i.sources.listing`) int
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 LISTED_TYPES = ("unsplash_lite", "pexels", "pixabay")  # sources that are listed into a manifest first
@@ -34,10 +35,12 @@ MANIFEST_COLUMNS = (
     "height",
     "source_text",  # Unsplash ai_description (else description), Pexels alt, Pixabay tags
     "query",  # the query that listed it first ("" for a dataset)
-    "problem",  # a drop reason found while listing (missing_fields), else null
+    "problem",  # a drop reason found while listing (missing_fields, no_ai_training, ai_generated), else null
     "detail",
 )
 MISSING_FIELDS = "missing_fields"
+NO_AI_TRAINING = "no_ai_training"  # Pixabay: the hit says noAiTraining (its creator opted out of AI training)
+AI_GENERATED = "ai_generated"  # Pixabay: the hit says isAiGenerated (not a photograph: not for a real-photo set)
 
 
 def is_listed(entry: Any) -> bool:
@@ -47,6 +50,24 @@ def is_listed(entry: Any) -> bool:
 def listed_name(entry: Mapping[str, Any]) -> str:
     """A listed source's name: its ``name``, else its type (``pexels``)."""
     return str(entry.get("name") or entry["type"])
+
+
+def source_path(source: Any) -> str:
+    """Where an entry's items are read from: a listed source's manifest, else its folder or URL-list file."""
+    if is_listed(source):
+        return manifest_path(listed_name(source))
+    return str(source["path"]) if isinstance(source, Mapping) else str(source)
+
+
+def source_name(source: Any) -> str:
+    """What the dataset records as a real image's ``image_generator``: the entry's ``name`` (``pexels``), else
+    the folder's name, else the URL-list file's stem (one stat of the path to tell which)."""
+    if is_listed(source):
+        return listed_name(source)
+    if isinstance(source, Mapping) and source.get("name"):
+        return str(source["name"])
+    p = Path(source_path(source).rstrip("/"))
+    return p.name if p.is_dir() else p.stem
 
 
 def manifest_path(name: str) -> str:

@@ -1,8 +1,11 @@
 """Listing a real source into a manifest (rule ``curated_list``): resumable, paced, and without the key on disk.
 
 One job per listed source (``unsplash_lite``, ``pexels``, ``pixabay``), on a node with network (the rule is a
-``localrule``: it runs where Snakemake runs, never on an offline compute node). For an API source it walks each
-query's pages in order, page 1, 2, ... until the last page or a cap (``max_per_query``, ``max_photos``).
+``localrule``: it runs where Snakemake runs, never on an offline compute node). Nothing is read or requested
+before the source's terms gate passes (:mod:`finet2i.sources.terms`: the config states how this run may use
+it). For an API source it walks each query's pages in order, page 1, 2, ... until the last page or a cap
+(``max_per_query`` and ``max_photos`` have finite defaults, and no query is asked for more pages than its cap
+needs: a server that answers ``next_page`` forever is listed no further).
 
 **Resume and the answer cache** are one thing: every answer is stored, atomically, as it arrives, in
 ``results/curated_list/<name>.pages/<request id>.json`` (the request id hashes the endpoint and its parameters
@@ -17,7 +20,8 @@ photo whose answer lacks a needed field keeps its row, with ``problem: missing_f
 drops it with that reason, so every listed photo is accounted for in the funnel.
 
 The key comes from the environment variable the source names (``key_env``); it is sent to the API and nowhere
-else: not in the stored answers, the request ids, the manifest, the stats, the log, or an error message.
+else: not in the stored answers (an answer that echoes it back is scrubbed before it is stored or parsed), the
+request ids, the manifest, the stats, the log, or an error message.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from finet2i.core import shards
-from finet2i.sources import MANIFEST_COLUMNS, listed_name, pexels, pixabay, unsplash_lite
+from finet2i.sources import MANIFEST_COLUMNS, listed_name, pexels, pixabay, terms, unsplash_lite
 from finet2i.sources.http import ApiError, PoliteClient, RateLimit
 
 log = logging.getLogger(__name__)
@@ -57,14 +61,14 @@ def state_dir(manifest: str | os.PathLike[str]) -> Path:
     return Path(f"{manifest}.pages")
 
 
-def _stored(path: Path, cache_hours: float | None) -> Any | None:
+def _stored(path: Path, cache_hours: float | None, client: PoliteClient) -> Any | None:
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # absent, or cut off by a kill before the rename (never: writes are atomic)
     if cache_hours is not None and time.time() - float(saved.get("fetched_at", 0)) > cache_hours * 3600:
         return None
-    return saved["body"]
+    return client.scrub_body(saved["body"])  # an answer stored before scrubbing existed is cleaned on the way out
 
 
 def _store(path: Path, shown: str, body: Any) -> None:
@@ -91,8 +95,10 @@ def list_api(entry: Mapping[str, Any], pages: Path, *, environ: Mapping[str, str
     client = PoliteClient(rate=RateLimit(int(rate["requests"]), float(rate["seconds"])), key_env=entry["key_env"],
                           secrets=(key,), secret_params=SECRET_PARAMS, timeout_s=float(entry["timeout_s"]),
                           retries=int(entry["retries"]), backoff_s=float(entry["backoff_s"]),
-                          max_wait_s=float(entry["max_wait_s"]), sleep=sleep)
-    cap_query, cap_total = entry.get("max_per_query"), entry.get("max_photos")
+                          max_wait_s=float(entry["max_wait_s"]), deadline_s=float(entry["deadline_s"]),
+                          max_bytes=int(entry["max_answer_bytes"]), sleep=sleep)
+    cap_query, cap_total = int(entry["max_per_query"]), int(entry["max_photos"])
+    max_pages = -(-cap_query // int(entry["per_page"])) + 1  # one more page than the cap needs, then stop
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     repeats = 0
@@ -106,7 +112,7 @@ def list_api(entry: Mapping[str, Any], pages: Path, *, environ: Mapping[str, str
                 url, params, headers = api.request(entry, query, page, key)
                 path = pages / f"{request_id(url, params)}.json"
                 shown = client.shown(url, params)
-                body = _stored(path, entry.get("cache_hours"))
+                body = _stored(path, entry.get("cache_hours"), client)
                 if body is not None:
                     from_cache += 1
                 else:
@@ -119,7 +125,7 @@ def list_api(entry: Mapping[str, Any], pages: Path, *, environ: Mapping[str, str
                     _store(path, shown, body)
                 page_rows, last = api.parse(body, entry, name, query, page)
                 for row in page_rows:
-                    if cap_query is not None and listed >= cap_query:
+                    if listed >= cap_query:
                         break
                     listed += 1
                     sid = row["source_id"] or f"{query}#{page}#{listed}"
@@ -128,14 +134,17 @@ def list_api(entry: Mapping[str, Any], pages: Path, *, environ: Mapping[str, str
                         continue
                     seen.add(sid)
                     rows.append(row)
-                    if cap_total is not None and len(rows) >= cap_total:
+                    if len(rows) >= cap_total:
                         break
-                if last or (cap_query is not None and listed >= cap_query) or \
-                        (cap_total is not None and len(rows) >= cap_total):
+                if last or listed >= cap_query or len(rows) >= cap_total:
+                    break
+                if page >= max_pages:
+                    log.warning("%s: query %r: still a next page after %d pages (%d photos listed): stopped "
+                                "(max_per_query %d)", name, query, page, listed, cap_query)
                     break
                 page += 1
             per_query[query] = listed
-            if cap_total is not None and len(rows) >= cap_total:
+            if len(rows) >= cap_total:
                 break
     except ApiError as e:
         raise ApiError(client.scrub(str(e))) from None
@@ -150,6 +159,7 @@ def run_listing(entry: Mapping[str, Any], out_path: str | os.PathLike[str], stat
     """List one source into its manifest, then write its stats (the completion marker)."""
     started = time.monotonic()
     name = listed_name(entry)
+    terms.require(entry, f"curated source {name!r}")  # before any file is read or request sent
     if entry["type"] == "unsplash_lite":
         rows, cost = unsplash_lite.read_rows(entry, name), {"requests_sent": 0}
         seen: set[str] = set()

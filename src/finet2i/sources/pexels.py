@@ -5,7 +5,9 @@
 ``{"page", "per_page", "photos": [...], "total_results", "next_page"}``; the last page has no ``next_page``.
 A photo: ``id``, ``width``, ``height``, ``url`` (its page), ``photographer``, ``photographer_url``, ``alt`` and
 ``src`` {``original``, ``large2x``, ``large``, ``medium``, ...}. Limits: 200 requests/hour, 20,000/month by
-default, ``X-Ratelimit-Limit/Remaining/Reset`` (Reset: a UNIX time). Terms: credit the photographer and Pexels.
+default, ``X-Ratelimit-Limit/Remaining/Reset`` counting the *month* (Reset: the UNIX time of the monthly
+rollover; not sent with a 429). Terms (:mod:`finet2i.sources.terms`): no datasets or ML training through the API
+without explicit permission from Pexels; credit the photographer and Pexels.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from finet2i.sources import MISSING_FIELDS, manifest_row, missing
+from finet2i.sources.terms import SITES
 
-LICENSE = "Pexels License"
+LICENSE = SITES["pexels"].license
 CURATED = ":curated"  # the pseudo-query that lists /curated
 REQUIRED = ("source_id", "image_url", "page_url")
 

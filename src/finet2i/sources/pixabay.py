@@ -4,9 +4,17 @@
 ``orientation``, ``safesearch``, ``order``, ``editors_choice``). An answer is ``{"total", "totalHits", "hits"}``;
 ``totalHits`` is what the API will hand out for the query (by default at most 500), so the last page is the one
 that reaches it. A hit: ``id``, ``pageURL``, ``tags``, ``imageWidth``, ``imageHeight``, ``webformatURL``,
-``largeImageURL`` (1280 px at most), ``user``, ``user_id``. A wrong key answers HTTP 400 "Invalid or missing API
-key". Limits: 100 requests per 60 s, ``X-RateLimit-Limit/Remaining/Reset`` (Reset: seconds). Terms: answers
-cached 24 h, images downloaded (no hotlinking), no systematic mass downloads, show where images come from.
+``largeImageURL`` (1280 px at most), ``user``, ``user_id``; with full API access only, ``fullHDURL`` and
+``imageURL`` (config: ``full_api_access``). A wrong key answers HTTP 400 "Invalid or missing API key". Limits:
+100 requests per 60 s, ``X-RateLimit-Limit/Remaining/Reset`` (Reset: seconds). Terms: answers cached 24 h,
+images downloaded (no hotlinking), no systematic mass downloads, show where images come from
+(:mod:`finet2i.sources.terms`).
+
+Hits carry flags that the API docs we could read do not describe (``noAiTraining``, ``isAiGenerated``,
+``isGRated``, ``isLowQuality``; seen in live answers mirrored by public client code). Read by their names:
+``noAiTraining: true`` (the creator opted out of AI training) lists the photo with ``problem: no_ai_training``,
+``isAiGenerated: true`` (not a photograph: this is a real-photo set) with ``ai_generated``; curated_ingest drops
+both with that reason, so they are counted in the funnel. The other two are recorded in ``detail`` only.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from finet2i.sources import MISSING_FIELDS, manifest_row, missing
+from finet2i.sources import AI_GENERATED, MISSING_FIELDS, NO_AI_TRAINING, manifest_row, missing
+from finet2i.sources.terms import SITES
 
-LICENSE = "Pixabay Content License"
+LICENSE = SITES["pixabay"].license
 REQUIRED = ("source_id", "image_url", "page_url")
 
 
@@ -51,8 +60,15 @@ def parse(body: Any, entry: Mapping[str, Any], name: str, query: str,
             width=_int(h.get("imageWidth")), height=_int(h.get("imageHeight")), source_text=h.get("tags") or None,
             query=query)
         gone = missing(row, REQUIRED)
-        if gone:
+        if h.get("noAiTraining") is True:
+            row.update(problem=NO_AI_TRAINING, detail="the hit says noAiTraining: true (its creator opted out of "
+                                                      "AI training)")
+        elif h.get("isAiGenerated") is True:
+            row.update(problem=AI_GENERATED, detail="the hit says isAiGenerated: true (not a photograph)")
+        elif gone:
             row.update(problem=MISSING_FIELDS, detail=f"the answer has no {', '.join(gone)} for this photo")
+        elif h.get("isGRated") is False or h.get("isLowQuality") is True:
+            row.update(detail=f"isGRated: {h.get('isGRated')}, isLowQuality: {h.get('isLowQuality')}")
         rows.append(row)
     return rows, _last(body, len(body["hits"]), page, entry)
 

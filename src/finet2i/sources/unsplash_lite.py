@@ -1,11 +1,19 @@
-"""The Unsplash Lite dataset (https://github.com/unsplash/datasets), read offline from its files.
+"""The Unsplash Lite dataset (https://github.com/unsplash/datasets), read offline from its files, as the dataset's
+own loaders read them.
 
-The dataset ships ``photos.tsv000`` (TSV, a header line, one row per photo; larger releases split the table
-into ``photos.tsv000``, ``photos.tsv001``, ...). Columns used (the dataset's DOCS.md): ``photo_id``,
-``photo_url`` (the photo's page), ``photo_image_url`` (an imgix URL that takes ``w``/``q``/``fm`` parameters),
-``photo_width``, ``photo_height``, ``photo_description``, ``ai_description``, ``photographer_username``,
-``photographer_first_name``, ``photographer_last_name``. Other columns are ignored. The Lite dataset allows
-commercial and non-commercial use; photos fall under the Unsplash License; credit the photographer.
+The photos table is ``photos.tsv000`` in most releases and ``photos.csv000`` in those before 1.4.x (the
+extension changed back and forth: unsplash/datasets PR #71, release 1.4.1); larger releases split it into
+``...000``, ``...001``, .... Either name is found, every part read in order. The official loaders
+(``how-to/psql/load-data-*.sql``: ``FORMAT csv, DELIMITER E'\\t'``; the pandas notebook: ``read_csv(sep='\\t')``)
+read the parts as *quoted CSV with a tab delimiter*: ``"`` quotes a field, ``""`` is a quote inside one, and a
+quoted field may span lines (issue #29 found a record with an embedded newline). So does :func:`read_rows`, with
+Python's csv module in its default quoting; a header line per part names the columns.
+
+Columns used (the dataset's DOCS.md): ``photo_id``, ``photo_url`` (the photo's page), ``photo_image_url`` (an imgix
+URL that takes ``w``/``q``/``fm`` parameters), ``photo_width``, ``photo_height``, ``photo_description``,
+``ai_description``, ``photographer_username``, ``photographer_first_name``, ``photographer_last_name``. Other
+columns are ignored. The photos come under the Unsplash Dataset Terms (:mod:`finet2i.sources.terms`): internal use
+to train models, no publishing or redistribution of any portion without Unsplash's written permission.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from finet2i.sources import MISSING_FIELDS, manifest_row, missing
+from finet2i.sources.terms import SITES
 
-LICENSE = "Unsplash License"
+LICENSE = SITES["unsplash_lite"].license
 REQUIRED = ("source_id", "image_url", "page_url")
 # The photos table's header as the dataset's DOCS.md lists it (what a fixture of it must look like).
 DOCUMENTED_COLUMNS = (
@@ -34,15 +43,18 @@ COLUMNS = ("photo_id", "photo_url", "photo_image_url", "photo_width", "photo_hei
            "ai_description", "photographer_username", "photographer_first_name", "photographer_last_name")
 
 
+PART_GLOBS = ("photos.tsv*", "photos.csv*")  # the photos table's names across releases
+
+
 def tables(path: str | Path) -> list[Path]:
-    """The photos table's parts: the file itself, or ``photos.tsv*`` in a folder (in order)."""
+    """The photos table's parts: the file itself, or ``photos.tsv*`` / ``photos.csv*`` in a folder (in order)."""
     p = Path(path)
     if p.is_file():
         return [p]
-    parts = sorted(q for q in p.glob("photos.tsv*") if q.is_file())
+    parts = sorted({q for pattern in PART_GLOBS for q in p.glob(pattern) if q.is_file()})
     if not parts:
-        raise FileNotFoundError(f"{p}: no photos.tsv000 here; point the unsplash_lite source's path at the "
-                                f"unzipped Unsplash Lite dataset folder or at its photos.tsv000")
+        raise FileNotFoundError(f"{p}: no photos.tsv000 or photos.csv000 here; point the unsplash_lite source's "
+                                f"path at the unzipped Unsplash Lite dataset folder or at its photos table")
     return parts
 
 
@@ -61,7 +73,8 @@ def read_rows(entry: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     rows = []
     for part in tables(entry["path"]):
         with open(part, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            # Quoted CSV with a tab delimiter, as the official loaders read it (a quoted field may span lines).
+            reader = csv.DictReader(f, delimiter="\t", quotechar='"', doublequote=True)
             absent = [c for c in ("photo_id", "photo_image_url", "photo_url") if c not in (reader.fieldnames or [])]
             if absent:
                 raise ValueError(f"{part}: not an Unsplash photos table (no {', '.join(absent)} column in the "

@@ -1,7 +1,10 @@
 """Cut one subset's finished samples into the release's tars: ``train-000000.tar`` of ``samples_per_tar`` samples.
 
 Input: every ``results/package/{subset}/*.parquet`` (or ``package_real``) table, one per pipeline shard, each
-sorted by key. Output: ``results/dataset/<release folder>/train-%06d.tar`` with, beside each, its parquet index
+sorted by key. The real photos are split by their source's terms (finet2i.sources.terms): subset ``real`` takes
+those that may be redistributed, ``real_internal`` the others, assembled in the same layout under
+``results/dataset_internal/``; each real subset's credits are gathered into its folder's ``credits.jsonl``.
+Output: ``results/dataset/<release folder>/train-%06d.tar`` with, beside each, its parquet index
 (one row per sample, in tar order: the 15 keys, where the sample came from, its provenance, and each member's
 offset and size in the tar) and a stats JSON;
 and the job's manifest, ``results/assemble/{subset}.json`` (the rule's one declared output).
@@ -88,12 +91,23 @@ WITNESSES = 5  # datasets' WebDataset.NUM_EXAMPLES_FOR_FEATURES_INFERENCE
 _PLAN_COLUMNS = ["key", "digest", "id", "nonnull"]
 
 
-def read_keys(tables: Sequence[str | os.PathLike[str]]) -> pa.Table:
-    """``key``, ``digest``, ``id``, ``nonnull`` and ``file`` (input position) of every kept sample, sorted by key
-    then file."""
+def subset_filter(subset: str) -> list[tuple[str, str, Any]]:
+    """Which kept rows of the input tables belong to ``subset``: a real photo goes to the shareable ``real``
+    subset only when its source's terms let it be redistributed, else to ``real_internal``
+    (results/dataset_internal/)."""
+    if subset == release.INTERNAL:
+        return [("redistributable", "=", False)]
+    if subset == "real":
+        return [("redistributable", "=", True)]
+    return []
+
+
+def read_keys(tables: Sequence[str | os.PathLike[str]], subset: str = "") -> pa.Table:
+    """``key``, ``digest``, ``id``, ``nonnull`` and ``file`` (input position) of every kept sample of ``subset``,
+    sorted by key then file."""
     parts = []
     for i, path in enumerate(tables):
-        t = pq.read_table(path, columns=_PLAN_COLUMNS, filters=[(shards.KEPT, "=", True)])
+        t = pq.read_table(path, columns=_PLAN_COLUMNS, filters=[(shards.KEPT, "=", True), *subset_filter(subset)])
         if t.num_rows:
             parts.append(t.append_column("file", pa.array([i] * t.num_rows, pa.int32())))
     if not parts:
@@ -265,13 +279,39 @@ def mean_sample_bytes(tables: Sequence[str | os.PathLike[str]]) -> float:
     return (sum(os.path.getsize(p) for p in tables) + referred) / (n_rows or 1)
 
 
+def gather_credits(folder: Path, credit_files: Sequence[str | os.PathLike[str]], keys: set[str]
+                   ) -> dict[str, int]:
+    """``<folder>/credits.jsonl``: the credit line of every sample of the subset, in key order, gathered from the
+    shards' credits files (package_real); rewritten only when it changes. Returns the samples per source."""
+    lines: dict[str, str] = {}
+    per_source: dict[str, int] = defaultdict(int)
+    for path in credit_files:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            credit = json.loads(line)
+            if credit.get("key") in keys and credit["key"] not in lines:
+                lines[credit["key"]] = line
+                per_source[str(credit.get("source"))] += 1
+    target = folder / release.CREDITS_FILE
+    text = "".join(lines[k] + "\n" for k in sorted(lines))
+    if not keys:
+        target.unlink(missing_ok=True)
+    elif not target.is_file() or target.read_text(encoding="utf-8") != text:
+        folder.mkdir(parents=True, exist_ok=True)
+        with shards.atomic_path(target) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return dict(sorted(per_source.items()))
+
+
 def run_assemble(tables: Sequence[str | os.PathLike[str]], dataset_dir: str | os.PathLike[str],
                  manifest_path: str | os.PathLike[str], *, subset: str, samples_per_tar: int,
-                 memory_mb: int = 4096) -> dict[str, Any]:
-    """Bring ``dataset_dir`` (one release folder) in line with the finished-sample ``tables``; write the manifest."""
+                 memory_mb: int = 4096, credits: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Any]:
+    """Bring ``dataset_dir`` (one release folder) in line with the finished-sample ``tables``; write the manifest.
+    For a real subset, ``credits`` (the shards' credits files) are gathered into ``<dataset_dir>/credits.jsonl``."""
     started = time.monotonic()
     folder = Path(dataset_dir)
-    planned, dropped = plan_tars(read_keys(tables), samples_per_tar)
+    planned, dropped = plan_tars(read_keys(tables, subset), samples_per_tar)
     for d in dropped:
         log.warning("%s: %s (%s) left out: %s", subset, d["key"], d["record_id"], d["reason"])
     todo = [t for t in planned if not is_current(folder, t)]
@@ -288,6 +328,7 @@ def run_assemble(tables: Sequence[str | os.PathLike[str]], dataset_dir: str | os
                 picked.append(rows[(f, key)])
             written[tar.index] = write_one(folder, tar, picked, subset=subset)
             log.info("%s: wrote %s (%d samples)", subset, tar.name, len(picked))
+    per_source = gather_credits(folder, credits, {k for t in planned for k in t.keys}) if credits else {}
     removed = remove_stale(folder, len(planned))
     if not planned and folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()  # an empty subset has no folder: nothing to load, nothing to mistake for data
@@ -300,7 +341,8 @@ def run_assemble(tables: Sequence[str | os.PathLike[str]], dataset_dir: str | os
         "stage": STAGE, "subset": subset, "folder": folder.name, "dataset_dir": str(folder),
         "samples": sum(len(t.keys) for t in planned), "samples_per_tar": samples_per_tar,
         "tars": tars, "tars_rewritten": len(written), "tars_unchanged": len(planned) - len(written),
-        "removed": removed, "dropped": dropped, "inputs": len(tables),
+        "removed": removed, "dropped": dropped, "inputs": len(tables), "per_source": per_source,
+        "credits": str(folder / release.CREDITS_FILE) if per_source else None,
         "seconds": round(time.monotonic() - started, 3),
     }
     shards.write_json(manifest_path, manifest)

@@ -35,7 +35,13 @@ from finet2i.core.settings import FromSection, default
 from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Message, Sampling
 from finet2i.models.spec import ModelSpec
-from finet2i.plumbing.answers import is_refusal, without_control_chars, without_think, word_count
+from finet2i.plumbing.answers import (
+    clean_markup,
+    is_refusal,
+    without_code_fence,
+    without_control_chars,
+    word_count,
+)
 from finet2i.plumbing.images import image_bytes, load_image
 
 log = logging.getLogger(__name__)
@@ -88,12 +94,13 @@ class CaptionSettings(FromSection):
 
 
 def clean_caption(text: str | None, long: bool = False) -> str:
-    """The caption in a model answer: no think block, lead-in, surrounding quotes or control characters,
-    single spaces. A short caption is the answer's first paragraph; a long one joins its paragraphs, less a
-    closing paragraph of chatter ("I hope this helps!")."""
+    """The caption in a model answer: no think block, chat-template markup, U+FFFD, code fence, lead-in,
+    surrounding quotes or control characters, single spaces. A short caption is the answer's first paragraph;
+    a long one joins its paragraphs, less a closing paragraph of chatter ("I hope this helps!")."""
     if not text:
         return ""
-    text = without_control_chars(without_think(text)).strip()  # a think block or NUL bytes are no caption
+    # a think block, chat-template markup, U+FFFD or NUL bytes are no caption; nor is a code fence around it
+    text = without_code_fence(without_control_chars(clean_markup(text)[0]).strip()).strip()
     text = _LEAD_IN.sub("", text, count=1)
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     if not long:
@@ -178,6 +185,9 @@ def caption_chunk(records: list[Record], vlm: Any, settings: CaptionSettings, mo
         raise RuntimeError(f"captioner returned {len(answers)} answers for {len(conversations)} requests")
     long_answers = answers[len(todo):] if long else [None] * len(todo)
     for (r, _), answer, long_answer in zip(todo, answers[:len(todo)], long_answers, strict=True):
+        # evidence: the markup cleaning removed from either answer
+        r["caption_markup"] = ",".join(dict.fromkeys(
+            k for a in (answer, long_answer) for k in clean_markup(a or "")[1])) or None
         short, reason = _verdict(answer, long=False)
         raw = answer
         if reason is None and long:

@@ -51,7 +51,7 @@ from finet2i.plumbing.download import (
     redact,
 )
 from finet2i.plumbing.images import Rejected, normalise_image
-from finet2i.sources import is_listed, listed_name, manifest_path
+from finet2i.sources import is_listed, source_name, source_path
 
 log = logging.getLogger(__name__)
 
@@ -146,23 +146,6 @@ CREDIT_COLUMNS = ("source_id", "page_url", "photographer", "photographer_url", "
 
 
 Source = str | Mapping[str, str]  # a curated.sources entry: "path", or {path: ..., name: ...}
-
-
-def source_path(source: Source) -> str:
-    if is_listed(source):
-        return manifest_path(listed_name(source))  # type: ignore[arg-type]
-    return str(source["path"]) if isinstance(source, Mapping) else source
-
-
-def source_name(source: Source) -> str:
-    """What the dataset records as a real image's ``image_generator``: the entry's ``name`` (``pexels``), else
-    the folder's name, else the URL-list file's stem."""
-    if is_listed(source):
-        return listed_name(source)  # type: ignore[arg-type]
-    if isinstance(source, Mapping) and source.get("name"):
-        return str(source["name"])
-    p = Path(source_path(source).rstrip("/"))
-    return p.name if p.is_dir() else p.stem
 
 
 def _printable(name: str) -> str | None:

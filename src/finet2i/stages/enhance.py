@@ -10,7 +10,8 @@ blocks, else the original prompt. We do the same and say which case happened:
 - otherwise (empty, only a think block, cut off inside ``<think>`` or ``<answer>``, a refusal such as "I'm
   sorry, I can't help with that": ``enhance_refused``) -> the original prompt, ``enhance_fallback = true`` and
   the reason in ``enhance_note``, the raw answer in ``enhance_raw``. A refusal never becomes a prompt.
-Control characters (NUL bytes) are removed from the answer first.
+Control characters (NUL bytes) are removed from the answer first; chat-template tokens and U+FFFD characters
+from the text taken (``plumbing.answers.clean_markup``; what was removed in ``enhance_markup``).
 
 The same function serves the real-image branch (``prompt_column`` names the caption column there).
 """
@@ -30,7 +31,14 @@ from finet2i.core.settings import FromSection, default
 from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Constraint, Message, Sampling
 from finet2i.models.spec import ModelSpec
-from finet2i.plumbing.answers import is_refusal, think_unterminated, without_control_chars, without_think, word_count
+from finet2i.plumbing.answers import (
+    clean_markup,
+    is_refusal,
+    think_unterminated,
+    without_control_chars,
+    without_think,
+    word_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +102,9 @@ def extract_enhanced(raw: str | None) -> Extraction:
         return Extraction(None, REFUSED)
     m = _ANSWER.search(raw)
     if m:
-        text = " ".join(m.group(1).split())
-        if _TAG.search(text):  # "<answer> <answer> ...": a tag inside the answer is noise, not a prompt
+        if _TAG.search(m.group(1)):  # "<answer> <answer> ...": a tag inside the answer is noise, not a prompt
             return Extraction(None, "malformed_tags")
+        text = " ".join(clean_markup(m.group(1))[0].split())  # chat-template tokens, U+FFFD
         if is_refusal(text):
             return Extraction(None, REFUSED)
         return Extraction(text, None) if text else Extraction(None, "empty_answer")
@@ -107,9 +115,9 @@ def extract_enhanced(raw: str | None) -> Extraction:
         return Extraction(None, "unterminated_answer")
     if _TAG.search(rest):
         return Extraction(None, "malformed_tags")
-    text = " ".join(rest.split())
+    text = " ".join(clean_markup(rest)[0].split())
     if not text:
-        return Extraction(None, "no_answer")  # only a think block
+        return Extraction(None, "no_answer")  # only a think block (or only markup)
     return Extraction(text, NO_ANSWER_TAG)
 
 
@@ -146,6 +154,8 @@ def enhance_chunk(records: Sequence[Record], llm: Any, settings: EnhanceSettings
         r["enhance_fallback"] = ex.fallback
         r["enhance_note"] = ex.note
         r["enhance_raw"] = raw if ex.fallback else None  # evidence for the fallbacks only
+        # evidence: the chat markup or U+FFFD cleaning removed from the answer (think blocks are its format)
+        r["enhance_markup"] = ",".join(k for k in clean_markup(raw or "")[1] if k != "think_tag") or None
         shards.mark(r, None)
     return out
 

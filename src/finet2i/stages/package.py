@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from finet2i.core import shards
 from finet2i.core.settings import FromSection, default
-from finet2i.plumbing.answers import word_count
+from finet2i.plumbing.answers import markup_in, word_count
 from finet2i.plumbing.images import image_bytes, reference_to, resolve_images
 from finet2i.release import layout as release
 from finet2i.release.layout import RELEASE_KEYS
@@ -72,8 +72,8 @@ STAGING_SCHEMA = pa.schema([
 # Columns of an upstream row that are not provenance: bytes, verdicts (every packaged row was kept), and
 # what a release key or origin column already carries.
 _NOT_PROVENANCE = {"image", shards.KEPT, shards.DROP_REASON, "id", "sample_id", "category", "subcategory",
-                   "width", "height", "prompt_used", "caption", "source", "locator", "subset",
-                   *RELEASE_KEYS}
+                   "width", "height", "prompt_used", "caption", "source", "locator", "subset", "license",
+                   "redistributable", *RELEASE_KEYS}
 
 # Drop reasons of this stage (a kept upstream row that cannot be shipped).
 MISSING_IMAGE = "missing_image"
@@ -82,6 +82,8 @@ EMPTY_PROMPT = "empty_prompt"
 EMPTY_TXT = "empty_txt"
 BAD_ID = "bad_id"
 DUPLICATE_KEY = "duplicate_key"
+NOT_REDISTRIBUTABLE = "not_redistributable"  # its source's terms forbid it, curated.non_redistributable: omit
+CONTROL_MARKUP = "control_markup"  # a think tag, chat-template token or U+FFFD in the prompt or the txt
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,11 @@ def build_sample(row: dict[str, Any], image: bytes | None, *, subset: str, seed:
     txt = str(row.get("prompt_used") or (enhanced if with_enhanced else prompt))
     if not txt.strip():
         return None, EMPTY_TXT
+    if any(markup_in(str(t)) for t in (prompt, enhanced, txt) if t):
+        # the stage that wrote it cleans model markup; one that slipped through is never shipped
+        log.warning("%s: model control markup in its text (%s): not shipped", record_id,
+                    ", ".join(dict.fromkeys(k for t in (prompt, enhanced, txt) if t for k in markup_in(str(t)))))
+        return None, CONTROL_MARKUP
     key = release_key(row, real=real, seed=seed)
     meta: dict[str, Any] = {
         "id": key,
@@ -252,6 +259,8 @@ def build_sample(row: dict[str, Any], image: bytes | None, *, subset: str, seed:
         "prompt_id": None if real else str(row["id"]),
         "source_id": row.get("locator") if real else None,
         "subcategory": None if real else row.get("subcategory"),
+        "license": row.get("license") if real else None,
+        "redistributable": bool(row.get("redistributable")) if real else None,
     }
     provenance = {}
     for col in sorted(row):
@@ -285,18 +294,23 @@ def staging_row(sample: Sample, with_provenance: bool, source: tuple[str, str] |
 def package_rows(rows: Iterable[dict[str, Any]], images: dict[str, bytes | None], *, subset: str, shard: str,
                  seed: int | str, out_path: str | os.PathLike[str], stats_path: str | os.PathLike[str],
                  settings: dict[str, Any] | None, started: float | None = None,
-                 stage: str = STAGE, images_from: tuple[str, str] | None = None) -> shards.StageStats:
+                 stage: str = STAGE, images_from: tuple[str, str] | None = None,
+                 refused: Mapping[str, str] | None = None) -> shards.StageStats:
     """Finish already-kept rows; ``images`` maps a row's record id to its image bytes. Writes one row per input
-    row (kept with bytes, or dropped with its reason), sorted by key, then the stats. ``images_from``: the table
-    that ``images`` was read from (relative to ``out_path``'s folder) and its key column: a sample whose bytes ship
-    unchanged refers to it instead of holding a copy."""
+    row (kept with bytes, or dropped with its reason; ``refused``: record id -> a reason decided before, such as
+    ``not_redistributable``), sorted by key, then the stats. ``images_from``: the table that ``images`` was read
+    from (relative to ``out_path``'s folder) and its key column: a sample whose bytes ship unchanged refers to it
+    instead of holding a copy."""
     started = time.monotonic() if started is None else started
     cfg = PackageSettings.from_config(settings)
     out: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     for row in rows:
         record_id = str(row.get("sample_id") or row.get("id") or "")
-        sample, reason = build_sample(row, images.get(record_id), subset=subset, seed=seed, settings=cfg)
+        if refused and record_id in refused:
+            sample, reason = None, refused[record_id]
+        else:
+            sample, reason = build_sample(row, images.get(record_id), subset=subset, seed=seed, settings=cfg)
         if sample is not None and sample.key in seen:
             log.warning("%s/%s: %s has the key of %s", subset, shard, record_id, seen[sample.key])
             sample, reason = None, DUPLICATE_KEY
@@ -350,8 +364,10 @@ def sample_jpgs(rows: list[dict[str, Any]], table: str | os.PathLike[str]) -> li
     return rows
 
 
-# What a credit line needs (the sources ask for the photographer, a link to the photo, and the license).
-CREDIT_FIELDS = ("source", "source_id", "page_url", "photographer", "photographer_url", "license")
+# What a credit line needs (the sources ask for the photographer, a link to the photo, and the license), and
+# whether the photo may be redistributed (assemble gathers each real subset's lines into its folder).
+CREDIT_FIELDS = ("source", "source_id", "page_url", "photographer", "photographer_url", "license",
+                 "redistributable")
 
 
 def write_credits(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]],
@@ -365,19 +381,40 @@ def write_credits(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]],
     return len(lines)
 
 
+def with_rights(row: dict[str, Any], rights: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """The row with its source's ``license`` and ``redistributable`` (package_real's ``rights`` param, built by
+    finet2i.sources.terms.rights_by_name from the config). A source the map does not name (a test's table)
+    keeps the license it carries and is taken as redistributable only when no map is given at all."""
+    r = (rights or {}).get(str(row.get("source")))
+    if r is None:
+        return {**row, "redistributable": rights is None}
+    return {**row, "license": r.get("license") or row.get("license"),
+            "redistributable": bool(r.get("redistributable"))}
+
+
 def run_package_real(table_path: str | os.PathLike[str], ingest_path: str | os.PathLike[str],
                      out_path: str | os.PathLike[str], *, cshard: str, seed: int | str,
                      settings: dict[str, Any] | None, stats_path: str | os.PathLike[str],
-                     credits_path: str | os.PathLike[str] | None = None) -> shards.StageStats:
+                     credits_path: str | os.PathLike[str] | None = None,
+                     rights: Mapping[str, Mapping[str, Any]] | None = None,
+                     non_redistributable: str = default("curated.non_redistributable")) -> shards.StageStats:
     """Finish one curated shard: the kept rows of the last curated stage, image bytes from the ingest table;
-    ``credits_path`` gets the shard's credits (:func:`write_credits`), written before the stats."""
+    every row gets its source's license and redistribution status (``rights``); with ``non_redistributable``
+    ``omit`` a photo that may not be redistributed is dropped as ``not_redistributable`` (``internal``: it is
+    finished, and assemble puts it in results/dataset_internal/). ``credits_path`` gets the shard's credits
+    (:func:`write_credits`), written before the stats."""
+    if non_redistributable not in ("internal", "omit"):
+        raise ValueError(f"curated.non_redistributable: {non_redistributable!r} is not internal or omit")
     started = time.monotonic()
-    kept = shards.read_kept(table_path, exclude=("image",))
-    images = image_bytes(ingest_path, "id", [r["id"] for r in kept])
+    kept = [with_rights(r, rights) for r in shards.read_kept(table_path, exclude=("image",))]
+    refused = {r["id"]: NOT_REDISTRIBUTABLE for r in kept
+               if non_redistributable == "omit" and not r["redistributable"]}
+    images = image_bytes(ingest_path, "id", [r["id"] for r in kept if r["id"] not in refused])
     stats_file = Path(f"{out_path}.stats-pending.json") if credits_path else Path(stats_path)
     stats = package_rows(kept, images, subset=REAL, shard=cshard, seed=seed, out_path=out_path,
                          stats_path=stats_file, settings=settings, started=started, stage=STAGE_REAL,
-                         images_from=(reference_to(ingest_path, out_path), "id"))
+                         images_from=(reference_to(ingest_path, out_path), "id"),
+                         refused=refused)
     if credits_path:
         shipped = pq.read_table(out_path, columns=["id", "key", shards.KEPT]).to_pylist()
         write_credits(credits_path, kept, {r["id"]: r["key"] for r in shipped if r[shards.KEPT]})

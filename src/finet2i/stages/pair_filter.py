@@ -46,7 +46,7 @@ from finet2i.core.settings import FromSection, default
 from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Constraint, Message, Sampling
 from finet2i.models.spec import ModelSpec
-from finet2i.plumbing.answers import extract_json_object
+from finet2i.plumbing.answers import extract_json_object, top_level_objects
 from finet2i.plumbing.images import copy_images, image_bytes, load_image
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,10 @@ def parse_judge(text: str) -> JudgeVerdict:
     reasoning = reasoning.replace("<think>", "", 1).strip()
     obj = extract_json_object(answer)
     if obj is None:
-        return JudgeVerdict(reasoning=reasoning, error=f"no JSON object after {THINK_END}")
+        n = top_level_objects(answer)
+        why = f"{n} JSON objects after {THINK_END}: which is the verdict?" if n > 1 else \
+            f"no JSON object after {THINK_END}"
+        return JudgeVerdict(reasoning=reasoning, error=why)
     violations, passed = obj.get("violations"), obj.get("pass")
     if not isinstance(violations, list) or not all(isinstance(v, str) for v in violations):
         return JudgeVerdict(reasoning=reasoning, error="verdict has no list of strings under 'violations'")

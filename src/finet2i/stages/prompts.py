@@ -22,7 +22,7 @@ from finet2i.core.settings import FromSection, default
 from finet2i.core.shards import Record, StageStats
 from finet2i.models.backends import Message, Sampling
 from finet2i.models.spec import ModelSpec
-from finet2i.plumbing.answers import is_refusal, without_control_chars, without_think, word_count
+from finet2i.plumbing.answers import clean_markup, is_refusal, without_code_fence, without_control_chars, word_count
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,14 @@ _QUOTES = "\"'`“”‘’«»"
 def clean_prompt(text: str | None) -> str:
     """One prompt out of an LLM answer; "" when nothing usable is left.
 
-    Strips think blocks, "Sure, here is ...:" and "Prompt:" lead-ins, list markers, markdown emphasis and
-    surrounding quotes; keeps the first paragraph when the model offered several; collapses whitespace.
+    Strips think blocks and chat-template markup (``clean_markup``), a code fence around the answer, "Sure, here
+    is ...:" and "Prompt:" lead-ins, list markers, markdown emphasis and surrounding quotes; keeps the first
+    paragraph when the model offered several; collapses whitespace.
     """
     if not text:
         return ""
-    s = without_control_chars(without_think(text)).strip()
+    s = without_control_chars(clean_markup(text)[0]).strip()  # think blocks, chat tokens, U+FFFD
+    s = without_code_fence(s).strip()
     s = _PREAMBLE.sub("", s, count=1)
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", s) if p.strip()]
     # A lone label line ("**Prompt:**") followed by the prompt in the next paragraph.
@@ -158,6 +160,7 @@ def generate_chunk(records: Sequence[Record], llm: Any, settings: PromptSettings
         r = dict(rec)
         prompt = clean_prompt(raw)
         r["prompt"] = prompt or None
+        r["prompt_markup"] = ",".join(clean_markup(raw or "")[1]) or None  # evidence: what cleaning removed
         r["prompt_generator"] = model_name
         r["length"] = word_count(prompt)
         out.append(shards.mark(r, judge_prompt(prompt, settings.min_words)))

@@ -204,6 +204,31 @@ def _listed_source_errors(config: dict[str, Any]) -> Iterator[str]:
         seen[name] = i
         if entry["type"] in API_TYPES and not entry.get("queries") and not entry.get("curated"):
             yield f"config key curated.sources[{i}].queries: a {entry['type']} source needs at least one query"
+        if entry["type"] == "pixabay" and entry.get("image_size") in FULL_ACCESS_SIZES \
+                and not entry.get("full_api_access"):
+            yield (f"config key curated.sources[{i}].image_size: {entry['image_size']} is only in the answers of a "
+                   f"key approved for Pixabay's full API access (https://pixabay.com/api/docs/); without it every "
+                   f"photo would be dropped as missing_fields. Use largeImageURL (1280 px) or webformatURL, or set "
+                   f"full_api_access: true if your key has it")
+    if (config.get("curated") or {}).get("enabled", True):
+        yield from terms_errors(config)
+
+
+FULL_ACCESS_SIZES = ("fullHDURL", "imageURL")  # Pixabay answers carry them only with full API access
+
+
+def terms_errors(config: dict[str, Any]) -> list[str]:
+    """The terms gate (finet2i.sources.terms): every Pexels, Pixabay or Unsplash Lite source must state in the
+    config how this run is allowed to use it; one message per source without, naming its terms page."""
+    from finet2i.sources.terms import refusal
+
+    out = []
+    for i, entry in enumerate((config.get("curated") or {}).get("sources") or []):
+        if isinstance(entry, dict):
+            why = refusal(entry, f"config key curated.sources[{i}].terms")
+            if why:
+                out.append(why)
+    return out
 
 
 def missing_keys(config: dict[str, Any], base_dir: str | os.PathLike[str] = ".",
@@ -366,6 +391,9 @@ def check_available(config: dict[str, Any], base_dir: str | os.PathLike[str] = "
                     files: Sequence[str | os.PathLike[str]] = ()) -> None:
     """Raise :class:`ConfigError` listing every missing model or curated source (the workflow's onstart);
     ``files``: the config files, so that each line names the one that set the key."""
+    refused = terms_errors(config) if config.get("curated", {}).get("enabled", True) else []
+    if refused:  # validate_config refuses these at parse time already; the run's start says it again
+        raise ConfigError("refused by the sources' terms, nothing was run:\n  - " + "\n  - ".join(refused))
     missing = missing_sources(config, base_dir) + missing_models(config, base_dir)
     if missing and files:
         missing = [with_origin(m, files) for m in missing]

@@ -109,3 +109,43 @@ def merged(settings: Mapping[str, Any], runtime: Mapping[str, Any] | None) -> di
     for k, v in (runtime or {}).items():
         out[k] = merged(out.get(k) or {}, v) if isinstance(v, Mapping) else v
     return out
+
+
+def card_models(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The dataset card's `models` param: per model the enabled stages load, what it wrote into the dataset and
+    the terms that travel with its outputs (finet2i.models.known.OUTPUT_TERMS; a local model the project does not
+    know is said to be unknown, a demo model to be one)."""
+    from finet2i.core.pipeline import model_keys
+    from finet2i.models.known import FILE_OUTPUT_TERMS, MODEL_ROLES, OUTPUT_TERMS
+
+    out = []
+    for key in model_keys(config):
+        spec = config["models"][key]
+        model = spec.get("id") or spec.get("path")
+        demo_model = bool(config.get("demo")) and "path" in spec
+        terms = None if demo_model else \
+            OUTPUT_TERMS.get(spec.get("id") or "") or FILE_OUTPUT_TERMS.get(key if "path" in spec else "")
+        if terms is None:
+            what = "a demo model built by finet2i (random weights): no license terms" if demo_model \
+                else "not known to finet2i: read the model's own license"
+            row = {"license": what, "url": None, "on_outputs": "unknown", "verified": False}
+        else:
+            row = {"license": terms.license, "url": terms.url, "on_outputs": terms.on_outputs,
+                   "verified": terms.verified}
+        out.append({"key": key, "model": str(model), "role": MODEL_ROLES.get(key, ""), **row})
+    return out
+
+
+def internal_subsets(config: Mapping[str, Any]) -> list[str]:
+    """``["real_internal"]`` when some source's photos may not be redistributed (finet2i.sources.terms) and
+    ``curated.non_redistributable`` is ``internal``: assemble puts them in results/dataset_internal/curated/.
+    rules/common.smk plans that subset from it, preflight counts its job from it."""
+    from finet2i.core.pipeline import enabled
+    from finet2i.release.layout import INTERNAL
+    from finet2i.sources.terms import rights_by_name
+
+    curated = config.get("curated") or {}
+    if not enabled("package_real", config) or curated.get("non_redistributable", "internal") != "internal":
+        return []
+    rights = rights_by_name(curated.get("sources") or [])
+    return [INTERNAL] if any(not r["redistributable"] for r in rights.values()) else []

@@ -28,8 +28,9 @@ duplicates) and, across the synthetic subsets, a 16-byte hash of each key's prom
 What is checked: subset folder names and tar names (``train-NNNNNN.tar``); that every tar reads to its end and
 holds samples of three regular members; each sample's key (a lowercase uuid, once per subset folder), its
 members (jpg, json, txt, in that order), its json (the 15 keys of the release, their types and values), its txt
-(the prompt the image was rendered with), its jpg (a baseline RGB JPEG of the json's size); across the synthetic
-subsets, one prompt per key; and each tar's sibling parquet index (one row per sample, in tar order).
+(the prompt the image was rendered with; no model control markup or U+FFFD in it or in the json's prompts), its
+jpg (a baseline RGB JPEG of the json's size); across the synthetic subsets, one prompt per key; and each tar's
+sibling parquet index (one row per sample, in tar order).
 
 Each problem has a short kind (:data:`KINDS` says what each means), the file it was found in, the sample key
 when there is one, and a detail that says what was expected. Exit status: 0 no problem, 1 any problem, 2 usage

@@ -35,6 +35,9 @@ KINDS: dict[str, str] = {
     "bad_txt": "the txt member is not UTF-8",
     "empty_txt": "the txt member is empty or blank",
     "txt_mismatch": "the txt is not the prompt the image was rendered with (json enhanced_prompt or prompt)",
+    "control_markup": "a prompt, enhanced prompt or txt holds model control markup (think tags, chat-template "
+                      "tokens such as <|im_start|>, <|eot_id|>, [INST])",
+    "replacement_char": "a prompt, enhanced prompt or txt holds U+FFFD replacement characters (a broken decode)",
     "not_jpeg": "the jpg member is not a JPEG (no FF D8 start marker)",
     "undecodable_image": "the jpg member does not decode",
     "not_baseline_jpeg": "the jpg is a progressive JPEG",

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from finet2i.plumbing.answers import CHAT_TOKEN, REPLACEMENT, STRAY_THINK, markup_in
 from finet2i.release.layout import ASPECT_RATIOS, FEATURES, KEY_RE, MEMBERS, NOT_NULL, RELEASE_KEYS
 from finet2i.release.validate.report import _Collector
 from finet2i.release.validate.tars import Report, _RawSample
@@ -176,6 +177,8 @@ def _check_values(meta: dict[str, Any], key: str) -> Issues:
     prompt = meta.get("prompt")
     if isinstance(prompt, str) and not prompt.strip():
         issues.append(("json_value", "prompt is blank"))
+    for k in ("prompt", "enhanced_prompt"):
+        issues += _markup_issues(meta.get(k), f"json {k}")
     if meta.get("image_generated_with_enhanced_prompt") is True:
         enhanced = meta.get("enhanced_prompt")
         if not isinstance(enhanced, str) or not enhanced.strip():
@@ -207,6 +210,20 @@ def _check_aspect(meta: dict[str, Any], square: bool) -> Issues:
     return issues
 
 
+def _markup_issues(text: Any, where: str) -> Issues:
+    """Model control markup that must never ship: think tags and chat-template tokens (``control_markup``),
+    U+FFFD replacement characters (``replacement_char``)."""
+    if not isinstance(text, str):
+        return []
+    found = markup_in(text)
+    issues: Issues = []
+    if STRAY_THINK in found or CHAT_TOKEN in found:
+        issues.append(("control_markup", f"{where} holds model control markup: {_snippet(text)}"))
+    if REPLACEMENT in found:
+        issues.append(("replacement_char", f"{where} holds U+FFFD replacement characters: {_snippet(text)}"))
+    return issues
+
+
 # ---- txt
 
 
@@ -218,6 +235,9 @@ def _check_txt(raw: bytes, meta: dict[str, Any] | None) -> Issues:
         return [("bad_txt", f"txt is not UTF-8: {e}")]
     if not text.strip():
         return [("empty_txt", f"txt is {'empty' if not text else 'blank'}")]
+    markup = _markup_issues(text, "txt")
+    if markup:
+        return markup
     if meta is None or not isinstance(meta.get("image_generated_with_enhanced_prompt"), bool):
         return []
     source = "enhanced_prompt" if meta["image_generated_with_enhanced_prompt"] else "prompt"
