@@ -27,13 +27,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.browser import chromium, screenshots_dir
 from support.workflow import ROOT, local_demo
 
 from finet2i.release import layout as release
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HOSTILE = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 
 pytestmark = [pytest.mark.slow]
@@ -67,26 +65,13 @@ def base_url(results, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):  # type: ignore[no-untyped-def]
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium); "
-                    f"scripts/setup-env.sh does it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh --user-data-dir
-        context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900})
+    with chromium(tmp_path_factory, {"width": 1280, "height": 900}) as context:
         yield context
-        context.close()
 
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    where = os.environ.get("FINET2I_TEST_ARTIFACTS")
-    out = Path(where) / "explore-screenshots" if where else tmp_path_factory.mktemp("explore-screenshots")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return screenshots_dir(tmp_path_factory, "explore-screenshots")
 
 
 def screenshot(page, shots: Path, name: str, docs: bool = False) -> None:  # type: ignore[no-untyped-def]

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support.browser import CHROMIUM, require_chromium
 from support.workflow import DEMO_CONFIG, copy_workdir, local_demo, planned_jobs, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 FINETUNE_CONFIG = "config/demo-finetune.yaml"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -152,8 +152,7 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def test_people_vote_by_keyboard_a_killed_server_loses_none_and_the_report_counts_them(run, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (scripts/setup-env.sh does)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     wd = run["wd"]

@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support.browser import chromium, screenshots_dir
 from support.workflow import ROOT, local_demo
 
 from finet2i.reporting.thumbnails import KEPT_PER_SUBSET
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WINDOW = {"width": 1300, "height": 900}  # a laptop's browser window
 
 pytestmark = [pytest.mark.slow]
@@ -40,25 +38,13 @@ def results(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):  # type: ignore[no-untyped-def]
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium); "
-                    f"scripts/setup-env.sh does it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport=WINDOW)
+    with chromium(tmp_path_factory, WINDOW) as context:
         yield context.new_page()
-        context.close()
 
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    where = os.environ.get("FINET2I_TEST_ARTIFACTS")
-    out = Path(where) / "report-screenshots" if where else tmp_path_factory.mktemp("report-screenshots")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return screenshots_dir(tmp_path_factory, "report-screenshots")
 
 
 def kept_per_subset(results: Path) -> dict[str, int]:
