@@ -52,6 +52,9 @@ for stage in pipeline.STAGES:
 include: "rules/batching.smk"
 include: "rules/report.smk"
 include: "rules/assemble.smk"
+# After the dataset, optional (finetune.enabled): does it make a model better? (paper section 5)
+include: "rules/finetune.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -425,11 +425,12 @@ def batched_shard(stage):
 
 
 def _format(files, wildcards):
+    """Patterns filled in, as plain strings: a Snakemake IOFile carries its rule, which does not pickle."""
     return {
         name: (
-            [f.format(**wildcards) for f in value]
+            [str(f).format(**wildcards) for f in value]
             if isinstance(value, list)
-            else value.format(**wildcards)
+            else str(value).format(**wildcards)
         )
         for name, value in files.items()
     }

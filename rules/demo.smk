@@ -19,7 +19,9 @@ def start_demo_sources():
 
 def stop_demo_sources():
     while DEMO_LEASE:
-        release_demo_server(DEMO_LEASE.pop())
+        freed = release_demo_server(DEMO_LEASE.pop())
+        print(f"demo: handed the fake photo APIs back ("
+              f"{'server stopped, port free' if freed else 'another run still uses them'})")
 
 
 # This onstart replaces the Snakefile's (Snakemake keeps the last one), so it repeats its check.

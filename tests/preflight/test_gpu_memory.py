@@ -99,6 +99,11 @@ def test_a_gpu_without_a_type_is_a_warning_naming_the_nodes(production) -> None:
 
 
 def test_the_demo_models_are_sized_from_their_files() -> None:
+    from support.workflow import demo_resources
+
+    from finet2i.demo.build import build_all
+
+    build_all(demo_resources(), seed=0)  # a fresh clone has none yet; built once, shared with the demo's tests
     demo = validate_config(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()), base_dir=ROOT,
                            check_models=False)
     for stage in ("prompts", "guard", "attributes", "generate", "pair_filter", "curated_score", "embed"):

@@ -165,7 +165,7 @@ def _encoded(mode: str, fmt: str, **save) -> bytes:
     ("RGB", "JPEG", {"progressive": True}), ("I;16", "PNG", {}), ("RGB", "WEBP", {}),
 ])
 def test_every_image_ships_as_a_baseline_rgb_jpeg(mode, fmt, save):
-    data, w, h = package.release_jpeg(_encoded(mode, fmt, **save), 90)
+    data, w, h = release.release_jpeg(_encoded(mode, fmt, **save), 90)
     im = Image.open(io.BytesIO(data))
     assert data[:2] == b"\xff\xd8" and im.format == "JPEG" and im.mode == "RGB" and (w, h) == (40, 30)
     assert not im.info.get("progressive") and not im.info.get("progression")
@@ -174,7 +174,7 @@ def test_every_image_ships_as_a_baseline_rgb_jpeg(mode, fmt, save):
 
 def test_a_baseline_rgb_jpeg_passes_through_untouched():
     data = _encoded("RGB", "JPEG")
-    assert package.release_jpeg(data, 50)[0] is data
+    assert release.release_jpeg(data, 50)[0] is data
 
 
 def test_empty_shard_gives_a_valid_empty_table(tmp_path):

@@ -487,3 +487,21 @@ def test_does_it_help_reads_the_evaluation_and_the_votes(run_dir):
     assert Image.open(io.BytesIO(base64.b64decode(thumbs[0]))).size == (384, 288)  # a small copy, not the PNG
     md = (tmp / "report" / "report.md").read_text()
     assert "# Does it help?" in md and "![base](../evaluate/images/base/p00000-s0.png)" in md
+
+
+def test_a_finished_sample_that_refers_to_its_image_is_pictured_from_there(tmp_path):
+    """Package tables refer to the kept images instead of copying them (docs/disk.md): the report reads them."""
+    from finet2i.plumbing.images import reference_to
+    from finet2i.reporting.thumbnails import kept_thumbnails
+
+    images = tmp_path / "pair_filter" / "pe_ar" / "00000.images.parquet"
+    table = tmp_path / "package" / "pe_ar" / "00000.parquet"
+    images.parent.mkdir(parents=True), table.parent.mkdir(parents=True)
+    jpgs = {f"s{i}": _jpeg((i * 40, 10, 10)) for i in range(3)}
+    pq.write_table(pa.Table.from_pylist([{"sample_id": k, "image": v} for k, v in jpgs.items()]), images)
+    pq.write_table(pa.Table.from_pylist([
+        {"id": k, "kept": True, "key": f"pe_ar-{k}", "jpg": None, "jpg_size": len(v), "txt": f"prompt {k}",
+         "image_table": reference_to(images, table), "image_key_column": "sample_id", "image_key": k}
+        for k, v in jpgs.items()]), table)
+    thumbs = kept_thumbnails([str(table)], SUBSETS)["pe_ar"]
+    assert [t.key for t in thumbs] == ["pe_ar-s0", "pe_ar-s1", "pe_ar-s2"] and all(t.jpeg for t in thumbs)

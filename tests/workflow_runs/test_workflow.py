@@ -152,11 +152,10 @@ def test_demo_end_to_end(tmp_path_factory):
 
 
 def _check_the_sources_terms(results: Path, card: str) -> None:
-    """Issue 23 on the demo: the card states per-source license, attribution and redistribution; the fake Pixabay's
-    flagged hits end as no_ai_training / ai_generated drops; the Unsplash Lite stand-in (redistribute: false)
-    never enters results/dataset/; the credits are gathered per subset; the fake APIs' server is gone."""
-    from finet2i.demo.fake_apis import DEMO_PORT, _healthy
-
+    """The photo sites' terms on the demo: the card states per-source license, attribution and redistribution; the
+    fake Pixabay's flagged hits end as no_ai_training / ai_generated drops; the Unsplash Lite stand-in
+    (redistribute: false) never enters results/dataset/; the credits are gathered per subset; the run hands the
+    fake APIs' server back."""
     rights = card[card.index("## Real photos"):]
     for source, license_ in (("pexels", "Pexels License"), ("pixabay", "Pixabay Content License"),
                              ("unsplash_lite", "Unsplash Dataset Terms (Lite)")):
@@ -178,4 +177,7 @@ def _check_the_sources_terms(results: Path, card: str) -> None:
     internal = results / "dataset_internal" / "curated"
     for t in internal.glob("train-*.parquet"):  # what survived of the stand-in, apart (maybe nothing)
         assert {r["image_generator"] for r in pq.read_table(t).to_pylist()} == {"unsplash_lite"}
-    assert not _healthy(DEMO_PORT)  # the run handed the fake APIs back: no server left on the port
+    # The run handed the fake APIs back. Whether the port is free then depends on other demo runs of the suite
+    # (the Slurm demo, runs a test kills on purpose: they share the server), so the port itself is tested on a
+    # port of its own (tests/workflow/test_demo_server.py) and here the run's own word.
+    assert "demo: handed the fake photo APIs back" in (results.parent / "snakemake.log").read_text()

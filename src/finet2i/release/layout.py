@@ -16,6 +16,7 @@ Nothing here imports a heavy package: the CLI, the Snakefile and the validator a
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from typing import Any
@@ -110,3 +111,36 @@ def hf_feature(spec: str | list[str]) -> dict[str, Any]:
     if isinstance(spec, list):
         return {"list": spec[0]}
     return {"dtype": spec}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The release's images: baseline RGB JPEGs (what its loaders take as is)
+
+
+def is_release_jpeg(im: Any) -> bool:
+    """What a loader of the release can take as is: a baseline (not progressive) RGB JPEG."""
+    return (im.format == "JPEG" and im.mode == "RGB"
+            and not im.info.get("progressive") and not im.info.get("progression"))
+
+
+def release_jpeg(data: bytes, quality: int) -> tuple[bytes, int, int]:
+    """The JPEG bytes to ship and their size: a baseline RGB JPEG passes through untouched; anything else (PNG,
+    WebP, CMYK or grayscale JPEG, progressive JPEG, palette, alpha over white, 16-bit) is re-encoded."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    if is_release_jpeg(im):
+        im.load()  # a truncated JPEG must fail here, not in a training job
+        return data, w, h
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = im.point(lambda v: v / 256).convert("L")  # 16-bit gray: scale, do not clip
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        base = Image.new("RGB", im.size, (255, 255, 255))
+        base.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
+        im = base
+    out = io.BytesIO()
+    im.convert("RGB").save(out, "JPEG", quality=quality, progressive=False, optimize=False)
+    return out.getvalue(), w, h

@@ -55,8 +55,11 @@ def _subset_of(path: Path, subsets: Sequence[str]) -> str:
 
 def kept_thumbnails(index_paths: Iterable[str | os.PathLike[str]], subsets: Sequence[str],
                     per_subset: int = KEPT_PER_SUBSET) -> dict[str, list[Thumb]]:
-    """Up to ``per_subset`` finished samples of each subset, in key order from its first tables."""
+    """Up to ``per_subset`` finished samples of each subset, in key order from its first tables; a sample that
+    refers to its image in another table (finet2i.plumbing.images.REFERENCE_COLUMNS) is read from there."""
     import pyarrow.parquet as pq
+
+    from finet2i.plumbing.images import REFERENCE_COLUMNS, resolve_images
 
     out: dict[str, list[Thumb]] = {}
     for p in map(Path, index_paths):
@@ -68,17 +71,17 @@ def kept_thumbnails(index_paths: Iterable[str | os.PathLike[str]], subsets: Sequ
         names = set(f.schema_arrow.names)
         if "jpg" not in names:
             continue
-        columns = [c for c in ("kept", "key", "jpg", "txt", SCORE) if c in names]
+        columns = [c for c in ("kept", "key", "jpg", "jpg_size", "txt", SCORE, *REFERENCE_COLUMNS) if c in names]
+        chosen: list[dict] = []
         for batch in f.iter_batches(batch_size=16, columns=columns):
-            for row in batch.to_pylist():
-                if row.get("kept") is False or not row.get("jpg"):
-                    continue
-                have.append(Thumb(subset, str(row.get("key")), thumbnail(row["jpg"]), str(row.get("txt") or ""),
-                                  row.get(SCORE)))
-                if len(have) >= per_subset:
-                    break
-            if len(have) >= per_subset:
+            chosen += [r for r in batch.to_pylist()
+                       if r.get("kept") is not False and (r.get("jpg") or r.get("image_table"))]
+            if len(have) + len(chosen) >= per_subset:
                 break
+        chosen = chosen[:per_subset - len(have)]
+        resolve_images(chosen, p)
+        have += [Thumb(subset, str(r.get("key")), thumbnail(r["jpg"]), str(r.get("txt") or ""), r.get(SCORE))
+                 for r in chosen if r.get("jpg")]
     return out
 
 

@@ -28,7 +28,6 @@ The ``assemble`` rule (finet2i.stages.assemble) cuts these tables into ``train-%
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -48,7 +47,7 @@ from finet2i.core.settings import FromSection, default
 from finet2i.plumbing.answers import markup_in, word_count
 from finet2i.plumbing.images import image_bytes, reference_to, resolve_images
 from finet2i.release import layout as release
-from finet2i.release.layout import RELEASE_KEYS
+from finet2i.release.layout import RELEASE_KEYS, release_jpeg
 from finet2i.release.tables import ORIGIN_FIELDS, RELEASE_FIELDS
 
 log = logging.getLogger(__name__)
@@ -164,35 +163,6 @@ def _float_or_none(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
-
-
-def is_release_jpeg(im: Any) -> bool:
-    """What a loader of the release can take as is: a baseline (not progressive) RGB JPEG."""
-    return (im.format == "JPEG" and im.mode == "RGB"
-            and not im.info.get("progressive") and not im.info.get("progression"))
-
-
-def release_jpeg(data: bytes, quality: int) -> tuple[bytes, int, int]:
-    """The JPEG bytes to ship and their size: a baseline RGB JPEG passes through untouched; anything else (PNG,
-    WebP, CMYK or grayscale JPEG, progressive JPEG, palette, alpha over white, 16-bit) is re-encoded."""
-    from PIL import Image
-
-    im = Image.open(io.BytesIO(data))
-    w, h = im.size
-    if is_release_jpeg(im):
-        im.load()  # a truncated JPEG must fail here, not in a training job
-        return data, w, h
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        im = im.point(lambda v: v / 256).convert("L")  # 16-bit gray: scale, do not clip
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        base = Image.new("RGB", im.size, (255, 255, 255))
-        base.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
-        im = base
-    out = io.BytesIO()
-    im.convert("RGB").save(out, "JPEG", quality=quality, progressive=False, optimize=False)
-    return out.getvalue(), w, h
 
 
 # ----------------------------------------------------------------------------------------------------------
