@@ -169,3 +169,18 @@ def test_publish_unit_puts_the_manifests_outputs_in_place_or_says_what_to_rerun(
     batching.cache_path("results/guard/00000.parquet").unlink()
     with pytest.raises(RuntimeError, match="snakemake --forcerun guard_batch"):
         batching.publish_unit(manifest, "00000", ["results/guard/00000.parquet", "results/guard/00000.stats.json"])
+
+
+def test_publish_unit_of_a_per_subset_stage_finds_its_batchs_fingerprints() -> None:
+    """generate's manifests sit one folder deeper (batches/<subset>/<batch>.json) than the guard's; the units'
+    fingerprints are under results/generate/.batched/ all the same, as the batch job writes them."""
+    inputs = _inputs(2)
+    folder = Path("results") / "generate" / batching.CACHE_FOLDER
+    work = [batching.UnitWork(f"pe_as/{p.stem}", folder, {"table": str(p)},
+                              {"table": f"results/generate/pe_as/{p.stem}.parquet",
+                               "stats": f"results/generate/pe_as/{p.stem}.stats.json"}) for p in inputs]
+    manifest = Path("results/generate/batches/pe_as/00000.json")
+    shards.write_json(manifest, batching.run_batch(work, Stage().run_one, key={}))
+    declared = ["results/generate/pe_as/00001.parquet", "results/generate/pe_as/00001.stats.json"]
+    batching.publish_unit(manifest, "pe_as/00001", declared)
+    assert all(Path(d).exists() for d in declared)

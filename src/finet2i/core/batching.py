@@ -206,7 +206,9 @@ def publish_unit(manifest_path: str | os.PathLike[str], unit: str, declared: Seq
     entry = shards.read_json(manifest_path)["units"][unit]
     outputs = entry["outputs"]
     unknown = sorted(str(d) for d in declared if str(d) not in outputs)
-    folder = Path(manifest_path).parent.parent / CACHE_FOLDER
+    # results/<stage>/.batched/, where the batch job keeps its units (a per-subset stage's manifest sits one
+    # folder deeper: results/generate/batches/<subset>/<batch>.json)
+    folder = Path(*Path(manifest_path).parts[:2], CACHE_FOLDER)
     fp_file = folder / f"{unit}.fingerprint"
     try:
         recorded = fp_file.read_text().strip()
