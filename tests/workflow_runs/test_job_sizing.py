@@ -133,7 +133,11 @@ def test_a_changed_shard_is_recomputed_alone_by_every_batched_stage(tmp_path: Pa
     before = _outputs_of_unit(wd, first, "00000")
     assert len(before) >= 2 * len(first)  # a table and its stats (or more) per stage and subset
 
-    # Other prompts for every spec of shard 00001: some of them reach every stage (one could die early)
+    # 1. Other prompts for every spec of shard 00001, and one photo's record of curated shard 00001. Before dedup
+    # (prompts, embed) and on the curated branch shard 00000's inputs are unchanged: reused. Dedup is one pass over
+    # every shard (its groups follow all the prompts), so what it writes for shard 00000 may change, and a unit is
+    # then recomputed because its own input changed: every unit is reused exactly when its fingerprint (its input
+    # bytes and params) is the one of the first run, and a reused unit's published outputs keep their bytes.
     _reword(wd / "results/specs/00001.parquet", "seed", lambda s: int(s) + 7919, every=True)
     ingest = wd / "results/curated_ingest/00001.parquet"
     assert pq.read_table(ingest, columns=["kept"]).column("kept").to_pylist().count(True), "no photo in cshard 1"
@@ -141,8 +145,29 @@ def test_a_changed_shard_is_recomputed_alone_by_every_batched_stage(tmp_path: Pa
     snakemake(wd, *args, "--cores", "2", timeout=3000)
     again = _manifests(wd)
     for key, m in again.items():
-        units = {u.rsplit("/", 1)[-1]: e["reused"] for u, e in m["units"].items()}
-        assert units == {"00000": True, "00001": False}, (key, m["units"])
-    assert _outputs_of_unit(wd, again, "00000") == before  # reused, published byte for byte
+        for unit, entry in m["units"].items():
+            same = entry["fingerprint"] == first[key]["units"][unit]["fingerprint"]
+            assert entry["reused"] == same, (key, unit, entry)
+    for key in ("prompts", "embed", "curated_score", "curated_caption"):
+        assert {u: e["reused"] for u, e in again[key]["units"].items()} == {"00000": True, "00001": False}, key
+    reused = {d for m in again.values() for u, e in m["units"].items()
+              if e["reused"] and u.rsplit("/", 1)[-1] == "00000" for d in e["outputs"]}
+    now = _outputs_of_unit(wd, again, "00000")
+    assert {d: now.get(d) for d in reused} == {d: before.get(d) for d in reused}
+
+    # 2. A change after dedup: every prompt dedup kept in shard 00001. Each batched stage after dedup reruns its
+    # batch, recomputes shard 00001 and reuses shard 00000, whose inputs did not change.
+    kept_before = _outputs_of_unit(wd, again, "00000")
+    _reword(wd / "results/dedup/00001.parquet", "prompt", lambda s: f"{s}, at dusk", every=True)
+    snakemake(wd, *args, "--cores", "2", timeout=3000)
+    third = _manifests(wd)
+    after_dedup = {k for k in third if k.split("/")[0] in
+                   ("guard", "attributes", "enhance", "guard_enhanced", "generate", "pair_filter")}
+    assert {k.split("/")[0] for k in after_dedup} == {"guard", "attributes", "enhance", "guard_enhanced",
+                                                       "generate", "pair_filter"}
+    for key in after_dedup:
+        units = {u.rsplit("/", 1)[-1]: e["reused"] for u, e in third[key]["units"].items()}
+        assert units == {"00000": True, "00001": False}, (key, third[key]["units"])
+    assert _outputs_of_unit(wd, third, "00000") == kept_before  # reused, published byte for byte
     assert planned_jobs(wd, *args) == {}
     assert batching.CACHE_FOLDER in {p.name for p in (wd / "results" / "guard").iterdir()}

@@ -156,8 +156,9 @@ def stats_path(name: str, shard: str, subset: str | None = None) -> str:
     return table_path(name, shard, subset).removesuffix(".parquet") + ".stats.json"
 
 
-def model_keys(config: Mapping[str, Any]) -> list[str]:
-    """The ``models`` keys that the enabled stages (then the enabled targets) load, in pipeline order, each once.
+def model_keys(config: Mapping[str, Any], targets: bool = True) -> list[str]:
+    """The ``models`` keys that the enabled stages (then, with ``targets``, the enabled targets) load, in pipeline
+    order, each once.
 
     A generator with weight 0 renders nothing and needs no weights; without the judge, pair_filter loads none.
     """
@@ -174,7 +175,7 @@ def model_keys(config: Mapping[str, Any]) -> list[str]:
                 continue
             if key not in keys:
                 keys.append(key)
-    for t in enabled_targets(config):
+    for t in enabled_targets(config) if targets else ():
         needed = dict(t.model_switches)
         for key in t.models:
             if key not in keys and (key not in needed or _holds(config, needed[key])):

@@ -119,7 +119,7 @@ def card_models(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     from finet2i.models.known import FILE_OUTPUT_TERMS, MODEL_ROLES, OUTPUT_TERMS
 
     out = []
-    for key in model_keys(config):
+    for key in model_keys(config, targets=False):  # what made the dataset, not what is trained on it afterwards
         spec = config["models"][key]
         model = spec.get("id") or spec.get("path")
         demo_model = bool(config.get("demo")) and "path" in spec
