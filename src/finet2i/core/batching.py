@@ -78,13 +78,19 @@ def batch_count(shards_total: int, per_job: int) -> int:
     return -(-int(shards_total) // max(1, int(per_job)))
 
 
+def cache_folder(path: str | os.PathLike[str]) -> Path:
+    """The cache of the batched stage that ``path`` (``results/<stage>/...``) belongs to:
+    ``results/<stage>/.batched``, where its units' outputs and fingerprints wait."""
+    parts = Path(path).parts
+    if len(parts) < 3 or parts[0] != "results":
+        raise ValueError(f"{path}: a batched stage's outputs live under results/<stage>/")
+    return Path(parts[0], parts[1], CACHE_FOLDER)
+
+
 def cache_path(declared: str | os.PathLike[str]) -> Path:
     """Where a unit's declared output waits in the cache: ``results/<stage>/<rest>`` ->
     ``results/<stage>/.batched/<rest>``."""
-    parts = Path(declared).parts
-    if len(parts) < 3 or parts[0] != "results":
-        raise ValueError(f"{declared}: a batched stage's outputs live under results/<stage>/")
-    return Path(parts[0], parts[1], CACHE_FOLDER, *parts[2:])
+    return cache_folder(declared).joinpath(*Path(declared).parts[2:])
 
 
 def _flat(files: Mapping[str, Any]) -> list[str]:
@@ -206,9 +212,7 @@ def publish_unit(manifest_path: str | os.PathLike[str], unit: str, declared: Seq
     entry = shards.read_json(manifest_path)["units"][unit]
     outputs = entry["outputs"]
     unknown = sorted(str(d) for d in declared if str(d) not in outputs)
-    # results/<stage>/.batched/, where the batch job keeps its units (a per-subset stage's manifest sits one
-    # folder deeper: results/generate/batches/<subset>/<batch>.json)
-    folder = Path(*Path(manifest_path).parts[:2], CACHE_FOLDER)
+    folder = cache_folder(manifest_path)  # not beside the manifest: a per-subset stage's sits one folder deeper
     fp_file = folder / f"{unit}.fingerprint"
     try:
         recorded = fp_file.read_text().strip()
